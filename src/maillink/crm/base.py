@@ -1,0 +1,86 @@
+"""The interface every CRM adapter offers the linker and the outbox.
+
+Small on purpose: find persons by email, list a person's items, write one activity per email.
+It fits Pipedrive (persons/deals/leads/projects/activities) and HubSpot (contacts/deals/engagements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from maillink.linking.facts import Item, ItemRef, Person
+
+
+class CRMError(Exception):
+    """A CRM call failed in a way a retry will not fix (bad request, not found…)."""
+
+
+class CRMUnavailable(CRMError):
+    """The CRM could not be reached or answered 5xx after the retries: try again later."""
+
+
+class CRMAuthError(CRMError):
+    """The CRM refused the credentials: the configuration must change."""
+
+
+class CRMRateLimited(CRMError):
+    """429 from the CRM. `daily` means the day's token budget is spent: park writes until reset."""
+
+    def __init__(self, message: str, retry_after: float, daily: bool):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.daily = daily
+
+
+@dataclass(frozen=True)
+class ActivityDraft:
+    """One email as one CRM activity.
+
+    `person_ids` has the primary participant first. `items` holds at most one item of each
+    kind (the adapter sets deal_id / lead_id / project_id and clears the others). `note` is HTML
+    and ends with the line `maillink-id: <key>`.
+    """
+
+    key: str
+    subject: str
+    when: datetime  # UTC
+    person_ids: tuple[int, ...]
+    items: tuple[ItemRef, ...]
+    note: str
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in the CRM since a time: whose items and which addresses to forget."""
+
+    person_ids: frozenset[int]  # their items changed (status, new item…)
+    emails: frozenset[str]  # persons with these addresses were created or changed
+    until: datetime  # ask again from here next time
+
+
+class CRM(Protocol):
+    def search_persons(self, email: str) -> list[Person]:
+        """The persons whose email equals `email` (case-insensitive), [] when none."""
+        ...
+
+    def items_of_person(self, person_id: int) -> list[Item]:
+        """All leads, deals and projects of the person, open or closed, with their dates."""
+        ...
+
+    def changes_since(self, since: datetime) -> Changes:
+        """Persons and items changed since `since` (polling; webhooks feed the same caches)."""
+        ...
+
+    def create_activity(self, draft: ActivityDraft) -> str:
+        """Create the activity; returns its id."""
+        ...
+
+    def update_activity(self, activity_id: str, draft: ActivityDraft) -> None:
+        """Rewrite the activity's links, participants and note to match `draft`."""
+        ...
+
+    def find_activity(self, key: str, person_id: int | None) -> str | None:
+        """The id of the activity whose note carries `maillink-id: <key>`, if one exists."""
+        ...

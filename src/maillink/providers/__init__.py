@@ -1,0 +1,1 @@
+"""Mail providers: pull changes since a cursor and yield pages of normalized messages."""
