@@ -1,0 +1,447 @@
+"""`maillink` command line (DESIGN.md §5). Errors are one line; exit 0 done, 1 failed, 2 usage/config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from maillink.errors import ConfigError
+
+log = logging.getLogger("maillink")
+
+
+class Obj:
+    """What every command shares: the --config path, built lazily into settings and an App."""
+
+    def __init__(self, config: str | None, debug: bool):
+        self.config = config
+        self.debug = debug
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from maillink.app import App
+            from maillink.config import load_settings
+
+            self._app = App(load_settings(self.config))
+        return self._app
+
+
+pass_obj = click.make_pass_decorator(Obj)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the page in hand, checkpoint, exit. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def __call__(self) -> bool:
+        return self.stopping
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = True
+        click.echo("\nmaillink: stopping after the page in hand (again to stop now)", err=True)
+
+    @contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    metavar="PATH",
+    help="maillink.toml (default: $MAILLINK_CONFIG, else ./maillink.toml)",
+)
+@click.option("--debug", is_flag=True, help="Log debug lines and show tracebacks.")
+@click.version_option(package_name="maillink")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
+    """Sync a sales team's mailboxes into the CRM, linked by Pipedrive's own rules."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ctx.obj = Obj(config, debug)
+
+
+# -- demo ---------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--messages", default=2400, show_default=True, help="Size of the generated mailbox.")
+@click.option("--seed", default=7, show_default=True, help="Seed of the generated team.")
+def demo(messages: int, seed: int) -> None:
+    """Run the whole pipeline against the local sandbox and print a summary."""
+    from maillink.demo import run_demo
+
+    run_demo(messages=messages, seed=seed, out=click.echo)
+
+
+# -- connect ------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("provider", type=click.Choice(["gmail", "microsoft"]))
+@click.option(
+    "--no-browser", is_flag=True, help="Print the authorization URL instead of opening it."
+)
+@click.option("--device-code", is_flag=True, help="Microsoft only: use the device-code flow.")
+@click.option("--port", default=0, help="Loopback port for the redirect (0: any free port).")
+@pass_obj
+def connect(obj: Obj, provider: str, no_browser: bool, device_code: bool, port: int) -> None:
+    """Connect a mailbox through the provider's OAuth consent."""
+    if provider == "microsoft":
+        raise ConfigError("Microsoft 365 mailboxes are not supported by this version yet")
+    if device_code:
+        raise click.UsageError("--device-code is for Microsoft mailboxes only")
+    account = obj.app.connect_gmail(open_browser=not no_browser, port=port)
+    click.echo(
+        f"connected {account.email} (gmail); next: maillink backfill --account {account.email}"
+    )
+
+
+# -- accounts -----------------------------------------------------------------------------------
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def accounts(ctx: click.Context, as_json: bool) -> None:
+    """List connected mailboxes (or pause, resume, remove one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlalchemy import func, select
+
+    from maillink.store import accounts as store_accounts
+    from maillink.store.schema import messages, threads
+
+    app = ctx.find_object(Obj).app
+    rows = []
+    with app.store.engine.connect() as conn:
+        for a in store_accounts.all_accounts(conn):
+            count = conn.execute(
+                select(func.count()).select_from(messages).where(messages.c.account_id == a.id)
+            ).scalar_one()
+            waiting = conn.execute(
+                select(func.count())
+                .select_from(threads)
+                .where(threads.c.account_id == a.id, threads.c.waiting.is_(True))
+            ).scalar_one()
+            rows.append(
+                {
+                    "email": a.email,
+                    "provider": a.provider,
+                    "status": a.status,
+                    "messages": count,
+                    "waiting": waiting,
+                    "last_sync_at": a.last_sync_at.isoformat() if a.last_sync_at else None,
+                    "last_error": a.last_error,
+                }
+            )
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no mailbox connected yet: maillink connect gmail")
+        return
+    for r in rows:
+        last = r["last_sync_at"] or "never"
+        line = f"{r['email']:<36} {r['provider']:<9} {r['status']:<13} {r['messages']:>7} messages  {r['waiting']:>4} waiting  last sync {last}"
+        click.echo(line + (f"  error: {r['last_error']}" if r["last_error"] else ""))
+
+
+def _set_status(obj: Obj, email: str, status: str | None) -> None:
+    from maillink.store import accounts as store_accounts
+
+    account = obj.app.account(email)
+    with obj.app.store.transaction() as conn:
+        if status is None:
+            store_accounts.remove(conn, account.id)
+        else:
+            store_accounts.set_status(conn, account.id, status)
+
+
+@accounts.command()
+@click.argument("email")
+@pass_obj
+def pause(obj: Obj, email: str) -> None:
+    """Stop syncing a mailbox until it is resumed."""
+    _set_status(obj, email, "paused")
+    click.echo(f"paused {email}")
+
+
+@accounts.command()
+@click.argument("email")
+@pass_obj
+def resume(obj: Obj, email: str) -> None:
+    """Sync a paused mailbox again."""
+    _set_status(obj, email, "active")
+    click.echo(f"resumed {email}")
+
+
+@accounts.command()
+@click.argument("email")
+@pass_obj
+def remove(obj: Obj, email: str) -> None:
+    """Forget a mailbox: its tokens, cursors and stored headers (CRM activities stay)."""
+    _set_status(obj, email, None)
+    click.echo(f"removed {email}")
+
+
+# -- backfill and sync --------------------------------------------------------------------------
+def _parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date: write YYYY-MM-DD") from None
+
+
+def _targets(app: Any, email: str | None) -> list[Any]:
+    from maillink.store import accounts as store_accounts
+
+    if email is not None:
+        return [app.account(email)]
+    with app.store.engine.connect() as conn:
+        return [a for a in store_accounts.all_accounts(conn) if a.status == store_accounts.ACTIVE]
+
+
+def _summary(result: Any, dry_run: bool = False) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items())) or "none"
+    d = result.delivery
+    text = f"{result.account}: {result.messages} new messages over {result.pages} pages; decisions: {reasons}"
+    if not dry_run:
+        text += f"; activities created {d.created}, updated {d.updated}"
+        if d.failed:
+            text += f", failed {d.failed}"
+        if d.parked_until:
+            text += f"; CRM writes parked until {d.parked_until.isoformat()}"
+    if result.error:
+        text += f"; error: {result.error}"
+    return text
+
+
+def _progress(enabled: bool, desc: str) -> tuple[Callable[[Any, Any], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit=" msg", disable=not enabled, file=sys.stderr, leave=False)
+
+    def on_page(page: Any, result: Any) -> None:
+        bar.update(page.listed or len(page.messages))
+        bar.set_postfix(new=result.messages, linked=sum(result.reasons.values()))
+
+    return on_page, bar.close
+
+
+@cli.command()
+@click.option("--account", "email", metavar="EMAIL", help="Only this mailbox.")
+@click.option("--since", metavar="YYYY-MM-DD", help="How far back to go (default: everything).")
+@click.option("--dry-run", is_flag=True, help="Decide and report, write nothing.")
+@pass_obj
+def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> None:
+    """One-off import of a mailbox's past mail; resumable after Ctrl-C."""
+    since_at = _parse_since(since)
+    app = obj.app
+    targets = _targets(app, email)
+    if not targets:
+        click.echo("no active mailbox to backfill: maillink connect gmail")
+        return
+    failed = False
+    with StopFlag().installed() as stop:
+        syncer = app.syncer()
+        for account in targets:
+            on_page, close = _progress(sys.stderr.isatty(), account.email)
+            try:
+                result = syncer.backfill(
+                    account,
+                    app.provider_for(account),
+                    since=since_at,
+                    dry_run=dry_run,
+                    on_page=on_page,
+                    should_stop=stop,
+                )
+            finally:
+                close()
+            click.echo(("dry run: " if dry_run else "") + _summary(result, dry_run))
+            failed |= result.error is not None
+            if result.stopped:
+                click.echo("stopped; run the same command again to resume")
+                break
+    if failed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One incremental round over every active mailbox.")
+@pass_obj
+def sync(obj: Obj, once: bool) -> None:
+    """One incremental round over every active mailbox (for a schedule, use `maillink daemon`)."""
+    if not once:
+        raise click.UsageError("use `maillink sync --once`, or `maillink daemon` to keep syncing")
+    from maillink.daemon import sync_round
+
+    with StopFlag().installed() as stop:
+        results = sync_round(obj.app, should_stop=stop)
+    for result in results:
+        click.echo(_summary(result))
+    if any(r.error for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@pass_obj
+def daemon(obj: Obj) -> None:
+    """Sync every active mailbox on a schedule until SIGTERM/SIGINT."""
+    from maillink.daemon import run_daemon
+
+    with StopFlag().installed() as stop:
+        run_daemon(obj.app, should_stop=stop, out=click.echo)
+
+
+# -- choices and explanations -------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_obj
+def pending(obj: Obj, as_json: bool) -> None:
+    """Threads waiting for a choice between several open items, with their candidates."""
+    from maillink.explain import pending as waiting
+
+    with obj.app.store.engine.connect() as conn:
+        rows = waiting(conn)
+    if as_json:
+        _echo_json(rows)
+        return
+    if not rows:
+        click.echo("no thread is waiting for a choice")
+        return
+    for row in rows:
+        click.echo(
+            f"thread {row['thread']}  {row['account']}  {row['subject']!r}  ({row['messages']} messages)"
+        )
+        for c in row["candidates"]:
+            title = f" {c['title']!r}" if c["title"] else ""
+            click.echo(
+                f"    {c['item']}{title} {c['status'] or ''} created {c['created_at'] or '?'}"
+            )
+        click.echo(f"    choose with: maillink choose {row['thread']} ITEM")
+
+
+@cli.command()
+@click.argument("thread_id", type=int)
+@click.argument("item")
+@pass_obj
+def choose(obj: Obj, thread_id: int, item: str) -> None:
+    """Link a thread to ITEM (deal:ID, lead:ID or project:ID); earlier messages follow (rule 5)."""
+    from maillink.choices import choose_item
+    from maillink.linking.facts import ItemRef
+
+    try:
+        ref = ItemRef.parse(item)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    outcome = choose_item(obj.app, thread_id, ref)
+    click.echo(outcome)
+
+
+@cli.command()
+@click.argument("target", metavar="THREAD_ID|MESSAGE_ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_obj
+def explain(obj: Obj, target: str, as_json: bool) -> None:
+    """Why is (or isn't) this thread or email linked?"""
+    from maillink.explain import explain as explain_target
+
+    with obj.app.store.engine.connect() as conn:
+        found = explain_target(conn, target)
+    if found is None:
+        raise ConfigError(
+            f"no thread or message {target!r} (see: maillink pending, or a Message-ID)"
+        )
+    if as_json:
+        _echo_json(found)
+        return
+    link = found["linked"] or ("waiting for a choice" if found["waiting"] else "no item")
+    click.echo(f"thread {found['thread']} of {found['account']}: {found['subject']!r}")
+    click.echo(
+        f"  created {found['created_at']}; linked to: {link} ({found['link_source'] or '-'})"
+    )
+    for c in found["candidates"]:
+        click.echo(f"  candidate {c['item']} {c['title'] or ''} ({c['status'] or '?'})")
+    for m in found["messages"]:
+        mark = "*" if found.get("focus") == m["message"] else " "
+        items = ", ".join(m["items"]) or "persons only" if m["person_ids"] else "nothing written"
+        click.echo(f" {mark}{m['date']} {m['direction']:<8} {m['reason']:<27} → {items}")
+        if m["detail"]:
+            click.echo(f"      {m['detail']}")
+
+
+# -- keys ---------------------------------------------------------------------------------------
+@cli.group()
+def keys() -> None:
+    """Encryption keys of the stored tokens."""
+
+
+@keys.command()
+def generate() -> None:
+    """Print a new encryption key (for encryption_key in credentials.json)."""
+    from maillink.secrets import TokenCipher
+
+    click.echo(TokenCipher.generate_key())
+
+
+@keys.command()
+@pass_obj
+def rotate(obj: Obj) -> None:
+    """Re-encrypt every stored token under the first (newest) key."""
+    count = obj.app.rotate_keys()
+    click.echo(f"re-encrypted {count} stored token(s) under the newest key")
+
+
+# -- entry point --------------------------------------------------------------------------------
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"maillink: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from maillink.crm.base import CRMError
+    from maillink.providers.base import ProviderError
+
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="maillink", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except (CRMError, ProviderError) as exc:
+        _fail(str(exc) or type(exc).__name__, 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # the last resort: one line, the traceback only with --debug
+        if debug:
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (run with --debug for details)", 1)

@@ -1,0 +1,634 @@
+"""maillink.toml and credentials.json → typed, checked settings (DESIGN.md §5).
+
+Every problem is a `ConfigError` whose one-line message names the file and the key and says what
+to fix. Unknown keys are refused (typos would otherwise be silently ignored). Every endpoint comes
+from these files, so the same code runs against the real services, the sandbox or a test double;
+plain http is accepted for loopback hosts only. Secrets never appear in messages or reprs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from maillink.errors import ConfigError
+from maillink.linking.facts import LinkingPolicy, MultipleOpenItems
+
+T = TypeVar("T")
+
+CONFIG_ENV = "MAILLINK_CONFIG"
+STORE_URL_ENV = "MAILLINK_STORE_URL"
+ENCRYPTION_KEY_ENV = "MAILLINK_ENCRYPTION_KEY"
+DEFAULT_CONFIG = "maillink.toml"
+DEFAULT_CREDENTIALS = "credentials.json"
+PIPEDRIVE_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"
+GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+
+@dataclass(frozen=True)
+class CrmSettings:
+    base_url: str
+    kind: str = "pipedrive"
+
+
+@dataclass(frozen=True)
+class GmailSettings:
+    api_endpoint: str = "https://gmail.googleapis.com"
+
+
+@dataclass(frozen=True)
+class MicrosoftSettings:
+    authority: str = "https://login.microsoftonline.com/common"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    folders: tuple[str, ...] = ("inbox", "sentitems")
+
+
+@dataclass(frozen=True)
+class LinkingSettings:
+    internal_domains: tuple[str, ...] = ()  # lower-cased, IDN domains in punycode
+    blocked: tuple[str, ...] = ()  # lower-cased shell-style patterns
+    multiple_open_items: MultipleOpenItems = MultipleOpenItems.ASK
+    create_persons: bool = False
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    interval_seconds: int = 120
+    page_size: int = 500
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    person_ttl_seconds: int = 3600
+    items_ttl_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class MicrosoftCredentials:
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class PipedriveCredentials:
+    """Either an API token, or an OAuth app's client and refresh token."""
+
+    api_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    token_url: str = PIPEDRIVE_TOKEN_URL
+
+    @property
+    def uses_oauth(self) -> bool:
+        return self.api_token is None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """credentials.json, checked. `encryption_keys` may be empty: `TokenCipher` says so when needed."""
+
+    google: dict[str, Any] | None = field(default=None, repr=False)
+    microsoft: MicrosoftCredentials | None = None
+    pipedrive: PipedriveCredentials | None = None
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    path: Path | None = field(default=None, compare=False)
+
+    def google_client(self) -> dict[str, Any]:
+        """The inner ``{"client_id", "client_secret", "auth_uri", "token_uri", …}`` of the client."""
+        if self.google is None:
+            where = self.path if self.path is not None else DEFAULT_CREDENTIALS
+            raise ConfigError(
+                f"{where}: google is missing: put the OAuth client file Google Cloud gives "
+                '({"installed": {...}}) there (see credentials.example.json)'
+            )
+        inner: dict[str, Any] = self.google.get("installed") or self.google["web"]
+        return inner
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: Path
+    store_url: str = field(repr=False)  # may hold a database password
+    crm: CrmSettings
+    gmail: GmailSettings
+    microsoft: MicrosoftSettings
+    linking: LinkingSettings
+    sync: SyncSettings
+    cache: CacheSettings
+    credentials_path: Path
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def credentials(self) -> Credentials:
+        """Read and check credentials.json now (it is only needed by some commands)."""
+        return load_credentials(self.credentials_path, env=self.env)
+
+
+# ---------------------------------------------------------------------------------------------
+# endpoints
+
+
+def check_endpoint(url: object, key: str, *, https_only: bool = False) -> str:
+    """Return `url` if it may be used as an endpoint, else raise a ConfigError naming `key`.
+
+    `key` says where the URL comes from, e.g. ``maillink.toml: [crm] base_url``. https is always
+    accepted; plain http only for loopback hosts (127.0.0.1, ::1, localhost), and never when
+    `https_only` (the Microsoft authority: MSAL accepts https only).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"{key} must be a URL such as https://host/…")
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed [IPv6 literal
+        raise ConfigError(f"{key} is not a valid URL") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http"):
+        got = f"scheme {scheme!r}" if scheme else "no scheme"
+        raise ConfigError(f"{key} must be an https:// URL (it has {got})")
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"{key} must be an https:// URL with a host name")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{key} must not contain a user name or password")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{key} has an invalid port") from None
+    if scheme == "http":
+        if https_only:
+            raise ConfigError(
+                f"{key} must use https:// (plain http is not accepted here, even for a loopback host)"
+            )
+        if not _is_loopback(host):
+            raise ConfigError(
+                f"{key} uses plain http:// for {host}: use https:// "
+                "(http is accepted only for loopback hosts: 127.0.0.1, ::1, localhost)"
+            )
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# reading tables with checked types
+
+
+def _kind(value: object, table: str) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return table
+    if value is None:
+        return "null"
+    return "a date/time"
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_table(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_texts(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) and x.strip() for x in value)
+
+
+def _is_keys(value: object) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(x, str) for x in value)
+    )
+
+
+class _Table:
+    """One TOML table or JSON object being read: takes keys, checks types, refuses leftovers."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, table: str) -> None:
+        self._data = dict(data)
+        self._prefix = prefix  # "maillink.toml: [sync] ", "credentials.json: pipedrive."
+        self._table = table  # "a table" (TOML) or "an object" (JSON)
+        self.seen: set[str] = set()
+
+    def label(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def checked(self, key: str, expected: str, ok: Callable[[Any], bool], hint: str) -> Any:
+        self.seen.add(key)
+        value = self._data[key]
+        if not ok(value):
+            example = f" (e.g. {hint})" if hint else ""
+            raise ConfigError(
+                f"{self.label(key)} must be {expected}, not {_kind(value, self._table)}{example}"
+            )
+        return value
+
+    def text(self, key: str, default: T, hint: str = "") -> str | T:
+        if key not in self._data:
+            self.seen.add(key)
+            return default
+        value: str = self.checked(key, "a string", _is_str, hint)
+        return value.strip()
+
+    def required_text(self, key: str, hint: str = "") -> str:
+        value = self.text(key, None, hint)
+        if not value:
+            state = "is empty" if key in self._data else "is missing"
+            example = f" (e.g. {hint})" if hint else ""
+            raise ConfigError(f"{self.label(key)} {state}{example}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, hint: str = "") -> int:
+        if key not in self._data:
+            self.seen.add(key)
+            return default
+        value: int = self.checked(key, "an integer", _is_int, hint)
+        if value < minimum:
+            raise ConfigError(f"{self.label(key)} must be at least {minimum}")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        if key not in self._data:
+            self.seen.add(key)
+            return default
+        value: bool = self.checked(key, "true or false", _is_bool, "")
+        return value
+
+    def texts(self, key: str, default: tuple[str, ...], hint: str = "") -> tuple[str, ...]:
+        if key not in self._data:
+            self.seen.add(key)
+            return default
+        value: list[str] = self.checked(key, "a list of non-empty strings", _is_texts, hint)
+        return tuple(x.strip() for x in value)
+
+    def table(self, key: str) -> _Table | None:
+        if key not in self._data:
+            self.seen.add(key)
+            return None
+        value = self.checked(key, self._table, _is_table, "")
+        return _Table(value, f"{self.label(key)}.", self._table)
+
+    def finish(self) -> None:
+        """Refuse any key that was not read (keys starting with "_" are comments in JSON)."""
+        unknown = [k for k in self._data if k not in self.seen and not k.startswith("_")]
+        if not unknown:
+            return
+        key = unknown[0]
+        close = difflib.get_close_matches(key, sorted(self.seen), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(self.seen))}"
+        raise ConfigError(f"{self.label(key)}: unknown key ({hint})")
+
+
+# ---------------------------------------------------------------------------------------------
+# maillink.toml
+
+_SECTIONS = ("store", "crm", "gmail", "microsoft", "linking", "sync", "cache")
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] = os.environ
+) -> Settings:
+    """Read maillink.toml: `path`, else $MAILLINK_CONFIG, else ./maillink.toml."""
+    origin = ""
+    if path is None and env.get(CONFIG_ENV):
+        path, origin = env[CONFIG_ENV], f" (named by {CONFIG_ENV})"
+    given = Path(path if path is not None else DEFAULT_CONFIG).expanduser()
+    config_path = Path(os.path.abspath(given))
+    shown = str(given)
+    try:
+        raw = config_path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no config file at {config_path}{origin}: copy maillink.example.toml there and set "
+            "[crm] base_url, or name another file with --config PATH or MAILLINK_CONFIG"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{config_path}{origin} is a folder, not a maillink.toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {config_path}{origin}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{shown}: not valid TOML: {exc}") from None
+    return _parse_settings(data, config_path, shown, env)
+
+
+def _parse_settings(
+    data: Mapping[str, Any], config_path: Path, shown: str, env: Mapping[str, str]
+) -> Settings:
+    top = _Table(data, f"{shown}: ", "a table")
+    sections: dict[str, _Table] = {}
+    for name in _SECTIONS:
+        table = top.checked(name, f"a table ([{name}])", _is_table, "") if top.has(name) else {}
+        top.seen.add(name)
+        sections[name] = _Table(table, f"{shown}: [{name}] ", "a table")
+    folder = config_path.parent
+    credentials = top.text("credentials", DEFAULT_CREDENTIALS, 'credentials = "credentials.json"')
+    for key, value in data.items():
+        if key not in _SECTIONS and isinstance(value, dict):
+            close = difflib.get_close_matches(key, _SECTIONS, n=1)
+            hint = f"did you mean [{close[0]}]?" if close else f"known: {', '.join(_SECTIONS)}"
+            raise ConfigError(f"{shown}: unknown section [{key}] ({hint})")
+    top.finish()
+
+    settings = Settings(
+        config_path=config_path,
+        store_url=_store_url(sections["store"], folder, env),
+        crm=_crm(sections["crm"]),
+        gmail=_gmail(sections["gmail"]),
+        microsoft=_microsoft(sections["microsoft"]),
+        linking=_linking(sections["linking"]),
+        sync=_sync(sections["sync"]),
+        cache=_cache(sections["cache"]),
+        credentials_path=_beside(folder, credentials),
+        env=env,
+    )
+    return settings
+
+
+def _beside(folder: Path, name: str) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else Path(os.path.abspath(folder / path))
+
+
+def _store_url(t: _Table, folder: Path, env: Mapping[str, str]) -> str:
+    url = t.text("url", None, 'url = "sqlite:///maillink.db"')
+    t.finish()
+    if env.get(STORE_URL_ENV):
+        # A path given in the environment is relative to where the command runs.
+        return _checked_store_url(env[STORE_URL_ENV].strip(), STORE_URL_ENV, Path.cwd())
+    if not url:
+        return "sqlite:///" + (folder / "maillink.db").as_posix()
+    return _checked_store_url(url, t.label("url"), folder)
+
+
+_SQLITE_FILE = re.compile(r"^(?P<scheme>sqlite(?:\+\w+)?):///(?P<path>[^?]*)(?P<query>\?.*)?$")
+
+
+def _checked_store_url(url: str, key: str, folder: Path) -> str:
+    """Check the database URL's scheme and make a relative SQLite path absolute (from `folder`)."""
+    scheme, sep, _ = url.partition("://")
+    dialect = scheme.partition("+")[0].lower()
+    if not sep or dialect not in ("sqlite", "postgresql", "postgres"):
+        got = f"scheme {scheme!r}" if sep else "no scheme"
+        raise ConfigError(
+            f"{key} must be sqlite:///PATH or postgresql://user@host/db (it has {got})"
+        )
+    match = _SQLITE_FILE.match(url)
+    if not match:
+        return url  # PostgreSQL, or "sqlite://" (in memory)
+    path = match["path"]
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return url
+    resolved = _beside(folder, path).as_posix()
+    return f"{match['scheme']}:///{resolved}{match['query'] or ''}"
+
+
+def _crm(t: _Table) -> CrmSettings:
+    kind = t.text("kind", "pipedrive", 'kind = "pipedrive"').lower()
+    if kind != "pipedrive":
+        raise ConfigError(f'{t.label("kind")} must be "pipedrive" (the only CRM supported)')
+    base_url = t.required_text("base_url", 'base_url = "https://yourcompany.pipedrive.com"')
+    t.finish()
+    return CrmSettings(
+        kind=kind, base_url=check_endpoint(base_url, t.label("base_url")).rstrip("/")
+    )
+
+
+def _url(t: _Table, key: str, default: str, *, https_only: bool = False) -> str:
+    url = t.text(key, default, f'{key} = "{default}"')
+    return check_endpoint(url, t.label(key), https_only=https_only).rstrip("/")
+
+
+def _gmail(t: _Table) -> GmailSettings:
+    settings = GmailSettings(api_endpoint=_url(t, "api_endpoint", GmailSettings.api_endpoint))
+    t.finish()
+    return settings
+
+
+def _microsoft(t: _Table) -> MicrosoftSettings:
+    defaults = MicrosoftSettings()
+    folders = t.texts("folders", defaults.folders, 'folders = ["inbox", "sentitems"]')
+    if not folders:
+        raise ConfigError(f'{t.label("folders")} is empty (e.g. folders = ["inbox", "sentitems"])')
+    settings = MicrosoftSettings(
+        authority=_url(t, "authority", defaults.authority, https_only=True),
+        graph_url=_url(t, "graph_url", defaults.graph_url),
+        folders=folders,
+    )
+    t.finish()
+    return settings
+
+
+def _linking(t: _Table) -> LinkingSettings:
+    domains = t.texts("internal_domains", (), 'internal_domains = ["yourcompany.com"]')
+    blocked = t.texts("blocked", (), 'blocked = ["noreply@*"]')
+    choices = "|".join(m.value for m in MultipleOpenItems)
+    policy = t.text("multiple_open_items", "ask", 'multiple_open_items = "ask"').lower()
+    try:
+        multiple = MultipleOpenItems(policy)
+    except ValueError:
+        raise ConfigError(
+            f"{t.label('multiple_open_items')} must be one of {choices} (ask is Pipedrive's rule)"
+        ) from None
+    settings = LinkingSettings(
+        internal_domains=tuple(_domain(d, t.label("internal_domains")) for d in domains),
+        blocked=tuple(p.lower() for p in blocked),
+        multiple_open_items=multiple,
+        create_persons=t.flag("create_persons", False),
+    )
+    t.finish()
+    return settings
+
+
+def _domain(text: str, key: str) -> str:
+    domain = text.strip().lstrip("@").rstrip(".").lower()
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(f"{key}: {text!r} is not a domain name") from None
+
+
+def _sync(t: _Table) -> SyncSettings:
+    settings = SyncSettings(
+        interval_seconds=t.integer("interval_seconds", 120, 1, "interval_seconds = 120"),
+        page_size=t.integer("page_size", 500, 1, "page_size = 500"),
+    )
+    t.finish()
+    return settings
+
+
+def _cache(t: _Table) -> CacheSettings:
+    settings = CacheSettings(
+        person_ttl_seconds=t.integer("person_ttl_seconds", 3600, 0, "person_ttl_seconds = 3600"),
+        items_ttl_seconds=t.integer("items_ttl_seconds", 600, 0, "items_ttl_seconds = 600"),
+    )
+    t.finish()
+    return settings
+
+
+def linking_policy(settings: Settings, own_addresses: Iterable[str]) -> LinkingPolicy:
+    """The linking rules' policy: the configured [linking] plus every connected mailbox."""
+    return LinkingPolicy(
+        own_addresses=frozenset(a.strip().lower() for a in own_addresses if a.strip()),
+        internal_domains=frozenset(settings.linking.internal_domains),
+        blocked=settings.linking.blocked,
+        multiple_open_items=settings.linking.multiple_open_items,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# credentials.json
+
+
+def load_credentials(
+    path: str | os.PathLike[str], *, env: Mapping[str, str] = os.environ
+) -> Credentials:
+    """Read and check credentials.json; the encryption key may also come from the environment."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no credentials file at {path}: copy credentials.example.json there and fill it in "
+            '(or set credentials = "PATH" in maillink.toml)'
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {path}: {reason}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a JSON object with google, microsoft, pipedrive keys")
+    top = _Table(data, f"{path}: ", "an object")
+    google = top.table("google")
+    microsoft = top.table("microsoft")
+    pipedrive = top.table("pipedrive")
+    keys = _encryption_keys(top, env)
+    top.finish()
+    return Credentials(
+        google=_google(google, top.label("google"), data["google"]) if google else None,
+        microsoft=_microsoft_credentials(microsoft) if microsoft else None,
+        pipedrive=_pipedrive(pipedrive) if pipedrive else None,
+        encryption_keys=keys,
+        path=path,
+    )
+
+
+def _encryption_keys(top: _Table, env: Mapping[str, str]) -> tuple[str, ...]:
+    value: Any = None
+    if top.has("encryption_key"):
+        value = top.checked("encryption_key", "a string or a list of strings", _is_keys, "")
+    else:
+        top.seen.add("encryption_key")
+    items = [value] if isinstance(value, str) else list(value or [])
+    keys = tuple(k.strip() for item in items for k in item.split(",") if k.strip())
+    if keys:
+        return keys
+    return tuple(k.strip() for k in env.get(ENCRYPTION_KEY_ENV, "").split(",") if k.strip())
+
+
+def _google(t: _Table, where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    kinds = [k for k in ("installed", "web") if t.has(k)]
+    if len(kinds) != 1:
+        state = "has both" if kinds else "needs one of"
+        raise ConfigError(
+            f"{where} {state} installed or web "
+            "(the OAuth client file Google Cloud gives, see credentials.example.json)"
+        )
+    kind = kinds[0]
+    client = t.table(kind)
+    assert client is not None
+    client.required_text("client_id", '"client_id": "….apps.googleusercontent.com"')
+    client.text("client_secret", None)
+    for key, example in (("auth_uri", GOOGLE_AUTH_URI), ("token_uri", GOOGLE_TOKEN_URI)):
+        check_endpoint(client.required_text(key, f'"{key}": "{example}"'), client.label(key))
+    client.texts("redirect_uris", ())
+    # The rest of Google's file (project_id, auth_provider_x509_cert_url…) is kept as it is.
+    google: dict[str, Any] = {kind: dict(raw[kind])}
+    return google
+
+
+def _microsoft_credentials(t: _Table) -> MicrosoftCredentials:
+    credentials = MicrosoftCredentials(
+        client_id=t.required_text(
+            "client_id", '"client_id": "00000000-0000-0000-0000-000000000000"'
+        ),
+        client_secret=t.text("client_secret", None) or None,
+        tenant=t.text("tenant", None) or None,
+    )
+    t.finish()
+    return credentials
+
+
+def _pipedrive(t: _Table) -> PipedriveCredentials:
+    api_token = t.text("api_token", None) or None
+    oauth = {
+        key: t.text(key, None) or None for key in ("client_id", "client_secret", "refresh_token")
+    }
+    token_url = check_endpoint(t.text("token_url", PIPEDRIVE_TOKEN_URL), t.label("token_url"))
+    t.finish()
+    given = [key for key, value in oauth.items() if value]
+    if api_token and given:
+        raise ConfigError(
+            f"{t.label('api_token')}: set either api_token or the OAuth fields "
+            "(client_id, client_secret, refresh_token), not both"
+        )
+    if not api_token:
+        missing = [key for key, value in oauth.items() if not value]
+        if len(missing) == len(oauth):
+            raise ConfigError(
+                f"{t.label('api_token')} is missing: set api_token, or client_id, client_secret "
+                "and refresh_token of a Pipedrive OAuth app"
+            )
+        if missing:
+            raise ConfigError(
+                f"{t.label(missing[0])} is missing (the OAuth fields client_id, client_secret "
+                "and refresh_token go together)"
+            )
+    return PipedriveCredentials(api_token=api_token, token_url=token_url, **oauth)

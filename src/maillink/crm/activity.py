@@ -1,0 +1,81 @@
+"""What one email becomes in the CRM: an activity draft with a note that carries its maillink-id."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from maillink.crm.base import ActivityDraft
+from maillink.linking.facts import Decision, ItemRef
+from maillink.model import Address, Message
+
+KEY_PREFIX = "maillink-id: "
+
+
+def key_line(key: str) -> str:
+    """The note's last line, by which an activity is found again after a crash."""
+    return KEY_PREFIX + html.escape(key, quote=False)
+
+
+def _addresses(addresses: tuple[Address, ...]) -> str:
+    return ", ".join(
+        html.escape(f"{a.name} <{a.email}>" if a.name else a.email, quote=False) for a in addresses
+    )
+
+
+def render_note(message: Message) -> str:
+    lines = []
+    if message.sender:
+        lines.append(f"<b>From:</b> {_addresses((message.sender,))}")
+    if message.to:
+        lines.append(f"<b>To:</b> {_addresses(message.to)}")
+    if message.cc:
+        lines.append(f"<b>Cc:</b> {_addresses(message.cc)}")
+    date = message.date_header or (message.date.isoformat() if message.date else "")
+    if date:
+        lines.append(f"<b>Date:</b> {html.escape(date, quote=False)}")
+    lines.append(f"<b>Direction:</b> {message.direction.value}")
+    if message.snippet:
+        lines.append(f"<b>Snippet:</b> {html.escape(message.snippet, quote=False)}")
+    return "<br>\n".join(lines) + "<br>\n" + key_line(message.key)
+
+
+def one_item_per_kind(items: tuple[ItemRef, ...]) -> tuple[ItemRef, ...]:
+    """An activity holds at most one deal, one lead and one project: keep the first of each."""
+    kept: dict[str, ItemRef] = {}
+    for ref in items:
+        kept.setdefault(ref.kind.value, ref)
+    return tuple(kept.values())
+
+
+def draft_for(message: Message, decision: Decision) -> ActivityDraft:
+    assert message.date is not None  # decisions that write an activity have a date
+    return ActivityDraft(
+        key=message.key,
+        subject=message.subject or "(no subject)",
+        when=message.date,
+        person_ids=decision.person_ids,
+        items=one_item_per_kind(decision.items),
+        note=render_note(message),
+    )
+
+
+def draft_to_json(draft: ActivityDraft) -> dict[str, Any]:
+    data = asdict(draft)
+    data["when"] = draft.when.isoformat()
+    data["person_ids"] = list(draft.person_ids)
+    data["items"] = [str(ref) for ref in draft.items]
+    return data
+
+
+def draft_from_json(data: dict[str, Any]) -> ActivityDraft:
+    return ActivityDraft(
+        key=data["key"],
+        subject=data["subject"],
+        when=datetime.fromisoformat(data["when"]),
+        person_ids=tuple(data["person_ids"]),
+        items=tuple(ItemRef.parse(ref) for ref in data["items"]),
+        note=data["note"],
+    )

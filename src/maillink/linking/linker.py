@@ -1,0 +1,277 @@
+"""The linker: gathers CRM facts (through the caches), replays threads through the rules, and
+records each decision, its reason and the activity to write (the outbox) in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from maillink.crm.activity import draft_for, draft_to_json
+from maillink.crm.base import CRM
+from maillink.linking.facts import Decision, Facts, Item, LinkingPolicy, Person, Reason, ThreadInput
+from maillink.linking.rules import decide_thread, external_participants
+from maillink.model import Message
+from maillink.store import Store, cache, mail
+from maillink.store.accounts import Account
+from maillink.store.schema import activities, decision_log, messages
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CacheTTL:
+    persons: timedelta = timedelta(hours=1)
+    items: timedelta = timedelta(minutes=10)
+
+
+class FactGatherer:
+    """Persons by email and items by person, from the store's caches or else from the CRM."""
+
+    def __init__(self, store: Store, crm: CRM, ttl: CacheTTL, clock: Callable[[], datetime] = _now):
+        self.store = store
+        self.crm = crm
+        self.ttl = ttl
+        self.clock = clock
+        self.crm_reads = 0
+
+    def gather(self, emails: Iterable[str], *, remember: bool = True) -> Facts:
+        """The facts about these addresses; `remember=False` leaves the caches as they are."""
+        wanted = {e.lower() for e in emails}
+        now = self.clock()
+        with self.store.transaction() as conn:
+            persons = cache.fresh_persons(conn, wanted, now, self.ttl.persons)
+        fetched_persons: dict[str, list[Person]] = {}
+        for email in sorted(wanted - persons.keys()):
+            fetched_persons[email] = self.crm.search_persons(email)
+            self.crm_reads += 1
+        persons.update(fetched_persons)
+        person_ids = {p.id for found in persons.values() for p in found}
+        with self.store.transaction() as conn:
+            if remember:
+                cache.put_persons(conn, fetched_persons, now)
+            items = cache.fresh_items(conn, person_ids, now, self.ttl.items)
+        fetched_items: dict[int, list[Item]] = {}
+        for person_id in sorted(person_ids - items.keys()):
+            fetched_items[person_id] = self.crm.items_of_person(person_id)
+            self.crm_reads += 1
+        items.update(fetched_items)
+        if fetched_items and remember:
+            with self.store.transaction() as conn:
+                cache.put_items(conn, fetched_items, now)
+        return Facts(persons_by_email=persons, items_by_person=items)
+
+
+def _stored_decision(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["reason"],
+        list(row["person_ids"]),
+        list(row["items"]),
+        list(row["candidates"]),
+        row["detail"],
+    )
+
+
+def _decision_values(d: Decision) -> tuple[Any, ...]:
+    return (
+        d.reason.value,
+        list(d.person_ids),
+        [str(i) for i in d.items],
+        [str(c) for c in d.candidates],
+        d.detail,
+    )
+
+
+class Linker:
+    """Decides the threads a page touched and records the outcome (decisions + outbox)."""
+
+    def __init__(self, store: Store, facts: FactGatherer, policy: LinkingPolicy):
+        self.store = store
+        self.facts = facts
+        self.policy = policy
+
+    # -- facts ---------------------------------------------------------------------------------
+    def _addresses(
+        self,
+        account: Account,
+        rows_by_thread: Mapping[int, Sequence[Any]],
+        threads: Mapping[int, mail.StoredThread],
+    ) -> set[str]:
+        emails: set[str] = set()
+        for tid, rows in rows_by_thread.items():
+            for row in rows:
+                message = mail.message_from_row(account.email, threads[tid].key, row)
+                external, _blocked = external_participants(message, self.policy)
+                emails.update(a.email for a in external)
+        return emails
+
+    def decide(
+        self,
+        account: Account,
+        thread_ids: Iterable[int],
+        *,
+        cause: str = "sync",
+        conn: Connection | None = None,
+    ) -> Counter[str]:
+        """Replay the threads through the rules and record what changed. Returns reasons counted.
+
+        Facts are gathered first (CRM calls happen outside any write transaction), then the
+        decisions and the outbox rows are written in one transaction (or in `conn`, when given:
+        a dry run passes a connection that is rolled back).
+        """
+        ids = sorted(set(thread_ids))
+        if not ids:
+            return Counter()
+        reader = nullcontext(conn) if conn is not None else self.store.engine.connect()
+        with reader as read:
+            threads = mail.threads_by_id(read, ids)
+            rows = mail.messages_of_threads(read, ids)
+        facts = self.facts.gather(self._addresses(account, rows, threads), remember=conn is None)
+        if conn is not None:
+            return self._record(conn, account, ids, facts, cause)
+        with self.store.transaction() as write:
+            return self._record(write, account, ids, facts, cause)
+
+    # -- recording -----------------------------------------------------------------------------
+    def _record(
+        self, conn: Connection, account: Account, ids: Sequence[int], facts: Facts, cause: str
+    ) -> Counter[str]:
+        counted: Counter[str] = Counter()
+        threads = mail.threads_by_id(conn, ids)
+        rows_by_thread = mail.messages_of_threads(conn, ids)
+        now = datetime.now(UTC)
+        for tid in ids:
+            thread = threads.get(tid)
+            rows = rows_by_thread.get(tid, [])
+            if thread is None or not rows:
+                continue
+            by_provider_id = {row["provider_id"]: row for row in rows}
+            msgs = [mail.message_from_row(account.email, thread.key, row) for row in rows]
+            created_at = thread.first_message_at or min(
+                (m.date for m in msgs if m.date is not None), default=now
+            )
+            outcome = decide_thread(
+                ThreadInput(
+                    key=thread.key,
+                    created_at=created_at,
+                    messages=msgs,
+                    choice=thread.choice,
+                    unlinked=thread.unlinked,
+                ),
+                facts,
+                self.policy,
+            )
+            mail.save_thread_outcome(
+                conn, tid, outcome.linked, outcome.link_source, outcome.waiting, outcome.candidates
+            )
+            by_id = {m.provider_id: m for m in msgs}
+            for decision in outcome.decisions:
+                row = by_provider_id[decision.provider_id]
+                decision = self._claim_activity(
+                    conn, row, by_id[decision.provider_id], decision, now
+                )
+                counted[decision.reason.value] += 1
+                values = _decision_values(decision)
+                if row["reason"] is not None and _stored_decision(row) == values:
+                    continue
+                reason, person_ids, items, candidates, detail = values
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.id == row["id"])
+                    .values(
+                        reason=reason,
+                        person_ids=person_ids,
+                        items=items,
+                        candidates=candidates,
+                        detail=detail,
+                        decided_at=now,
+                    )
+                )
+                conn.execute(
+                    insert(decision_log).values(
+                        message_id=row["id"],
+                        reason=reason,
+                        items=items,
+                        person_ids=person_ids,
+                        detail=detail,
+                        cause=cause,
+                        decided_at=now,
+                    )
+                )
+        return counted
+
+    def _claim_activity(
+        self,
+        conn: Connection,
+        row: Mapping[str, Any],
+        message: Message,
+        decision: Decision,
+        now: datetime,
+    ) -> Decision:
+        """Put the activity this decision wants in the outbox; one activity per email, team-wide.
+
+        The first mailbox that stored an email owns its activity; the same email in another
+        connected mailbox is recorded as a duplicate and writes nothing.
+        """
+        if not decision.reason.writes_activity:
+            return decision
+        desired = draft_to_json(draft_for(message, decision))
+        existing = conn.execute(
+            select(
+                activities.c.owner_message_id,
+                activities.c.desired,
+                activities.c.desired_version,
+            ).where(activities.c.key == message.key)
+        ).first()
+        if existing is None:
+            conn.execute(
+                insert(activities).values(
+                    key=message.key,
+                    owner_message_id=row["id"],
+                    desired=desired,
+                    desired_version=1,
+                    delivered_version=0,
+                    attempts=0,
+                    updated_at=now,
+                )
+            )
+            return decision
+        if existing.owner_message_id not in (None, row["id"]):
+            owner = conn.execute(
+                select(messages.c.account_id, messages.c.provider_id).where(
+                    messages.c.id == existing.owner_message_id
+                )
+            ).first()
+            where = (
+                f"message {owner.provider_id} of account {owner.account_id}"
+                if owner
+                else "another mailbox"
+            )
+            return Decision(
+                provider_id=decision.provider_id,
+                reason=Reason.DUPLICATE_MESSAGE,
+                person_ids=decision.person_ids,
+                detail=f"the same email ({message.key}) was stored first as {where}, "
+                f"whose decision writes its one activity",
+            )
+        if existing.desired != desired:
+            conn.execute(
+                update(activities)
+                .where(activities.c.key == message.key)
+                .values(
+                    owner_message_id=row["id"],
+                    desired=desired,
+                    desired_version=existing.desired_version + 1,
+                    next_attempt_at=None,
+                    updated_at=now,
+                )
+            )
+        return decision

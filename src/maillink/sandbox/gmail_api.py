@@ -1,0 +1,278 @@
+"""The Gmail API v1 routes of the sandbox: profile, messages list/get, threads get, history list.
+
+Each call authenticates its bearer token, checks the userId against the token's mailbox, takes
+its quota units (when a quota is set), counts itself in the meter, then answers from the mailbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from flask import Flask, Response, request
+
+from maillink.sandbox._server import Meter
+from maillink.sandbox.gmail_errors import (
+    GoogleApiError,
+    QueryArgs,
+    bad_request,
+    forbidden,
+    json_response,
+    not_found,
+    rate_limited,
+    unauthenticated,
+)
+from maillink.sandbox.gmail_mailbox import (
+    HISTORY_TYPES,
+    HistoryExpiredError,
+    HistoryRecord,
+    Mailbox,
+    StoredMessage,
+)
+from maillink.sandbox.gmail_oauth import SCOPE_METADATA, OAuthState
+
+# Quota units per call (Google's model before 2026; DESIGN.md section 7).
+UNITS = {
+    "gmail.users.getProfile": 1,
+    "gmail.messages.list": 5,
+    "gmail.messages.get": 5,
+    "gmail.threads.get": 10,
+    "gmail.history.list": 2,
+}
+DEFAULT_PAGE = 100
+MAX_PAGE = 500
+_FORMATS = ("minimal", "full", "raw", "metadata")
+
+
+class QuotaBuckets:
+    """A token bucket of quota units per mailbox, refilled at `units_per_second`."""
+
+    def __init__(self, units_per_second: float, clock: Callable[[], float] = time.monotonic):
+        if not units_per_second > 0:
+            raise ValueError("quota_units_per_second must be positive")
+        self.rate = units_per_second
+        self.capacity = max(units_per_second, float(max(UNITS.values())))
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, units: int) -> float:
+        """0.0 when the units are granted, else the seconds until they would be."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens >= units:
+            self._buckets[key] = (tokens - units, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (units - tokens) / self.rate
+
+
+@dataclass
+class GmailContext:
+    """What the Gmail routes share with the sandbox; every read and write holds `lock`."""
+
+    lock: threading.RLock
+    mailboxes: dict[str, Mailbox]
+    oauth: OAuthState
+    meter: Meter
+    quota: QuotaBuckets | None = None
+
+
+def encode_token(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, kind: str, arity: int) -> list[object]:
+    """The parts of a page token made by `encode_token(kind, ...)`; 400 for anything else."""
+    try:
+        parts = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error):
+        parts = None
+    if not isinstance(parts, list) or len(parts) != arity or parts[0] != kind:
+        raise bad_request("Invalid pageToken")
+    return parts[1:]
+
+
+def _begin_call(ctx: GmailContext, name: str, user_id: str) -> Mailbox:
+    """Authenticate, authorize, and charge one call; the caller holds the lock."""
+    ctx.meter.count(name)
+    token = request.args.get("access_token")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        token = value.strip()
+    grant = ctx.oauth.grant_for(token) if token else None
+    if grant is None:
+        raise unauthenticated()
+    if SCOPE_METADATA not in grant.scopes:
+        raise forbidden("Request had insufficient authentication scopes.", "insufficientPermissions")
+    if user_id != "me" and user_id.lower() != grant.email:
+        raise forbidden(f"Delegation denied for {grant.email}")
+    if ctx.quota is not None:
+        wait = ctx.quota.take(grant.email, UNITS[name])
+        if wait > 0:
+            raise rate_limited(max(1, math.ceil(wait)))
+    ctx.meter.count(name, UNITS[name], n=0)
+    return ctx.mailboxes[grant.email]
+
+
+def _message_format(args: QueryArgs) -> str:
+    fmt = args.choice("format", "full", _FORMATS)
+    if fmt in ("full", "raw"):
+        raise forbidden(f"Metadata scope doesn't allow format {fmt.upper()}")
+    return fmt
+
+
+def message_body(message: StoredMessage, fmt: str, header_names: Iterable[str]) -> dict[str, object]:
+    """A Message resource in format minimal or metadata."""
+    body: dict[str, object] = {"id": message.id, "threadId": message.thread_id}
+    if message.label_ids:
+        body["labelIds"] = list(message.label_ids)
+    body.update(
+        snippet=message.snippet,
+        sizeEstimate=message.size_estimate,
+        historyId=str(message.history_id),
+        internalDate=str(message.internal_ms),
+    )
+    if fmt == "metadata":
+        wanted = {name.lower() for name in header_names}
+        headers = [
+            {"name": name, "value": value}
+            for name, value in message.headers
+            if not wanted or name.lower() in wanted
+        ]
+        content_type = next(
+            (v for n, v in message.headers if n.lower() == "content-type"), "text/plain"
+        )
+        body["payload"] = {"mimeType": content_type.split(";")[0].strip(), "headers": headers}
+    return body
+
+
+def _history_body(record: HistoryRecord) -> dict[str, object]:
+    ref = {"id": record.message_id, "threadId": record.thread_id}
+    full = {**ref, "labelIds": list(record.label_ids)}
+    body: dict[str, object] = {"id": str(record.id), "messages": [ref]}
+    if record.kind == "messageAdded":
+        body["messagesAdded"] = [{"message": full}]
+    elif record.kind == "messageDeleted":
+        body["messagesDeleted"] = [{"message": full}]
+    elif record.kind == "labelAdded":
+        body["labelsAdded"] = [{"message": full, "labelIds": list(record.changed)}]
+    else:
+        body["labelsRemoved"] = [{"message": full, "labelIds": list(record.changed)}]
+    return body
+
+
+def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
+    """Mount the Gmail API v1 methods under /gmail/v1/users/{userId}/ on `app`."""
+    base = "/gmail/v1/users/<user_id>"
+
+    @app.get(f"{base}/profile")
+    def get_profile(user_id: str) -> Response:
+        with ctx.lock:
+            mailbox = _begin_call(ctx, "gmail.users.getProfile", user_id)
+            args = QueryArgs(request.args, frozenset())
+            body = {
+                "emailAddress": mailbox.email,
+                "messagesTotal": len(mailbox.messages),
+                "threadsTotal": mailbox.thread_count,
+                "historyId": str(mailbox.history_id),
+            }
+        return json_response(body, pretty=args.pretty)
+
+    @app.get(f"{base}/messages")
+    def list_messages(user_id: str) -> Response:
+        allowed = frozenset({"maxResults", "pageToken", "labelIds", "includeSpamTrash", "q"})
+        with ctx.lock:
+            mailbox = _begin_call(ctx, "gmail.messages.list", user_id)
+            args = QueryArgs(request.args, allowed)
+            if "q" in args:
+                raise forbidden("Metadata scope does not support 'q' parameter")
+            limit = args.integer("maxResults", DEFAULT_PAGE, MAX_PAGE)
+            label_ids = args.strings("labelIds")
+            include_spam_trash = args.boolean("includeSpamTrash", False)
+            token = args.string("pageToken")
+            before = None
+            if token:
+                ms, seq, message_id = decode_token(token, "m", 4)
+                if not (isinstance(ms, int) and isinstance(seq, int) and isinstance(message_id, str)):
+                    raise bad_request("Invalid pageToken")
+                before = (ms, seq, message_id)
+            page, next_key = mailbox.list_page(label_ids, include_spam_trash, before, limit)
+            body: dict[str, object] = {}
+            if page:
+                body["messages"] = [{"id": m.id, "threadId": m.thread_id} for m in page]
+            if next_key is not None:
+                body["nextPageToken"] = encode_token("m", *next_key)
+            body["resultSizeEstimate"] = mailbox.estimate(label_ids, include_spam_trash)
+        return json_response(body, pretty=args.pretty)
+
+    @app.get(f"{base}/messages/<message_id>")
+    def get_message(user_id: str, message_id: str) -> Response:
+        with ctx.lock:
+            mailbox = _begin_call(ctx, "gmail.messages.get", user_id)
+            args = QueryArgs(request.args, frozenset({"format", "metadataHeaders"}))
+            fmt = _message_format(args)
+            message = mailbox.messages.get(message_id)
+            if message is None:
+                raise not_found()
+            body = message_body(message, fmt, args.strings("metadataHeaders"))
+        return json_response(body, pretty=args.pretty)
+
+    @app.get(f"{base}/threads/<thread_id>")
+    def get_thread(user_id: str, thread_id: str) -> Response:
+        with ctx.lock:
+            mailbox = _begin_call(ctx, "gmail.threads.get", user_id)
+            args = QueryArgs(request.args, frozenset({"format", "metadataHeaders"}))
+            fmt = _message_format(args)
+            try:
+                messages = mailbox.thread(thread_id)
+            except KeyError:
+                raise not_found() from None
+            headers = args.strings("metadataHeaders")
+            body = {
+                "id": thread_id,
+                "historyId": str(max(m.history_id for m in messages)),
+                "messages": [message_body(m, fmt, headers) for m in messages],
+            }
+        return json_response(body, pretty=args.pretty)
+
+    @app.get(f"{base}/history")
+    def list_history(user_id: str) -> Response:
+        allowed = frozenset({"startHistoryId", "historyTypes", "pageToken", "maxResults", "labelId"})
+        with ctx.lock:
+            mailbox = _begin_call(ctx, "gmail.history.list", user_id)
+            args = QueryArgs(request.args, allowed)
+            start = args.uint64("startHistoryId")
+            if start is None:
+                raise bad_request("Required parameter: startHistoryId")
+            types = args.strings("historyTypes")
+            for kind in types:
+                if kind not in HISTORY_TYPES:
+                    raise bad_request(f"Invalid value at 'history_types', \"{kind}\"")
+            limit = args.integer("maxResults", DEFAULT_PAGE, MAX_PAGE)
+            token = args.string("pageToken")
+            after = None
+            if token:
+                (value,) = decode_token(token, "h", 2)
+                if not isinstance(value, int):
+                    raise bad_request("Invalid pageToken")
+                after = value
+            try:
+                page, next_after = mailbox.history_page(
+                    start, types, args.string("labelId"), after, limit
+                )
+            except HistoryExpiredError:
+                raise not_found() from None
+            body: dict[str, object] = {}
+            if page:
+                body["history"] = [_history_body(record) for record in page]
+            if next_after is not None:
+                body["nextPageToken"] = encode_token("h", next_after)
+            body["historyId"] = str(mailbox.history_id)
+        return json_response(body, pretty=args.pretty)

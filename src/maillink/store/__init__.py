@@ -1,0 +1,116 @@
+"""The state store: one relational database through one SQLAlchemy Core schema.
+
+SQLite by default (a file, nothing to install), PostgreSQL when several daemons share the work.
+`Store.open(url)` creates or upgrades the schema in place (Alembic migrations shipped in the package).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+from maillink.errors import ConfigError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def _engine_for(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            "[store] url is not a database URL (e.g. sqlite:///maillink.db)"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError(
+                "[store] url names PostgreSQL but psycopg is not installed: "
+                "pip install 'maillink[postgres]'"
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not Path(database).parent.exists():
+            raise ConfigError(f"[store] url: the folder of {database!r} does not exist")
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+class Store:
+    """Owns the engine; every query module takes the `Connection` of a `transaction()`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, upgrade: bool = True) -> Store:
+        store = cls(_engine_for(url))
+        if upgrade:
+            store.upgrade()
+        return store
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest version, in place; a no-op when it is current."""
+        try:
+            with self.engine.begin() as connection:
+                command.upgrade(_alembic_config(connection), "head")
+        except OperationalError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise ConfigError(f"[store] url: cannot open the database {where}: {exc.orig}") from None
+
+    def schema_version(self) -> str | None:
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    @staticmethod
+    def newest_schema_version() -> str | None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        return ScriptDirectory.from_config(config).get_current_head()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def rolled_back(self) -> Iterator[Connection]:
+        """A transaction that is always rolled back (dry runs)."""
+        with self.engine.connect() as connection:
+            transaction = connection.begin()
+            try:
+                yield connection
+            finally:
+                transaction.rollback()
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,144 @@
+"""The CRM caches: persons by email (including "no such person") and items by person, with expiry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select
+
+from maillink.linking.facts import Item, ItemRef, ItemStatus, Person
+from maillink.store.schema import crm_state, item_cache, person_cache
+
+
+def _person_json(p: Person) -> dict[str, Any]:
+    return {"id": p.id, "name": p.name, "emails": list(p.emails)}
+
+
+def _person(d: Mapping[str, Any]) -> Person:
+    return Person(id=int(d["id"]), name=d["name"], emails=tuple(d["emails"]))
+
+
+def _item_json(i: Item) -> dict[str, Any]:
+    return {
+        "ref": str(i.ref),
+        "title": i.title,
+        "person_ids": sorted(i.person_ids),
+        "created_at": i.created_at.isoformat(),
+        "status": i.status.value,
+        "closed_at": i.closed_at.isoformat() if i.closed_at else None,
+    }
+
+
+def _item(d: Mapping[str, Any]) -> Item:
+    return Item(
+        ref=ItemRef.parse(d["ref"]),
+        title=d["title"],
+        person_ids=frozenset(d["person_ids"]),
+        created_at=datetime.fromisoformat(d["created_at"]),
+        status=ItemStatus(d["status"]),
+        closed_at=datetime.fromisoformat(d["closed_at"]) if d["closed_at"] else None,
+    )
+
+
+def fresh_persons(
+    conn: Connection, emails: Iterable[str], now: datetime, ttl: timedelta
+) -> dict[str, list[Person]]:
+    wanted = sorted(set(emails))
+    found: dict[str, list[Person]] = {}
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            select(person_cache).where(
+                person_cache.c.email.in_(wanted[start : start + 500]),
+                person_cache.c.fetched_at > now - ttl,
+            )
+        )
+        for row in rows:
+            found[row.email] = [_person(p) for p in row.persons]
+    return found
+
+
+def put_persons(
+    conn: Connection, persons_by_email: Mapping[str, Sequence[Person]], now: datetime
+) -> None:
+    if not persons_by_email:
+        return
+    emails = sorted(persons_by_email)
+    conn.execute(delete(person_cache).where(person_cache.c.email.in_(emails)))
+    conn.execute(
+        insert(person_cache),
+        [
+            {
+                "email": e,
+                "persons": [_person_json(p) for p in persons_by_email[e]],
+                "fetched_at": now,
+            }
+            for e in emails
+        ],
+    )
+
+
+def fresh_items(
+    conn: Connection, person_ids: Iterable[int], now: datetime, ttl: timedelta
+) -> dict[int, list[Item]]:
+    wanted = sorted(set(person_ids))
+    found: dict[int, list[Item]] = {}
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(
+            select(item_cache).where(
+                item_cache.c.person_id.in_(wanted[start : start + 500]),
+                item_cache.c.fetched_at > now - ttl,
+            )
+        )
+        for row in rows:
+            found[row.person_id] = [_item(i) for i in row.items]
+    return found
+
+
+def put_items(
+    conn: Connection, items_by_person: Mapping[int, Sequence[Item]], now: datetime
+) -> None:
+    if not items_by_person:
+        return
+    ids = sorted(items_by_person)
+    conn.execute(delete(item_cache).where(item_cache.c.person_id.in_(ids)))
+    conn.execute(
+        insert(item_cache),
+        [
+            {
+                "person_id": p,
+                "items": [_item_json(i) for i in items_by_person[p]],
+                "fetched_at": now,
+            }
+            for p in ids
+        ],
+    )
+
+
+def forget(conn: Connection, *, emails: Iterable[str] = (), person_ids: Iterable[int] = ()) -> None:
+    """Drop cache entries that a CRM change made stale (webhook or polling)."""
+    email_list = sorted({e.lower() for e in emails})
+    id_list = sorted(set(person_ids))
+    for start in range(0, len(email_list), 500):
+        conn.execute(
+            delete(person_cache).where(person_cache.c.email.in_(email_list[start : start + 500]))
+        )
+    for start in range(0, len(id_list), 500):
+        conn.execute(
+            delete(item_cache).where(item_cache.c.person_id.in_(id_list[start : start + 500]))
+        )
+
+
+def forget_all(conn: Connection) -> None:
+    conn.execute(delete(person_cache))
+    conn.execute(delete(item_cache))
+
+
+def get_state(conn: Connection, name: str) -> str | None:
+    return conn.execute(select(crm_state.c.value).where(crm_state.c.name == name)).scalar()
+
+
+def set_state(conn: Connection, name: str, value: str) -> None:
+    conn.execute(delete(crm_state).where(crm_state.c.name == name))
+    conn.execute(insert(crm_state).values(name=name, value=value))

@@ -1,0 +1,179 @@
+"""The one schema of the state store, as SQLAlchemy Core tables (SQLite and PostgreSQL alike).
+
+The tables are created and upgraded by the Alembic migrations in `migrations/`; this module is what
+the queries use. Keep both in step: a change here needs a new migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes in, the same out, on SQLite (which has no time zones) too."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("maillink stores timezone-aware datetimes only")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("provider", String(20), nullable=False),  # gmail | microsoft
+    Column("status", String(20), nullable=False, default="active"),  # active|paused|needs_reauth
+    Column("token", Text, nullable=True),  # encrypted (Fernet) JSON of the provider's tokens
+    Column("scopes", Text, nullable=False, default=""),
+    Column("aliases", JSON, nullable=False, default=list),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_sync_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("backfill_since", UTCDateTime, nullable=True),
+)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(100), primary_key=True),  # "mailbox" for Gmail, the folder for Graph
+    Column("value", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+threads = Table(
+    "threads",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("first_message_at", UTCDateTime, nullable=True),
+    Column("subject", Text, nullable=False, default=""),
+    # the thread's link after the last replay (DESIGN §3 rules 3-5)
+    Column("link", String(80), nullable=True),  # "deal:12"
+    Column("link_source", String(10), nullable=True),  # auto | user
+    Column("waiting", Boolean, nullable=False, default=False),
+    Column("candidates", JSON, nullable=False, default=list),
+    # the user's word on the thread (rule 5)
+    Column("choice", String(80), nullable=True),
+    Column("unlinked", Boolean, nullable=False, default=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("account_id", "key", name="uq_threads_account_key"),
+)
+Index("ix_threads_waiting", threads.c.waiting)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("provider_id", String(255), nullable=False),
+    Column("thread_id", Integer, ForeignKey("threads.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(1000), nullable=False),  # the team-wide identity (Message-ID)
+    Column("message_id", String(1000), nullable=True),
+    Column("in_reply_to", String(1000), nullable=True),
+    Column("date", UTCDateTime, nullable=True),
+    Column("direction", String(10), nullable=False),
+    Column("headers", JSON, nullable=False),  # sender/to/cc/bcc/subject/snippet/labels/date_header
+    Column("problems", JSON, nullable=False, default=list),
+    Column("removed", Boolean, nullable=False, default=False),
+    # the current decision
+    Column("reason", String(40), nullable=True),
+    Column("person_ids", JSON, nullable=False, default=list),
+    Column("items", JSON, nullable=False, default=list),
+    Column("candidates", JSON, nullable=False, default=list),
+    Column("detail", Text, nullable=False, default=""),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    UniqueConstraint("account_id", "provider_id", name="uq_messages_account_provider_id"),
+)
+Index("ix_messages_thread", messages.c.thread_id)
+Index("ix_messages_key", messages.c.key)
+
+decision_log = Table(
+    "decision_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("items", JSON, nullable=False, default=list),
+    Column("person_ids", JSON, nullable=False, default=list),
+    Column("detail", Text, nullable=False, default=""),
+    Column("cause", String(40), nullable=False),  # sync | choice | replay
+    Column("decided_at", UTCDateTime, nullable=False),
+)
+Index("ix_decision_log_message", decision_log.c.message_id)
+
+# The outbox: one row per email (its maillink-id), the desired activity and what was delivered.
+activities = Table(
+    "activities",
+    metadata,
+    Column("key", String(1000), primary_key=True),
+    Column(
+        "owner_message_id", Integer, ForeignKey("messages.id", ondelete="SET NULL"), nullable=True
+    ),
+    Column("desired", JSON, nullable=False),
+    Column("desired_version", Integer, nullable=False, default=1),
+    Column("delivered_version", Integer, nullable=False, default=0),
+    Column("crm_id", String(64), nullable=True),
+    Column("attempt_started_at", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+Index("ix_activities_pending", activities.c.delivered_version, activities.c.desired_version)
+
+person_cache = Table(
+    "person_cache",
+    metadata,
+    Column("email", String(320), primary_key=True),
+    Column("persons", JSON, nullable=False),  # [] caches "no such person"
+    Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+item_cache = Table(
+    "item_cache",
+    metadata,
+    Column("person_id", Integer, primary_key=True),
+    Column("items", JSON, nullable=False),
+    Column("fetched_at", UTCDateTime, nullable=False),
+)
+
+crm_state = Table(
+    "crm_state",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+)

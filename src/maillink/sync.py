@@ -1,0 +1,223 @@
+"""One mailbox round: pull pages → store them with their cursor → link → deliver the outbox."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from maillink.crm.base import CRM, CRMAuthError, CRMRateLimited, CRMUnavailable
+from maillink.linking.linker import Linker
+from maillink.outbox import Delivery, Outbox
+from maillink.providers.base import MailProvider, NeedsReauth, Page, ProviderError
+from maillink.store import Store, accounts, cache, mail
+from maillink.store.accounts import Account
+
+CHANGES_SINCE = "crm_changes_since"
+MAILBOX = "mailbox"  # the incremental cursor of a mailbox
+BACKFILL = "backfill"  # the cursor of a backfill in progress  # crm_state: the last time CRM changes were polled
+
+
+class StoreKnown:
+    """What the store holds for one mailbox, so that the adapters fetch only what is new."""
+
+    def __init__(self, store: Store, account_id: int):
+        self.store = store
+        self.account_id = account_id
+
+    def known_messages(self, provider_ids: Iterable[str]) -> set[str]:
+        with self.store.engine.connect() as conn:
+            return mail.known_messages(conn, self.account_id, provider_ids)
+
+    def thread_dates(self, thread_keys: Iterable[str]) -> dict[str, datetime]:
+        with self.store.engine.connect() as conn:
+            return mail.thread_dates(conn, self.account_id, thread_keys)
+
+
+@dataclass
+class RoundResult:
+    account: str
+    pages: int = 0
+    messages: int = 0
+    listed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    delivery: Delivery = field(default_factory=Delivery)
+    undecided: int = 0  # messages stored but left undecided (the CRM was unreachable)
+    error: str | None = None
+    status: str = accounts.ACTIVE
+    stopped: bool = False
+
+
+def _merge(total: Delivery, part: Delivery) -> None:
+    total.created += part.created
+    total.updated += part.updated
+    total.found_again += part.found_again
+    total.failed += part.failed
+    total.errors.extend(part.errors)
+    total.parked_until = part.parked_until or total.parked_until
+
+
+def poll_crm_changes(store: Store, crm: CRM, now: datetime | None = None) -> int:
+    """Forget cached persons and items the CRM changed since the last poll; returns how many."""
+    now = now or datetime.now(UTC)
+    with store.transaction() as conn:
+        last = cache.get_state(conn, CHANGES_SINCE)
+    if last is None:
+        with store.transaction() as conn:
+            cache.set_state(conn, CHANGES_SINCE, now.isoformat())
+        return 0
+    changes = crm.changes_since(datetime.fromisoformat(last))
+    with store.transaction() as conn:
+        cache.forget(conn, emails=changes.emails, person_ids=changes.person_ids)
+        cache.set_state(conn, CHANGES_SINCE, changes.until.isoformat())
+    return len(changes.emails) + len(changes.person_ids)
+
+
+class Syncer:
+    def __init__(self, store: Store, linker: Linker, outbox: Outbox):
+        self.store = store
+        self.linker = linker
+        self.outbox = outbox
+
+    def run(
+        self,
+        account: Account,
+        provider: MailProvider,
+        *,
+        since: datetime | None = None,
+        dry_run: bool = False,
+        on_page: Callable[[Page, RoundResult], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        cursor_name: str = MAILBOX,
+    ) -> RoundResult:
+        """Pull every page since the stored cursor; each page is committed with its cursor."""
+        result = RoundResult(account=account.email)
+        try:
+            if dry_run:
+                self._dry_run(account, provider, since, result, on_page, should_stop)
+            else:
+                self._catch_up(account, result)
+                self._pull(account, provider, since, result, on_page, should_stop, cursor_name)
+        except NeedsReauth as exc:
+            result.status = accounts.NEEDS_REAUTH
+            result.error = f"needs re-authorisation: {exc}"
+            with self.store.transaction() as conn:
+                accounts.set_status(conn, account.id, accounts.NEEDS_REAUTH, result.error)
+            return result
+        except (ProviderError, CRMAuthError) as exc:
+            result.error = str(exc)
+        if not dry_run:
+            with self.store.transaction() as conn:
+                accounts.synced(conn, account.id, result.error)
+        return result
+
+    def backfill(
+        self,
+        account: Account,
+        provider: MailProvider,
+        *,
+        since: datetime | None = None,
+        dry_run: bool = False,
+        on_page: Callable[[Page, RoundResult], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> RoundResult:
+        """A full listing of the mailbox back to `since`, resumable, with its own cursor.
+
+        The incremental cursor is replaced only when the listing is complete, so a backfill that
+        is stopped halfway leaves the daemon's rounds as they were; running it again resumes.
+        """
+        if not dry_run:
+            with self.store.transaction() as conn:
+                accounts.set_backfill_since(conn, account.id, since)
+        return self.run(
+            account,
+            provider,
+            since=since,
+            dry_run=dry_run,
+            on_page=on_page,
+            should_stop=should_stop,
+            cursor_name=BACKFILL,
+        )
+
+    def _link(self, account: Account, thread_ids: Iterable[int], result: RoundResult) -> None:
+        try:
+            result.reasons.update(self.linker.decide(account, thread_ids))
+        except (CRMUnavailable, CRMRateLimited) as exc:
+            # Mail keeps syncing; the messages stay undecided and are decided next round.
+            result.undecided += 1
+            result.error = f"CRM unavailable, linking postponed: {exc}"
+
+    def _catch_up(self, account: Account, result: RoundResult) -> None:
+        with self.store.engine.connect() as conn:
+            pending = mail.undecided_threads(conn, account.id)
+        if pending:
+            self._link(account, pending, result)
+
+    def _pull(
+        self,
+        account: Account,
+        provider: MailProvider,
+        since: datetime | None,
+        result: RoundResult,
+        on_page: Callable[[Page, RoundResult], None] | None,
+        should_stop: Callable[[], bool],
+        cursor_name: str,
+    ) -> None:
+        with self.store.engine.connect() as conn:
+            cursor = accounts.get_cursor(conn, account.id, cursor_name)
+        known = StoreKnown(self.store, account.id)
+        for page in provider.pull(cursor, known, since=since):
+            with self.store.transaction() as conn:
+                touched = mail.save_messages(
+                    conn, account.id, page.messages, dict(page.thread_dates)
+                )
+                if page.removed:
+                    mail.mark_removed(conn, account.id, page.removed)
+                if page.cursor is not None:
+                    accounts.set_cursor(conn, account.id, page.cursor, cursor_name)
+            result.pages += 1
+            result.messages += len(page.messages)
+            result.listed += page.listed
+            if touched:
+                self._link(account, touched, result)
+            _merge(result.delivery, self.outbox.deliver())
+            if on_page:
+                on_page(page, result)
+            if should_stop():
+                result.stopped = True
+                return
+        if cursor_name != MAILBOX:
+            # The listing is complete: its final cursor becomes the mailbox's incremental cursor.
+            with self.store.transaction() as conn:
+                final = accounts.get_cursor(conn, account.id, cursor_name)
+                if final is not None:
+                    accounts.set_cursor(conn, account.id, final, MAILBOX)
+                accounts.delete_cursor(conn, account.id, cursor_name)
+
+    def _dry_run(
+        self,
+        account: Account,
+        provider: MailProvider,
+        since: datetime | None,
+        result: RoundResult,
+        on_page: Callable[[Page, RoundResult], None] | None,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """Decide everything, write nothing: the store's transaction is rolled back, no CRM write."""
+        with self.store.rolled_back() as conn:
+            cursor = accounts.get_cursor(conn, account.id)
+            known = StoreKnown(self.store, account.id)
+            for page in provider.pull(cursor, known, since=since):
+                touched = mail.save_messages(
+                    conn, account.id, page.messages, dict(page.thread_dates)
+                )
+                result.pages += 1
+                result.messages += len(page.messages)
+                result.listed += page.listed
+                result.reasons.update(self.linker.decide(account, touched, conn=conn))
+                if on_page:
+                    on_page(page, result)
+                if should_stop():
+                    result.stopped = True
+                    return
