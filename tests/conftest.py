@@ -25,7 +25,9 @@ def _pg_available() -> bool:
     try:
         import psycopg
 
-        with psycopg.connect(PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3):
+        with psycopg.connect(
+            PG_ADMIN_URL.replace("postgresql://", "postgresql://", 1), connect_timeout=3
+        ):
             return True
     except Exception:
         return False

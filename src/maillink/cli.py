@@ -132,7 +132,7 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
     from maillink.store import accounts as store_accounts
     from maillink.store.schema import messages, threads
 
-    app = ctx.find_object(Obj).app
+    app = ctx.ensure_object(Obj).app
     rows = []
     with app.store.engine.connect() as conn:
         for a in store_accounts.all_accounts(conn):

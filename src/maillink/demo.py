@@ -26,7 +26,13 @@ from maillink.daemon import sync_round
 from maillink.outbox import pending_count
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
-from maillink.sandbox.seed import SeedMessage, add_thread_messages, generate_team, load_team, odd_messages
+from maillink.sandbox.seed import (
+    SeedMessage,
+    add_thread_messages,
+    generate_team,
+    load_team,
+    odd_messages,
+)
 from maillink.secrets import TokenCipher
 from maillink.store.schema import messages
 
@@ -41,7 +47,9 @@ class _Browser:
     def write(self, text: str) -> int:
         for line in text.splitlines():
             if line.startswith("http"):
-                self.thread = threading.Thread(target=self._follow, args=(line.strip(),), daemon=True)
+                self.thread = threading.Thread(
+                    target=self._follow, args=(line.strip(),), daemon=True
+                )
                 self.thread.start()
         return len(text)
 
@@ -55,7 +63,9 @@ class _Browser:
             self.error = exc
 
 
-def _write_config(folder: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox, domain: str) -> Path:
+def _write_config(
+    folder: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox, domain: str
+) -> Path:
     config = folder / "maillink.toml"
     config.write_text(
         f"""[store]
@@ -100,12 +110,18 @@ def _table(counts: Counter[str], out: Callable[[str], None]) -> None:
     out(f"  {'total':<28}{total:>9}")
 
 
-def run_demo(*, messages: int = 2400, seed: int = 7, out: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    *, messages: int = 2400, seed: int = 7, out: Callable[[str], None] = print
+) -> dict[str, Any]:
     started = time.monotonic()
     now = datetime.now(UTC).replace(microsecond=0)
     team = generate_team(messages=messages, seed=seed, now=now)
     report: dict[str, Any] = {}
-    with GoogleSandbox() as google, PipedriveSandbox() as pipedrive, tempfile.TemporaryDirectory(prefix="maillink-demo-") as tmp:
+    with (
+        GoogleSandbox() as google,
+        PipedriveSandbox() as pipedrive,
+        tempfile.TemporaryDirectory(prefix="maillink-demo-") as tmp,
+    ):
         odd = odd_messages(team, team.reps[0], now)
         seeded = load_team(team, google, pipedrive, extra_threads=odd)
         out(
@@ -148,16 +164,23 @@ def run_demo(*, messages: int = 2400, seed: int = 7, out: Callable[[str], None] 
             )
 
             # 3. meanwhile: a deal is won, new mail arrives
-            won_thread = next(t for t in team.threads if t.kind == "single" and t.items[0].status == "open")
+            won_thread = next(
+                t for t in team.threads if t.kind == "single" and t.items[0].status == "open"
+            )
             deal = won_thread.items[0]
+            assert isinstance(deal.crm_id, int)
             pipedrive.set_deal_status(deal.crm_id, "won", at=now - timedelta(seconds=30))
             fresh = _incoming(team, now)
             index = team.threads.index(won_thread)
             last = won_thread.messages[-1]
-            after_win = SeedMessage(last.mailboxes, _reply(last.headers, now), now, None, "after the deal was won")
+            after_win = SeedMessage(
+                last.mailboxes, _reply(last.headers, now), now, None, "after the deal was won"
+            )
             add_thread_messages(google, won_thread, [after_win], index, seeded["thread_ids"])
             for position, new in fresh:
-                add_thread_messages(google, team.threads[position], new, position, seeded["thread_ids"])
+                add_thread_messages(
+                    google, team.threads[position], new, position, seeded["thread_ids"]
+                )
             out(
                 f"meanwhile: deal:{deal.crm_id} won; {1 + sum(len(n) for _, n in fresh)} new emails arrived"
             )
@@ -165,11 +188,15 @@ def run_demo(*, messages: int = 2400, seed: int = 7, out: Callable[[str], None] 
             # 4. incremental round, then one more that must write nothing
             first = sync_round(app)
             created = sum(r.delivery.created for r in first)
-            out(f"sync --once: {sum(r.messages for r in first)} new messages, {created} activities created, "
-                f"{sum(r.delivery.updated for r in first)} updated")
+            out(
+                f"sync --once: {sum(r.messages for r in first)} new messages, {created} activities created, "
+                f"{sum(r.delivery.updated for r in first)} updated"
+            )
             second = sync_round(app)
             again = sum(r.delivery.created for r in second)
-            out(f"sync --once again: {sum(r.messages for r in second)} new messages, {again} activities created")
+            out(
+                f"sync --once again: {sum(r.messages for r in second)} new messages, {again} activities created"
+            )
             report["rerun_created"] = again
 
             counts = _reasons(app)
@@ -224,5 +251,10 @@ def _incoming(team: Any, now: datetime) -> list[tuple[int, list[SeedMessage]]]:
             continue
         seen.add(thread.kind)
         last = thread.messages[-1]
-        picked.append((position, [SeedMessage(last.mailboxes, _reply(last.headers, now), now, None, "a new reply")]))
+        picked.append(
+            (
+                position,
+                [SeedMessage(last.mailboxes, _reply(last.headers, now), now, None, "a new reply")],
+            )
+        )
     return picked

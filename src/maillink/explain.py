@@ -12,7 +12,7 @@ from maillink.store.schema import accounts, decision_log, item_cache, messages, 
 
 def _item_titles(conn: Connection) -> dict[str, dict[str, Any]]:
     titles: dict[str, dict[str, Any]] = {}
-    for (items,) in conn.execute(select(item_cache.c.items)):
+    for (items,) in conn.execute(select(item_cache.c["items"])):
         for item in items:
             titles[item["ref"]] = item
     return titles

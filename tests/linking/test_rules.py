@@ -747,7 +747,7 @@ def test_outcome_does_not_depend_on_the_order_of_facts() -> None:
         assert decide_thread(thread, forward, POLICY) == decide_thread(thread, backward, POLICY)
 
 
-def test_same_thread_decided_twice_gives_the_same_outcome() -> None:
+def test_messages_arriving_in_reverse_give_the_same_outcome() -> None:
     case = CASES["rule4_waiting_thread_stays_waiting_and_gathers_candidates"]
     assert run(case) == run(replace(case, messages=tuple(reversed(case.messages))))
 

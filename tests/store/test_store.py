@@ -45,7 +45,9 @@ def test_migrations_create_exactly_the_schema_the_queries_use(store: Store) -> N
     assert diffs == []
 
 
-def test_opening_an_existing_database_again_upgrades_in_place_and_keeps_data(tmp_path: Path) -> None:
+def test_opening_an_existing_database_again_upgrades_in_place_and_keeps_data(
+    tmp_path: Path,
+) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     first = Store.open(url)
     with first.transaction() as conn:

@@ -86,7 +86,9 @@ class Reason(enum.StrEnum):
     """Why a message is (or is not) linked to an item. Stored with every decision."""
 
     # linked to an item
-    LINKED_THREAD_ITEM = "linked_thread_item"  # rule 3: the thread's item, open at the message's date
+    LINKED_THREAD_ITEM = (
+        "linked_thread_item"  # rule 3: the thread's item, open at the message's date
+    )
     SINGLE_OPEN_ITEM = "single_open_item"  # rule 4: exactly one candidate
     USER_CHOICE = "user_choice"  # rule 5: the user chose the thread's item
     NEWEST_OPEN_ITEM = "newest_open_item"  # policy "newest": several candidates, newest taken

@@ -157,7 +157,9 @@ class ServerThread:
         self._server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         scheme = "https" if ssl_context else "http"
         self.url = f"{scheme}://{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def start(self) -> ServerThread:
         self._thread.start()

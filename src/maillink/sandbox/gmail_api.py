@@ -19,7 +19,6 @@ from flask import Flask, Response, request
 
 from maillink.sandbox._server import Meter
 from maillink.sandbox.gmail_errors import (
-    GoogleApiError,
     QueryArgs,
     bad_request,
     forbidden,
@@ -85,7 +84,11 @@ class GmailContext:
 
 
 def encode_token(*parts: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode()).decode().rstrip("=")
+    return (
+        base64.urlsafe_b64encode(json.dumps(parts, separators=(",", ":")).encode())
+        .decode()
+        .rstrip("=")
+    )
 
 
 def decode_token(token: str, kind: str, arity: int) -> list[object]:
@@ -110,7 +113,9 @@ def _begin_call(ctx: GmailContext, name: str, user_id: str) -> Mailbox:
     if grant is None:
         raise unauthenticated()
     if SCOPE_METADATA not in grant.scopes:
-        raise forbidden("Request had insufficient authentication scopes.", "insufficientPermissions")
+        raise forbidden(
+            "Request had insufficient authentication scopes.", "insufficientPermissions"
+        )
     if user_id != "me" and user_id.lower() != grant.email:
         raise forbidden(f"Delegation denied for {grant.email}")
     if ctx.quota is not None:
@@ -128,7 +133,9 @@ def _message_format(args: QueryArgs) -> str:
     return fmt
 
 
-def message_body(message: StoredMessage, fmt: str, header_names: Iterable[str]) -> dict[str, object]:
+def message_body(
+    message: StoredMessage, fmt: str, header_names: Iterable[str]
+) -> dict[str, object]:
     """A Message resource in format minimal or metadata."""
     body: dict[str, object] = {"id": message.id, "threadId": message.thread_id}
     if message.label_ids:
@@ -176,14 +183,14 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
     def get_profile(user_id: str) -> Response:
         with ctx.lock:
             mailbox = _begin_call(ctx, "gmail.users.getProfile", user_id)
-            args = QueryArgs(request.args, frozenset())
+            QueryArgs(request.args, frozenset())
             body = {
                 "emailAddress": mailbox.email,
                 "messagesTotal": len(mailbox.messages),
                 "threadsTotal": mailbox.thread_count,
                 "historyId": str(mailbox.history_id),
             }
-        return json_response(body, pretty=args.pretty)
+        return json_response(body)
 
     @app.get(f"{base}/messages")
     def list_messages(user_id: str) -> Response:
@@ -200,7 +207,9 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
             before = None
             if token:
                 ms, seq, message_id = decode_token(token, "m", 4)
-                if not (isinstance(ms, int) and isinstance(seq, int) and isinstance(message_id, str)):
+                if not (
+                    isinstance(ms, int) and isinstance(seq, int) and isinstance(message_id, str)
+                ):
                     raise bad_request("Invalid pageToken")
                 before = (ms, seq, message_id)
             page, next_key = mailbox.list_page(label_ids, include_spam_trash, before, limit)
@@ -210,7 +219,7 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
             if next_key is not None:
                 body["nextPageToken"] = encode_token("m", *next_key)
             body["resultSizeEstimate"] = mailbox.estimate(label_ids, include_spam_trash)
-        return json_response(body, pretty=args.pretty)
+        return json_response(body)
 
     @app.get(f"{base}/messages/<message_id>")
     def get_message(user_id: str, message_id: str) -> Response:
@@ -222,7 +231,7 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
             if message is None:
                 raise not_found()
             body = message_body(message, fmt, args.strings("metadataHeaders"))
-        return json_response(body, pretty=args.pretty)
+        return json_response(body)
 
     @app.get(f"{base}/threads/<thread_id>")
     def get_thread(user_id: str, thread_id: str) -> Response:
@@ -240,11 +249,13 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
                 "historyId": str(max(m.history_id for m in messages)),
                 "messages": [message_body(m, fmt, headers) for m in messages],
             }
-        return json_response(body, pretty=args.pretty)
+        return json_response(body)
 
     @app.get(f"{base}/history")
     def list_history(user_id: str) -> Response:
-        allowed = frozenset({"startHistoryId", "historyTypes", "pageToken", "maxResults", "labelId"})
+        allowed = frozenset(
+            {"startHistoryId", "historyTypes", "pageToken", "maxResults", "labelId"}
+        )
         with ctx.lock:
             mailbox = _begin_call(ctx, "gmail.history.list", user_id)
             args = QueryArgs(request.args, allowed)
@@ -275,4 +286,4 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
             if next_after is not None:
                 body["nextPageToken"] = encode_token("h", next_after)
             body["historyId"] = str(mailbox.history_id)
-        return json_response(body, pretty=args.pretty)
+        return json_response(body)

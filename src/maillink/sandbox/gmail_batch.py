@@ -46,7 +46,7 @@ def parse_batch(content_type: str, data: bytes) -> list[InnerRequest]:
         raise bad_request("The batch request holds no parts.")
     if len(parts) > MAX_BATCH_PARTS:
         raise bad_request(f"A batch request cannot contain more than {MAX_BATCH_PARTS} requests.")
-    return [_inner_request(part) for part in parts]
+    return [_inner_request(part) for part in parts if isinstance(part, Message)]
 
 
 def _inner_request(part: Message) -> InnerRequest:
@@ -56,13 +56,13 @@ def _inner_request(part: Message) -> InnerRequest:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         raise bad_request("Malformed batch part.")
-    ends = [(i, sep) for sep in (b"\r\n\r\n", b"\n\n") if (i := payload.find(sep)) >= 0]
+    ends = [(i, blank) for blank in (b"\r\n\r\n", b"\n\n") if (i := payload.find(blank)) >= 0]
     if ends:
-        end, sep = min(ends)
-        head, body = payload[:end], payload[end + len(sep) :]
+        end, blank = min(ends)
+        head, body = payload[:end], payload[end + len(blank) :]
     else:
         head, body = payload, b""
-    lines = [line for line in head.decode("utf-8", "replace").splitlines()]
+    lines = head.decode("utf-8", "replace").splitlines()
     while lines and not lines[0].strip():
         lines.pop(0)
     request_line = lines[0].split() if lines else []
@@ -98,9 +98,7 @@ def _dispatch(app: Flask, inner: InnerRequest, outer: dict[str, Any]) -> tuple[s
         error = bad_request("Every request of a Gmail batch must go to /gmail/v1/.")
         response = error.response()
         return "400 Bad Request", response.headers, response.get_data()
-    headers = [
-        (n, v) for n, v in inner.headers if n.lower() not in ("host", "content-length")
-    ]
+    headers = [(n, v) for n, v in inner.headers if n.lower() not in ("host", "content-length")]
     if not any(n.lower() == "authorization" for n, _ in headers) and outer.get(
         "HTTP_AUTHORIZATION"
     ):
@@ -146,7 +144,9 @@ def register_batch_route(app: Flask, meter: Meter) -> None:
     def batch() -> Response:
         meter.count("gmail.batch")
         try:
-            inner_requests = parse_batch(request.headers.get("Content-Type", ""), request.get_data())
+            inner_requests = parse_batch(
+                request.headers.get("Content-Type", ""), request.get_data()
+            )
         except GoogleApiError as error:
             return error.response()
         boundary = "batch_" + secrets.token_urlsafe(18)

@@ -84,10 +84,14 @@ class GoogleApiError(Exception):
 
 
 def json_response(
-    body: object, status: int = 200, headers: Mapping[str, str] | None = None, pretty: bool = True
+    body: object, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
-    text = json.dumps(body, indent=2 if pretty else None)
-    response = Response(text, status=status, content_type="application/json; charset=UTF-8")
+    """JSON as Google sends it (compact: the client libraries do not care for prettyPrint)."""
+    response = Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        content_type="application/json; charset=UTF-8",
+    )
     response.headers["Vary"] = "Origin, X-Origin, Referer"
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -145,10 +149,6 @@ class QueryArgs:
 
     def __contains__(self, name: str) -> bool:
         return name in self._args
-
-    @property
-    def pretty(self) -> bool:
-        return self.boolean("prettyPrint", True)
 
     def string(self, name: str) -> str | None:
         return self._args.get(name)

@@ -173,7 +173,7 @@ class Mailbox:
         self.oldest_start = self.history_id
 
     def _record(self, kind: str, message: StoredMessage, changed: Sequence[str] = ()) -> None:
-        self.history_id += self._rng.randint(1, 9)  # Gmail's ids grow with gaps
+        self.history_id += 1 + int(self._rng.random() * 9)  # Gmail's ids grow with gaps
         record = HistoryRecord(
             self.history_id,
             kind,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlencode, urlsplit
 
 from flask import Flask, Response, jsonify, redirect, request
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from maillink.sandbox._server import Meter
 
@@ -99,7 +100,9 @@ class OAuthState:
         self._codes[code] = _PendingCode(grant, redirect_uri, challenge, time.time() + CODE_SECONDS)
         return code
 
-    def redeem_code(self, code: str, client_id: str, redirect_uri: str | None, verifier: str) -> Grant:
+    def redeem_code(
+        self, code: str, client_id: str, redirect_uri: str | None, verifier: str
+    ) -> Grant:
         """The grant of a code, once: any later use of the same code is `invalid_grant`."""
         pending = self._codes.pop(code, None)
         if pending is None or pending.expires_at < time.time():
@@ -155,7 +158,9 @@ class OAuthState:
         self._codes = {c: p for c, p in self._codes.items() if p.grant.email != email}
 
     def expire_access_tokens(self, email: str) -> None:
-        self._access = {t: (g, 0.0) if g.email == email else (g, x) for t, (g, x) in self._access.items()}
+        self._access = {
+            t: (g, 0.0) if g.email == email else (g, x) for t, (g, x) in self._access.items()
+        }
 
 
 def _error_page(status: int, error: str, description: str) -> Response:
@@ -190,7 +195,7 @@ def register_oauth_routes(
 ) -> None:
     """Mount /o/oauth2/auth (and /o/oauth2/v2/auth), /token and /revoke on `app`."""
 
-    def authorize() -> Response:
+    def authorize() -> WerkzeugResponse:
         meter.count("oauth.authorize")
         args = request.args
         client_id = args.get("client_id", "")
@@ -207,7 +212,9 @@ def register_oauth_routes(
         try:
             check_scopes(scopes)
         except ValueError:
-            return _error_page(400, "invalid_scope", f"Some requested scopes were invalid: {scopes}")
+            return _error_page(
+                400, "invalid_scope", f"Some requested scopes were invalid: {scopes}"
+            )
         challenge = args.get("code_challenge", "")
         if args.get("code_challenge_method") != "S256" or not _PKCE_VALUE.match(challenge):
             return _error_page(
@@ -219,7 +226,9 @@ def register_oauth_routes(
             return redirect(_with_query(redirect_uri, {**params, "error": "access_denied"}))
         with lock:
             code = state.new_code(Grant(email, scopes, client_id), redirect_uri, challenge)
-        return redirect(_with_query(redirect_uri, {**params, "code": code, "scope": " ".join(scopes)}))
+        return redirect(
+            _with_query(redirect_uri, {**params, "code": code, "scope": " ".join(scopes)})
+        )
 
     app.add_url_rule("/o/oauth2/auth", "oauth_authorize", authorize)
     app.add_url_rule("/o/oauth2/v2/auth", "oauth_authorize_v2", authorize)
@@ -246,12 +255,12 @@ def register_oauth_routes(
                 )
                 refresh_token: str | None = state.issue_refresh_token(grant)
             elif grant_type == "refresh_token":
-                grant = state.refresh(_required(form, "refresh_token"), client_id, form.get("scope"))
+                grant = state.refresh(
+                    _required(form, "refresh_token"), client_id, form.get("scope")
+                )
                 refresh_token = None
             else:
-                raise OAuthError(
-                    400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}"
-                )
+                raise OAuthError(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
             body: dict[str, object] = {
                 "access_token": state.issue_access_token(grant),
                 "expires_in": ACCESS_TOKEN_SECONDS,

@@ -12,11 +12,14 @@ pointed at its URL (`client_config()`, `token_uri`, `api_endpoint`, and the batc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
@@ -26,8 +29,13 @@ from maillink.sandbox.gmail_api import GmailContext, QuotaBuckets, register_gmai
 from maillink.sandbox.gmail_batch import INNER_FLAG, RESET_FLAG, register_batch_route
 from maillink.sandbox.gmail_errors import GoogleApiError
 from maillink.sandbox.gmail_mailbox import Mailbox
-from maillink.sandbox.gmail_oauth import SCOPE_METADATA, Grant, OAuthState, check_scopes
-from maillink.sandbox.gmail_oauth import register_oauth_routes as _register_oauth_routes
+from maillink.sandbox.gmail_oauth import (
+    SCOPE_METADATA,
+    Grant,
+    OAuthState,
+    check_scopes,
+    register_oauth_routes,
+)
 
 __all__ = ["SCOPE_METADATA", "GoogleSandbox"]
 
@@ -58,7 +66,7 @@ class GoogleSandbox:
         self._oauth = OAuthState(client_id, client_secret)
         self._consent_as: str | None = None
         self._seq = itertools.count(1)
-        quota = QuotaBuckets(quota_units_per_second) if quota_units_per_second else None
+        quota = None if quota_units_per_second is None else QuotaBuckets(quota_units_per_second)
         self._context = GmailContext(self._lock, self._mailboxes, self._oauth, self.meter, quota)
         self.app = self._build_app()
         self._server: ServerThread | None = None
@@ -67,7 +75,7 @@ class GoogleSandbox:
 
     def _build_app(self) -> Flask:
         app = Flask(f"{__name__}.{id(self)}")
-        _register_oauth_routes(app, self._oauth, self._lock, self.meter, self._consenting_mailbox)
+        register_oauth_routes(app, self._oauth, self._lock, self.meter, self._consenting_mailbox)
         register_gmail_routes(app, self._context)
         register_batch_route(app, self.meter)
 
@@ -98,9 +106,17 @@ class GoogleSandbox:
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        server, self._server = self._server, None
+        if server is None:
+            return
+        stopper = threading.Thread(target=server.stop, daemon=True)
+        stopper.start()
+        # serve_forever notices the shutdown only between polls (0.5 s); a connection wakes it.
+        address = urlsplit(self.url)
+        while stopper.is_alive():
+            with contextlib.suppress(OSError):
+                socket.create_connection((address.hostname, address.port), timeout=0.2).close()
+            stopper.join(0.02)
 
     def __enter__(self) -> GoogleSandbox:
         return self.start()
@@ -166,9 +182,7 @@ class GoogleSandbox:
     def _consenting_mailbox(self) -> str | None:
         return None if self._consent_as is None else _key(self._consent_as)
 
-    def issue_refresh_token(
-        self, email: str, scopes: Iterable[str] = (SCOPE_METADATA,)
-    ) -> str:
+    def issue_refresh_token(self, email: str, scopes: Iterable[str] = (SCOPE_METADATA,)) -> str:
         """A refresh token as if `email` had consented to `scopes` (for tests that skip consent)."""
         granted = tuple(scopes)
         check_scopes(granted)

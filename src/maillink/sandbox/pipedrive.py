@@ -10,17 +10,14 @@ write is done, the answer never arrives).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import math
 import re
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -29,80 +26,23 @@ from flask import Flask, Response, g, jsonify, request
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
 from maillink.sandbox.pipedrive_data import (
-    DEAL_STATUSES,
     DEFAULT_ACTIVITY_TYPES,
-    LINK_FIELDS,
     PROJECT_STATUSES,
     Deal,
-    InvalidBody,
     Lead,
     Person,
     Project,
     Records,
     activity_json,
     activity_type_json,
-    check_activity_body,
-    deal_json,
-    lead_json,
     note_has_key,
-    one_link,
-    person_json,
-    person_search_json,
-    project_json,
     utc,
-    v2_time,
 )
-
-# Operation name -> token cost (the specs' x-token-cost). The tests hold it against the specs.
-TOKEN_COSTS: dict[str, int] = {
-    "persons.search": 20,
-    "persons.list": 10,
-    "persons.get": 1,
-    "deals.list": 10,
-    "deals.archived": 20,
-    "deals.get": 1,
-    "leads.list": 20,
-    "leads.archived": 40,
-    "projects.list": 20,
-    "activityTypes.list": 20,
-    "activities.list": 10,
-    "activities.get": 1,
-    "activities.create": 5,
-    "activities.update": 5,
-}
-
-# Query parameters each v2 operation accepts (v2 refuses others); v1 ignores unknown ones.
-_V2_LIST = {"filter_id", "ids", "owner_id", "updated_since", "updated_until", "sort_by"}
-_V2_LIST |= {"sort_direction", "include_fields", "limit", "cursor"}
-V2_QUERY_PARAMS: dict[str, frozenset[str]] = {
-    "persons.search": frozenset(
-        {"term", "fields", "exact_match", "organization_id", "include_fields", "limit", "cursor"}
-    ),
-    "persons.list": frozenset(_V2_LIST | {"org_id", "custom_fields"}),
-    "persons.get": frozenset({"include_fields", "custom_fields"}),
-    "deals.list": frozenset(_V2_LIST | {"person_id", "org_id", "pipeline_id", "stage_id"})
-    | {"status", "custom_fields"},
-    "deals.get": frozenset({"include_fields", "custom_fields"}),
-    "activities.list": frozenset(_V2_LIST | {"deal_id", "lead_id", "person_id", "org_id", "done"}),
-    "activities.get": frozenset({"include_fields"}),
-    "activities.create": frozenset(),
-    "activities.update": frozenset(),
-}
-V2_QUERY_PARAMS["deals.archived"] = V2_QUERY_PARAMS["deals.list"]
+from maillink.sandbox.pipedrive_query import ApiError
+from maillink.sandbox.pipedrive_views import TOKEN_COSTS, V2_QUERY_PARAMS, PipedriveViews
 
 BURST_WINDOW = 2.0  # seconds: Pipedrive's rolling burst window
 _ERROR_INFO = "Please check developers.pipedrive.com for more information about Pipedrive API."
-_DELETED_DEALS_KEPT = timedelta(days=30)
-
-
-class ApiError(Exception):
-    """An error answer in Pipedrive's shape."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(frozen=True)
@@ -159,6 +99,7 @@ class PipedriveSandbox:
             activity_type_json(i, name, key)
             for i, (name, key) in enumerate(DEFAULT_ACTIVITY_TYPES, start=1)
         ]
+        self.views = PipedriveViews(self.records, self.activity_types, self.clock)
         self.app = self._build_app()
         install_faults(self.app, self.faults, self.meter)
         self._wrap_outermost()
@@ -309,7 +250,9 @@ class PipedriveSandbox:
         """The activities whose note has the line `maillink-id: <key>`."""
         return [a for a in self.activities() if note_has_key(a.get("note"), key)]
 
-    def lose_next_response(self, path_regex: str, method: str | None = "POST", times: int = 1) -> None:
+    def lose_next_response(
+        self, path_regex: str, method: str | None = "POST", times: int = 1
+    ) -> None:
         """The next matching request is carried out, then its connection is reset unanswered."""
         with self._limits_lock:
             self._lost.append(_LostResponse(re.compile(path_regex), method, times))
@@ -318,33 +261,23 @@ class PipedriveSandbox:
         with self._limits_lock:
             self.tokens_spent_today = 0
 
+    def reset(self) -> None:
+        """Forget every record, fault, lost response, count and limit window (keeps the settings)."""
+        self.records.clear()
+        self.faults.clear()
+        self.meter.reset()
+        self.received.clear()
+        with self._limits_lock:
+            self._lost.clear()
+            self._windows.clear()
+            self.tokens_spent_today = 0
+
     # -- HTTP --------------------------------------------------------------------------------
 
     def _build_app(self) -> Flask:
         app = Flask(__name__)
-        routes: list[tuple[str, str, Callable[..., Any], list[str]]] = [
-            ("/api/v2/persons/search", "persons.search", self._persons_search, ["GET"]),
-            ("/api/v2/persons", "persons.list", self._persons_list, ["GET"]),
-            ("/api/v2/persons/<int:person_id>", "persons.get", self._persons_get, ["GET"]),
-            ("/api/v2/deals", "deals.list", self._deals_list, ["GET"]),
-            ("/api/v2/deals/archived", "deals.archived", self._deals_archived, ["GET"]),
-            ("/api/v2/deals/<int:deal_id>", "deals.get", self._deals_get, ["GET"]),
-            ("/api/v1/leads", "leads.list", self._leads_list, ["GET"]),
-            ("/api/v1/leads/archived", "leads.archived", self._leads_archived, ["GET"]),
-            ("/api/v1/projects", "projects.list", self._projects_list, ["GET"]),
-            ("/api/v1/activityTypes", "activityTypes.list", self._activity_types, ["GET"]),
-            ("/api/v2/activities", "activities.list", self._activities_list, ["GET"]),
-            ("/api/v2/activities", "activities.create", self._activities_create, ["POST"]),
-            ("/api/v2/activities/<int:activity_id>", "activities.get", self._activities_get, ["GET"]),
-            (
-                "/api/v2/activities/<int:activity_id>",
-                "activities.update",
-                self._activities_update,
-                ["PATCH"],
-            ),
-        ]
-        for rule, name, view, methods in routes:
-            app.add_url_rule(rule, name, view, methods=methods)
+        for rule, operation, view, method in self.views.routes():
+            app.add_url_rule(rule, operation, view, methods=[method])
         app.before_request(self._admit)
         app.after_request(self._rate_headers)
         app.register_error_handler(ApiError, self._error_response)
@@ -362,7 +295,7 @@ class PipedriveSandbox:
             self.meter.count("http")
             if not self._take_lost(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
                 return inner(environ, start_response)
-            body = inner(environ, lambda *args, **kwargs: (lambda data: None))
+            body = inner(environ, lambda *args, **kwargs: lambda data: None)
             try:
                 for _ in body:
                     pass
@@ -389,22 +322,22 @@ class PipedriveSandbox:
         return False
 
     def _admit(self) -> None:
-        """Authenticate, apply the burst limit and the daily budget, charge the call, log it."""
+        """Authenticate, apply the burst limit and the daily budget, charge the call, log it,
+        and refuse query parameters v2 does not know (an admitted call costs its tokens)."""
         operation = request.endpoint
         if operation not in TOKEN_COSTS:
             return
         if not self._authenticated():
             raise ApiError(401, "unauthorized access")
         self._check_limits(operation)
-        allowed = V2_QUERY_PARAMS.get(operation)
-        if allowed is not None:
-            for name in request.args:
-                if name not in allowed and name != "api_token":
-                    raise ApiError(400, f'Parameter "{name}" is not allowed for this request')
         self.meter.count(operation, TOKEN_COSTS[operation])
         body = request.get_json(silent=True) if request.method in ("POST", "PATCH") else None
         query = {k: v for k, v in request.args.items() if k != "api_token"}
         self.received.append(ReceivedRequest(operation, request.method, request.path, query, body))
+        allowed = V2_QUERY_PARAMS.get(operation)
+        unknown = sorted(set(query) - allowed) if allowed is not None else []
+        if unknown:
+            raise ApiError(400, f'Parameter "{unknown[0]}" is not allowed for this request')
 
     def _authenticated(self) -> bool:
         token = request.headers.get("x-api-token") or request.args.get("api_token")
@@ -441,15 +374,18 @@ class PipedriveSandbox:
             if self.daily_token_budget is not None:
                 left = self.daily_token_budget - self.tokens_spent_today
                 headers["x-daily-ratelimit-token-limit"] = str(self.daily_token_budget)
-                headers["x-daily-ratelimit-token-remaining"] = str(max(0, left))
+                headers["x-daily-ratelimit-token-remaining"] = "0"
                 if left <= 0:
-                    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
-                    midnight = datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=UTC)
-                    headers["Retry-After"] = str(
-                        math.ceil((midnight - datetime.now(UTC)).total_seconds())
+                    now_utc = datetime.now(UTC)
+                    midnight = datetime.combine(
+                        now_utc.date() + timedelta(days=1), datetime.min.time(), UTC
                     )
+                    wait = math.ceil((midnight - now_utc).total_seconds())
+                    headers["Retry-After"] = str(wait)
                     raise ApiError(429, "Daily API token budget exceeded", headers)
                 self.tokens_spent_today += TOKEN_COSTS[operation]
+                left = self.daily_token_budget - self.tokens_spent_today
+                headers["x-daily-ratelimit-token-remaining"] = str(max(0, left))
             for scope, limit in limits:
                 if limit is not None:
                     self._windows[f"{scope}:{token}"].append(now)
@@ -474,370 +410,5 @@ class PipedriveSandbox:
             response.headers[name] = value
         return response
 
-    # -- request parameters ------------------------------------------------------------------
 
-    @staticmethod
-    def _int_arg(name: str) -> int | None:
-        raw = request.args.get(name)
-        if raw is None or raw == "":
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise ApiError(400, f'"{name}" must be an integer') from None
-
-    @staticmethod
-    def _bool_arg(name: str) -> bool | None:
-        raw = request.args.get(name)
-        if raw is None:
-            return None
-        if raw.lower() not in ("true", "false"):
-            raise ApiError(400, f'"{name}" must be true or false')
-        return raw.lower() == "true"
-
-    @staticmethod
-    def _time_arg(name: str) -> datetime | None:
-        raw = request.args.get(name)
-        if not raw:
-            return None
-        try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            raise ApiError(400, f'"{name}" must be an RFC 3339 date-time') from None
-        if parsed.tzinfo is None:
-            raise ApiError(400, f'"{name}" must be an RFC 3339 date-time with a timezone')
-        return parsed.astimezone(UTC)
-
-    @staticmethod
-    def _choices_arg(name: str, allowed: Iterable[str]) -> list[str]:
-        raw = request.args.get(name)
-        if not raw:
-            return []
-        values = [v.strip() for v in raw.split(",") if v.strip()]
-        allowed = tuple(allowed)
-        for value in values:
-            if value not in allowed:
-                raise ApiError(400, f'"{name}" must be one of {", ".join(allowed)}')
-        return values
-
-    def _limit(self, default: int = 100, maximum: int = 500) -> int:
-        limit = self._int_arg("limit")
-        if limit is None:
-            return default
-        if not 1 <= limit <= maximum:
-            raise ApiError(400, f'"limit" must be between 1 and {maximum}')
-        return limit
-
-    def _cursor_page(self, items: list[Any]) -> tuple[list[Any], str | None]:
-        offset = 0
-        cursor = request.args.get("cursor")
-        if cursor:
-            try:
-                offset = int(json.loads(base64.urlsafe_b64decode(cursor.encode()))["offset"])
-            except (ValueError, KeyError, TypeError, binascii.Error):
-                raise ApiError(400, '"cursor" is invalid') from None
-        limit = self._limit()
-        end = offset + limit
-        next_cursor = None
-        if end < len(items):
-            next_cursor = base64.urlsafe_b64encode(json.dumps({"offset": end}).encode()).decode()
-        return items[offset:end], next_cursor
-
-    def _v2_list(self, items: list[dict[str, Any]]) -> Response:
-        page, next_cursor = self._cursor_page(items)
-        return jsonify(
-            {"success": True, "data": page, "additional_data": {"next_cursor": next_cursor}}
-        )
-
-    def _v1_list(self, items: list[dict[str, Any]]) -> Response:
-        start = self._int_arg("start") or 0
-        limit = min(max(self._int_arg("limit") or 100, 1), 500)
-        page = items[start : start + limit]
-        more = start + limit < len(items)
-        extra = {"start": start, "limit": limit, "more_items_in_collection": more}
-        return jsonify({"success": True, "data": page, "additional_data": extra})
-
-    def _sorted(self, items: list[Any], fields: tuple[str, ...], key: Callable[[Any, str], Any]) -> list[Any]:
-        sort_by = request.args.get("sort_by", "id")
-        direction = request.args.get("sort_direction", "asc")
-        if sort_by not in fields:
-            raise ApiError(400, f'"sort_by" must be one of {", ".join(fields)}')
-        if direction not in ("asc", "desc"):
-            raise ApiError(400, '"sort_direction" must be asc or desc')
-        return sorted(items, key=lambda item: key(item, sort_by), reverse=direction == "desc")
-
-    def _updated_window(self, update_time: datetime) -> bool:
-        since, until = self._time_arg("updated_since"), self._time_arg("updated_until")
-        return (since is None or update_time >= since) and (until is None or update_time < until)
-
-    # -- persons -----------------------------------------------------------------------------
-
-    def _persons_search(self) -> Response:
-        term = request.args.get("term", "").strip()
-        exact = self._bool_arg("exact_match") or False
-        fields = self._choices_arg("fields", ("custom_fields", "email", "notes", "phone", "name"))
-        fields = fields or ["email", "name"]
-        if len(term) < (1 if exact else 2):
-            raise ApiError(400, '"term" must be at least 2 characters long (1 with exact_match)')
-        wanted = term.lower()
-
-        def matches(value: str) -> bool:
-            return value.lower() == wanted if exact else wanted in value.lower()
-
-        with self.records.lock:
-            found = [
-                person_search_json(person, 1.0 if exact else 0.5)
-                for person in self.records.persons.values()
-                if ("email" in fields and any(matches(e) for e in person.emails))
-                or ("name" in fields and matches(person.name))
-            ]
-        page, next_cursor = self._cursor_page(found)
-        return jsonify(
-            {"success": True, "data": {"items": page}, "additional_data": {"next_cursor": next_cursor}}
-        )
-
-    def _persons_list(self) -> Response:
-        ids = {int(i) for i in request.args.get("ids", "").split(",") if i.strip().isdigit()}
-        with self.records.lock:
-            persons = [
-                p
-                for p in self.records.persons.values()
-                if self._updated_window(p.update_time) and (not ids or p.id in ids)
-            ]
-            persons = self._sorted(persons, ("id", "update_time", "add_time"), _attr_key)
-            return self._v2_list([person_json(p) for p in persons])
-
-    def _persons_get(self, person_id: int) -> Response:
-        with self.records.lock:
-            person = self.records.persons.get(person_id)
-            if person is None:
-                raise ApiError(404, "Person not found")
-            return jsonify({"success": True, "data": person_json(person)})
-
-    # -- deals -------------------------------------------------------------------------------
-
-    def _deals_list(self) -> Response:
-        return self._deals(archived=False)
-
-    def _deals_archived(self) -> Response:
-        return self._deals(archived=True)
-
-    def _deals(self, *, archived: bool) -> Response:
-        statuses = self._choices_arg("status", DEAL_STATUSES)
-        person_id = self._int_arg("person_id")
-        ids = {int(i) for i in request.args.get("ids", "").split(",") if i.strip().isdigit()}
-        horizon = self.clock() - _DELETED_DEALS_KEPT
-        with self.records.lock:
-            deals = []
-            for deal in self.records.deals.values():
-                if (deal.archive_time is not None) != archived:
-                    continue
-                if deal.deleted_at is not None:
-                    if "deleted" not in statuses or deal.deleted_at < horizon:
-                        continue
-                elif statuses and deal.status not in statuses:
-                    continue
-                if person_id is not None and deal.person_id != person_id:
-                    continue
-                if ids and deal.id not in ids:
-                    continue
-                if self._updated_window(deal.update_time):
-                    deals.append(deal)
-            deals = self._sorted(deals, ("id", "update_time", "add_time"), _attr_key)
-            return self._v2_list([deal_json(d) for d in deals])
-
-    def _deals_get(self, deal_id: int) -> Response:
-        with self.records.lock:
-            deal = self.records.deals.get(deal_id)
-            if deal is None:
-                raise ApiError(404, "Deal not found")
-            return jsonify({"success": True, "data": deal_json(deal)})
-
-    # -- leads, projects, activity types (v1) ------------------------------------------------
-
-    def _leads_list(self) -> Response:
-        return self._leads(archived=False)
-
-    def _leads_archived(self) -> Response:
-        return self._leads(archived=True)
-
-    def _leads(self, *, archived: bool) -> Response:
-        person_id = self._int_arg("person_id")
-        with self.records.lock:
-            leads = sorted(
-                (
-                    lead
-                    for lead in self.records.leads.values()
-                    if (lead.archive_time is not None) == archived
-                    and (person_id is None or lead.person_id == person_id)
-                ),
-                key=lambda lead: lead.add_time,
-            )
-            return self._v1_list([lead_json(lead) for lead in leads])
-
-    def _projects_list(self) -> Response:
-        statuses = self._choices_arg("status", PROJECT_STATUSES) or ["open", "completed", "canceled"]
-        include_archived = request.args.get("include_archived", "false").lower() in ("true", "1")
-        with self.records.lock:
-            projects = [
-                project_json(p)
-                for p in self.records.projects.values()
-                if p.status in statuses and (include_archived or p.archive_time is None)
-            ]
-        return self._v2_list(projects)
-
-    def _activity_types(self) -> Response:
-        return jsonify({"success": True, "data": self.activity_types})
-
-    # -- activities --------------------------------------------------------------------------
-
-    def _activities_list(self) -> Response:
-        filters = {name: self._int_arg(name) for name in ("person_id", "deal_id", "owner_id")}
-        lead_id = request.args.get("lead_id")
-        done = self._bool_arg("done")
-        ids = {int(i) for i in request.args.get("ids", "").split(",") if i.strip().isdigit()}
-        attendees = request.args.get("include_fields") == "attendees"
-        with self.records.lock:
-            selected = []
-            for activity in self.records.activities.values():
-                if activity["is_deleted"]:
-                    continue
-                if any(v is not None and activity.get(k) != v for k, v in filters.items()):
-                    continue
-                if lead_id is not None and activity.get("lead_id") != lead_id:
-                    continue
-                if done is not None and activity["done"] != done:
-                    continue
-                if ids and activity["id"] not in ids:
-                    continue
-                if self._updated_window(activity["_update_time"]):
-                    selected.append(activity)
-            fields = ("id", "update_time", "add_time", "due_date")
-            selected = self._sorted(selected, fields, _activity_key)
-            return self._v2_list([activity_json(a, attendees=attendees) for a in selected])
-
-    def _activities_get(self, activity_id: int) -> Response:
-        with self.records.lock:
-            activity = self.records.activities.get(activity_id)
-            if activity is None or activity["is_deleted"]:
-                raise ApiError(404, "Activity not found")
-            attendees = request.args.get("include_fields") == "attendees"
-            return jsonify({"success": True, "data": activity_json(activity, attendees=attendees)})
-
-    def _activities_create(self) -> Response:
-        body = self._activity_body()
-        now = self.clock()
-        with self.records.lock:
-            self._check_references(body)
-            aid = self.records.next_id("activity")
-            activity: dict[str, Any] = {
-                "id": aid,
-                "subject": "Call",
-                "type": "call",
-                "owner_id": 1,
-                "creator_user_id": 1,
-                "is_deleted": False,
-                "add_time": v2_time(now),
-                "update_time": v2_time(now),
-                "deal_id": None,
-                "lead_id": None,
-                "person_id": None,
-                "org_id": None,
-                "project_id": None,
-                "due_date": None,
-                "due_time": None,
-                "duration": None,
-                "busy": False,
-                "done": False,
-                "marked_as_done_time": None,
-                "location": None,
-                "participants": [],
-                "attendees": [],
-                "conference_meeting_client": None,
-                "conference_meeting_url": None,
-                "conference_meeting_id": None,
-                "public_description": None,
-                "priority": None,
-                "note": None,
-                "_add_time": now,
-                "_update_time": now,
-            }
-            self._apply(activity, body, now)
-            self.records.activities[aid] = activity
-            return jsonify({"success": True, "data": activity_json(activity)})
-
-    def _activities_update(self, activity_id: int) -> Response:
-        body = self._activity_body()
-        now = self.clock()
-        with self.records.lock:
-            activity = self.records.activities.get(activity_id)
-            if activity is None or activity["is_deleted"]:
-                raise ApiError(404, "Activity not found")
-            self._check_references(body)
-            self._apply(activity, body, now)
-            activity["update_time"], activity["_update_time"] = v2_time(now), now
-            return jsonify({"success": True, "data": activity_json(activity)})
-
-    def _activity_body(self) -> dict[str, Any]:
-        try:
-            return check_activity_body(request.get_json(silent=True))
-        except InvalidBody as exc:
-            raise ApiError(400, str(exc)) from None
-
-    def _check_references(self, body: dict[str, Any]) -> None:
-        records = self.records
-        known = {
-            "deal_id": lambda v: v in records.deals and records.deals[v].deleted_at is None,
-            "lead_id": lambda v: v in records.leads,
-            "project_id": lambda v: v in records.projects,
-            "person_id": lambda v: v in records.persons,
-        }
-        for name, exists in known.items():
-            value = body.get(name)
-            if value is not None and not exists(value):
-                raise ApiError(400, f"{name} {value} does not exist")
-        for participant in body.get("participants", []):
-            if participant["person_id"] not in records.persons:
-                raise ApiError(400, f"person_id {participant['person_id']} does not exist")
-        if "type" in body and body["type"] not in {t["key_string"] for t in self.activity_types}:
-            raise ApiError(400, f"type {body['type']!r} is not an activity type of this company")
-
-    @staticmethod
-    def _apply(activity: dict[str, Any], body: dict[str, Any], now: datetime) -> None:
-        """Merge a POST/PATCH body into the activity, as Pipedrive does."""
-        if body.get("done") and not activity["done"]:
-            activity["marked_as_done_time"] = v2_time(now)
-        elif body.get("done") is False:
-            activity["marked_as_done_time"] = None
-        participants = body.get("participants")
-        for name, value in body.items():
-            activity[name] = value
-        if participants is not None:
-            primary = next((p for p in participants if p.get("primary")), None)
-            primary = primary or (participants[0] if participants else None)
-            activity["participants"] = [
-                {"person_id": p["person_id"], "primary": p is primary} for p in participants
-            ]
-            if "person_id" not in body:
-                activity["person_id"] = primary["person_id"] if primary else None
-        elif "person_id" in body:
-            pid = body["person_id"]
-            activity["participants"] = [] if pid is None else [{"person_id": pid, "primary": True}]
-        one_link(activity)
-
-
-def _attr_key(record: Any, field: str) -> tuple[Any, int]:
-    return (getattr(record, field), record.id)
-
-
-def _activity_key(activity: dict[str, Any], field: str) -> tuple[Any, ...]:
-    if field == "add_time":
-        return (activity["_add_time"], activity["id"])
-    if field == "update_time":
-        return (activity["_update_time"], activity["id"])
-    if field == "due_date":
-        return (activity["due_date"] or "", activity["due_time"] or "", activity["id"])
-    return (activity["id"],)
-
-
-__all__ = ["LINK_FIELDS", "TOKEN_COSTS", "ApiError", "PipedriveSandbox", "ReceivedRequest"]
+__all__ = ["TOKEN_COSTS", "ApiError", "PipedriveSandbox", "ReceivedRequest"]

@@ -169,6 +169,12 @@ class Records:
     def new_lead_id(self) -> str:
         return str(uuid.uuid4())
 
+    def clear(self) -> None:
+        with self.lock:
+            for table in (self.persons, self.deals, self.leads, self.projects, self.activities):
+                table.clear()
+            self._next_id.clear()
+
 
 def activity_type_json(type_id: int, name: str, key: str) -> dict[str, Any]:
     return {

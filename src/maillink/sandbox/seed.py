@@ -10,15 +10,81 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
-FIRST = "ada ben carla dev elif femi gus hana ivo jun kofi lena milo nora omar pia quin rosa sven tara uma vik wren yara zeno".split()
-LAST = "adams berg chen diaz evans fischer gomez holm ito jones kim lopez moreau novak okafor park quist rossi silva tanaka ueda vidal weber xu young".split()
-COMPANIES = "acorn birch cedar delta ember fjord granite harbor indigo juniper kestrel lumen meridian".split()
+FIRST = [
+    "ada",
+    "ben",
+    "carla",
+    "dev",
+    "elif",
+    "femi",
+    "gus",
+    "hana",
+    "ivo",
+    "jun",
+    "kofi",
+    "lena",
+    "milo",
+    "nora",
+    "omar",
+    "pia",
+    "quin",
+    "rosa",
+    "sven",
+    "tara",
+    "uma",
+    "vik",
+    "wren",
+    "yara",
+    "zeno",
+]
+LAST = [
+    "adams",
+    "berg",
+    "chen",
+    "diaz",
+    "evans",
+    "fischer",
+    "gomez",
+    "holm",
+    "ito",
+    "jones",
+    "kim",
+    "lopez",
+    "moreau",
+    "novak",
+    "okafor",
+    "park",
+    "quist",
+    "rossi",
+    "silva",
+    "tanaka",
+    "ueda",
+    "vidal",
+    "weber",
+    "xu",
+    "young",
+]
+COMPANIES = [
+    "acorn",
+    "birch",
+    "cedar",
+    "delta",
+    "ember",
+    "fjord",
+    "granite",
+    "harbor",
+    "indigo",
+    "juniper",
+    "kestrel",
+    "lumen",
+    "meridian",
+]
 SUBJECTS = [
     "Quote for the new licences",
     "Follow-up on our call",
@@ -227,8 +293,7 @@ class _Gen:
 def _kinds(rng: random.Random) -> Iterator[str]:
     names = [k for k, _ in KINDS]
     weights = [w for _, w in KINDS]
-    for name in names:  # each kind at least once
-        yield name
+    yield from names  # each kind at least once
     while True:
         yield rng.choices(names, weights)[0]
 
@@ -322,8 +387,8 @@ def _b64(text: str) -> str:
 
 
 def load_team(
-    team: Team, google: Any, pipedrive: Any, *, extra_threads: list[SeedThread] = ()
-) -> dict[str, Any]:  # type: ignore[assignment]
+    team: Team, google: Any, pipedrive: Any, *, extra_threads: Sequence[SeedThread] = ()
+) -> dict[str, Any]:
     """Put the team into the sandboxes: persons and items into Pipedrive, mail into Gmail.
 
     Returns the Gmail thread id of each seeded thread per mailbox, for later additions.

@@ -84,7 +84,9 @@ class Store:
                 command.upgrade(_alembic_config(connection), "head")
         except OperationalError as exc:
             where = self.engine.url.render_as_string(hide_password=True)
-            raise ConfigError(f"[store] url: cannot open the database {where}: {exc.orig}") from None
+            raise ConfigError(
+                f"[store] url: cannot open the database {where}: {exc.orig}"
+            ) from None
 
     def schema_version(self) -> str | None:
         with self.engine.connect() as connection:

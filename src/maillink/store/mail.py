@@ -135,7 +135,7 @@ def _ensure_threads(
                     .values(first_message_at=first, updated_at=now)
                 )
             continue
-        ids[key] = conn.execute(
+        inserted = conn.execute(
             insert(threads).values(
                 account_id=account_id,
                 key=key,
@@ -146,7 +146,9 @@ def _ensure_threads(
                 unlinked=False,
                 updated_at=now,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert inserted is not None
+        ids[key] = inserted[0]
     return ids
 
 

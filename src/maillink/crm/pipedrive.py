@@ -1,0 +1,262 @@
+"""Pipedrive behind maillink's CRM interface (DESIGN.md §4).
+
+API v2 where Pipedrive has it (persons search, persons, deals, activities), v1 where it has only v1
+(leads, projects, activity types). Transport, retries and paging live in `pipedrive_http`; how
+records become `Person`s and `Item`s in `pipedrive_items`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+
+from maillink.crm.base import ActivityDraft, Changes, CRMError
+from maillink.crm.pipedrive_http import (
+    TOKEN_COSTS,
+    PipedriveHTTP,
+    PipedriveNotFound,
+    WriteOutcomeUnknown,
+)
+from maillink.crm.pipedrive_items import (
+    deal_item,
+    lead_item,
+    note_has_key,
+    person_emails,
+    person_from_search,
+    project_item,
+    rfc3339,
+)
+from maillink.linking.facts import Item, ItemKind, Person
+
+log = logging.getLogger(__name__)
+
+EMAIL_TYPE = "email"  # key_string of Pipedrive's default email activity type
+DEAL_STATUSES = "open,won,lost,deleted"  # deleted ones: those deleted in the last 30 days
+PROJECT_STATUSES = "open,completed,canceled,deleted"
+CHANGES_OVERLAP = timedelta(minutes=1)  # polling windows overlap: clocks differ a little
+_LINK_FIELDS = {ItemKind.DEAL: "deal_id", ItemKind.LEAD: "lead_id", ItemKind.PROJECT: "project_id"}
+
+__all__ = ["TOKEN_COSTS", "PipedriveCRM", "PipedriveNotFound", "WriteOutcomeUnknown"]
+
+
+class PipedriveCRM:
+    """One Pipedrive company, through its API token or an OAuth access token.
+
+    `projects_ttl`: projects can only be listed company-wide, so the list is kept that long and
+    serves every person. `include_archived`: also read archived deals and leads (they matter for
+    messages exchanged before the archiving, at 20 + 40 tokens a person). `find_pages` bounds how
+    many pages of a person's newest activities `find_activity` reads.
+    `tokens_spent` and `requests_made` count what this adapter has cost.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_token: str | None = None,
+        oauth_token: str | None = None,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        projects_ttl: float = 300.0,
+        include_archived: bool = True,
+        find_pages: int = 5,
+        find_page_size: int = 100,
+        max_wait: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.http = PipedriveHTTP(
+            base_url,
+            api_token=api_token,
+            oauth_token=oauth_token,
+            session=session,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_wait=max_wait,
+        )
+        self.projects_ttl = projects_ttl
+        self.include_archived = include_archived
+        self.find_pages = find_pages
+        self.find_page_size = find_page_size
+        self._clock = clock
+        self._now = now
+        self._lock = threading.Lock()
+        self._activity_type: str | None = None
+        self._projects: tuple[float, dict[int, list[Item]]] | None = None
+
+    @property
+    def tokens_spent(self) -> int:
+        return self.http.tokens_spent
+
+    @property
+    def requests_made(self) -> int:
+        return self.http.requests_made
+
+    # -- persons and items -------------------------------------------------------------------
+
+    def search_persons(self, email: str) -> list[Person]:
+        """Persons with this exact address (case-insensitive): v2 exact search, then checked."""
+        wanted = email.strip().lower()
+        if not wanted:
+            return []
+        params = {"term": wanted, "fields": "email", "exact_match": "true", "limit": 100}
+        found: dict[int, Person] = {}
+        for data in self.http.pages(
+            "persons.search", "/api/v2/persons/search", params, max_pages=5
+        ):
+            for result in (data or {}).get("items") or ():
+                person = person_from_search(result)
+                if person and any(e.strip().lower() == wanted for e in person.emails):
+                    found.setdefault(person.id, person)
+        return list(found.values())
+
+    def items_of_person(self, person_id: int) -> list[Item]:
+        """The person's deals (open, won, lost, deleted in the last 30 days), leads and projects,
+        archived ones included when `include_archived`."""
+        deals = {"person_id": person_id, "status": DEAL_STATUSES, "limit": 500}
+        leads = {"person_id": person_id, "limit": 500}
+        records: list[Item | None] = []
+        records += map(deal_item, self._all("deals.list", "/api/v2/deals", deals))
+        records += map(lead_item, self._all("leads.list", "/api/v1/leads", leads))
+        if self.include_archived:
+            records += map(deal_item, self._all("deals.archived", "/api/v2/deals/archived", deals))
+            records += map(lead_item, self._all("leads.archived", "/api/v1/leads/archived", leads))
+        records += self._projects_by_person().get(person_id, [])
+        items: dict[str, Item] = {}
+        for item in records:
+            if item is not None:
+                items.setdefault(str(item.ref), item)
+        return list(items.values())
+
+    def changes_since(self, since: datetime) -> Changes:
+        """Persons whose deals changed, and addresses of changed persons, since `since` (v2
+        `updated_since`; leads and projects have none: their caches expire instead)."""
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        until = max(since, self._now() - CHANGES_OVERLAP)
+        stamp = rfc3339(since)
+        deals = {"updated_since": stamp, "status": DEAL_STATUSES, "limit": 500}
+        changed_deals = list(self._all("deals.list", "/api/v2/deals", deals))
+        if self.include_archived:
+            changed_deals += self._all("deals.archived", "/api/v2/deals/archived", deals)
+        person_ids = {
+            int(d["person_id"]) for d in changed_deals if isinstance(d.get("person_id"), int)
+        }
+        persons = {"updated_since": stamp, "limit": 500}
+        emails = {
+            e
+            for p in self._all("persons.list", "/api/v2/persons", persons)
+            for e in person_emails(p)
+        }
+        return Changes(
+            person_ids=frozenset(person_ids),
+            emails=frozenset(emails),
+            until=until,
+        )
+
+    def _all(self, operation: str, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        for data in self.http.pages(operation, path, params):
+            yield from (record for record in data or () if isinstance(record, dict))
+
+    def _projects_by_person(self) -> dict[int, list[Item]]:
+        with self._lock:
+            if self._projects is not None and self._clock() - self._projects[0] < self.projects_ttl:
+                return self._projects[1]
+            params = {"status": PROJECT_STATUSES, "include_archived": "true", "limit": 500}
+            by_person: dict[int, list[Item]] = {}
+            for record in self._all("projects.list", "/api/v1/projects", params):
+                item = project_item(record)
+                if item is None:
+                    continue
+                for pid in item.person_ids:
+                    by_person.setdefault(pid, []).append(item)
+            self._projects = (self._clock(), by_person)
+            return by_person
+
+    # -- activities --------------------------------------------------------------------------
+
+    def activity_type(self) -> str:
+        """The key_string of the company's email activity type (looked up once)."""
+        with self._lock:
+            if self._activity_type is None:
+                envelope = self.http.call("activityTypes.list", "GET", "/api/v1/activityTypes")
+                self._activity_type = _email_type(envelope.get("data") or [])
+            return self._activity_type
+
+    def create_activity(self, draft: ActivityDraft) -> str:
+        body = self._activity_body(draft, clear_links=False)
+        envelope = self.http.call("activities.create", "POST", "/api/v2/activities", json=body)
+        activity_id = (envelope.get("data") or {}).get("id")
+        if activity_id is None:
+            raise WriteOutcomeUnknown("Pipedrive created an activity but did not say its id")
+        return str(activity_id)
+
+    def update_activity(self, activity_id: str, draft: ActivityDraft) -> None:
+        """Rewrite the activity; the link fields of the kinds not in the draft are set to null."""
+        body = self._activity_body(draft, clear_links=True)
+        path = f"/api/v2/activities/{int(activity_id)}"
+        self.http.call("activities.update", "PATCH", path, json=body)
+
+    def find_activity(self, key: str, person_id: int | None) -> str | None:
+        """The activity whose note has `maillink-id: <key>`: among the primary person's newest
+        activities (or the company's, without a person), at most `find_pages` pages."""
+        params: dict[str, Any] = {
+            "sort_by": "add_time",
+            "sort_direction": "desc",
+            "limit": self.find_page_size,
+        }
+        if person_id is not None:
+            params["person_id"] = person_id
+        pages = self.http.pages(
+            "activities.list", "/api/v2/activities", params, max_pages=self.find_pages
+        )
+        for data in pages:
+            for activity in data or ():
+                if isinstance(activity, dict) and note_has_key(activity.get("note"), key):
+                    return str(activity["id"])
+        return None
+
+    def _activity_body(self, draft: ActivityDraft, *, clear_links: bool) -> dict[str, Any]:
+        when = draft.when if draft.when.tzinfo else draft.when.replace(tzinfo=UTC)
+        when = when.astimezone(UTC)
+        body: dict[str, Any] = {
+            "subject": draft.subject,
+            "type": self.activity_type(),
+            "done": True,
+            "due_date": when.strftime("%Y-%m-%d"),
+            "due_time": when.strftime("%H:%M"),
+            "note": draft.note,
+        }
+        person_ids = list(dict.fromkeys(draft.person_ids))
+        if person_ids:
+            body["person_id"] = person_ids[0]
+            body["participants"] = [
+                {"person_id": pid, "primary": i == 0} for i, pid in enumerate(person_ids)
+            ]
+        links: dict[str, int | str | None] = dict.fromkeys(_LINK_FIELDS.values())
+        for ref in draft.items:
+            name = _LINK_FIELDS[ref.kind]
+            if links[name] is None:
+                links[name] = ref.id if ref.kind is ItemKind.LEAD else int(ref.id)
+        body.update(links if clear_links else {k: v for k, v in links.items() if v is not None})
+        return body
+
+
+def _email_type(types: list[dict[str, Any]]) -> str:
+    active = [t for t in types if isinstance(t, dict) and t.get("active_flag", True)]
+    for activity_type in active:
+        if activity_type.get("key_string") == EMAIL_TYPE:
+            return EMAIL_TYPE
+    for activity_type in active:
+        if activity_type.get("icon_key") == EMAIL_TYPE and activity_type.get("key_string"):
+            return str(activity_type["key_string"])
+    raise CRMError(
+        "Pipedrive has no active email activity type (key_string 'email'): "
+        "reactivate it under Company settings > Activities"
+    )

@@ -1,0 +1,345 @@
+"""How maillink speaks HTTP to Pipedrive: auth, token costs, the error policy, retries, paging.
+
+The error policy is a table (`ERROR_POLICY`): what each status means for the caller. Reads and
+PATCHes are retried on connection errors, timeouts and 5xx, honouring Retry-After; a POST is retried
+only when Pipedrive cannot have received it (no connection, or a 429), because a create whose answer
+was lost may exist: the caller then gets `WriteOutcomeUnknown` and looks the record up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ipaddress
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+from maillink.crm.base import CRMAuthError, CRMError, CRMRateLimited, CRMUnavailable
+
+# Operation -> tokens it costs (the specs' x-token-cost, December 2025).
+TOKEN_COSTS: dict[str, int] = {
+    "persons.search": 20,
+    "persons.list": 10,
+    "deals.list": 10,
+    "deals.archived": 20,
+    "leads.list": 20,
+    "leads.archived": 40,
+    "projects.list": 20,
+    "activityTypes.list": 20,
+    "activities.list": 10,
+    "activities.create": 5,
+    "activities.update": 5,
+}
+
+BURST_WINDOW = 2.0  # seconds: Pipedrive's rolling burst window, the wait when it names none
+DAILY_REMAINING = "x-daily-ratelimit-token-remaining"
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+
+
+class PipedriveNotFound(CRMError):
+    """404: the record is gone (deleted in Pipedrive) or never existed."""
+
+
+class WriteOutcomeUnknown(CRMUnavailable):
+    """A create was sent but its answer never came: it may exist. Look it up before creating again."""
+
+
+class PaginationLoop(CRMError):
+    """Pipedrive offered a page it had already given: stop rather than loop."""
+
+
+class Action(enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"  # transient: try again (after Retry-After)
+    RATE_LIMITED = "rate_limited"  # burst: wait for the reset; daily budget: park writes
+    AUTH = "auth"  # the credentials must change
+    NOT_FOUND = "not_found"
+    FAIL = "fail"  # a retry will not help
+
+
+ERROR_POLICY: dict[int, Action] = {
+    400: Action.FAIL,
+    401: Action.AUTH,
+    402: Action.FAIL,  # the company's subscription needs payment
+    403: Action.AUTH,  # no permission, or Pipedrive blocking a client that ignored 429s
+    404: Action.NOT_FOUND,
+    408: Action.RETRY,
+    410: Action.NOT_FOUND,
+    429: Action.RATE_LIMITED,
+}
+
+
+def action_for(status: int) -> Action:
+    if 200 <= status < 300:
+        return Action.SUCCESS
+    if status in ERROR_POLICY:
+        return ERROR_POLICY[status]
+    return Action.RETRY if status >= 500 else Action.FAIL
+
+
+class _Retry(Exception):
+    """Try again after `wait` seconds (None: backoff); `final` is raised when attempts run out."""
+
+    def __init__(self, final: CRMError, wait: float | None = None):
+        super().__init__(str(final))
+        self.final = final
+        self.wait = wait
+
+
+class Paginator:
+    """Where the next page of a list starts: a v2 `next_cursor` or a v1 `start` offset.
+
+    `advance()` refuses a cursor or offset it has already been given, so a misbehaving server
+    cannot make a walk loop.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.finished = False
+        self.pages = 0
+        self._seen: set[str] = set()
+
+    def advance(self, envelope: dict[str, Any]) -> None:
+        self.pages += 1
+        extra = envelope.get("additional_data") or {}
+        offsets = extra.get("pagination") or extra
+        if extra.get("next_cursor"):
+            name, token = "cursor", extra["next_cursor"]
+        elif offsets.get("more_items_in_collection"):
+            start = int(offsets.get("start") or 0)
+            self._seen.add(f"start={start}")
+            data = envelope.get("data")
+            token = offsets.get("next_start")
+            if token is None:
+                token = start + (len(data) if isinstance(data, list) else 0)
+            name = "start"
+        else:
+            self.finished, self.params = True, {}
+            return
+        marker = f"{name}={token}"
+        if marker in self._seen:
+            raise PaginationLoop(f"Pipedrive offered {marker} a second time; stopped paging")
+        self._seen.add(marker)
+        self.params = {name: token}
+
+
+def _check_base_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return base_url.rstrip("/")
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if parts.scheme == "http" and loopback:
+        return base_url.rstrip("/")
+    raise ValueError(
+        f"Pipedrive base_url {base_url!r} must be https:// (http:// only for loopback)"
+    )
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request cannot have reached Pipedrive (no connection was made)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _until_utc_midnight() -> float:
+    now = datetime.now(UTC)
+    tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (tomorrow - now).total_seconds()
+
+
+class PipedriveHTTP:
+    """One Pipedrive company's API: every call authenticated, counted, retried by the policy."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_token: str | None = None,
+        oauth_token: str | None = None,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        max_wait: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if bool(api_token) == bool(oauth_token):
+            raise ValueError("give Pipedrive either api_token or oauth_token (exactly one)")
+        self.base_url = _check_base_url(base_url)
+        self._auth = (
+            {"x-api-token": api_token} if api_token else {"Authorization": f"Bearer {oauth_token}"}
+        )
+        self.session = session or requests.Session()
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_wait = max_wait
+        self._sleep = sleep
+        self._backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.25)
+        self._lock = threading.Lock()
+        self.tokens_spent = 0
+        self.requests_made = 0
+
+    def call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """One API call; returns Pipedrive's envelope `{success, data, additional_data}`."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retry),
+            sleep=self._sleep,
+            retry_error_callback=_raise_final,
+        )
+        result: dict[str, Any] = retrying(self._once, operation, method, path, params, json)
+        return result
+
+    def pages(
+        self,
+        operation: str,
+        path: str,
+        params: dict[str, Any],
+        *,
+        max_pages: int | None = None,
+    ) -> Iterator[Any]:
+        """The `data` of each page of a list, following cursors or offsets, at most `max_pages`."""
+        paginator = Paginator()
+        while not paginator.finished:
+            if max_pages is not None and paginator.pages >= max_pages:
+                return
+            envelope = self.call(operation, "GET", path, params={**params, **paginator.params})
+            yield envelope.get("data")
+            paginator.advance(envelope)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retry) and exc.wait is not None:
+            return exc.wait
+        return float(self._backoff(state))
+
+    def _count(self, operation: str | None) -> None:
+        with self._lock:
+            if operation is None:
+                self.requests_made += 1
+            else:
+                self.tokens_spent += TOKEN_COSTS.get(operation, 0)
+
+    def _once(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None,
+        body: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        idempotent = method.upper() in _IDEMPOTENT
+        where = f"{method} {path}"
+        self._count(None)
+        try:
+            response = self.session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                json=body,
+                headers=self._auth,
+                timeout=self.timeout,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if idempotent or _never_sent(exc):
+                raise _Retry(CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")) from exc
+            raise WriteOutcomeUnknown(f"no answer from Pipedrive to {where}: {exc}") from exc
+        except requests.RequestException as exc:
+            raise CRMError(f"cannot send {where} to Pipedrive: {exc}") from exc
+
+        status = response.status_code
+        action = action_for(status)
+        if action not in (Action.AUTH, Action.RATE_LIMITED, Action.RETRY):
+            self._count(operation)
+        if action is Action.SUCCESS:
+            return self._envelope(response, where, idempotent)
+        message = f"Pipedrive answered {status} to {where}: {_error_text(response)}"
+        if action is Action.RETRY:
+            if not idempotent:
+                raise WriteOutcomeUnknown(message)
+            wait = _seconds(response.headers.get("Retry-After"))
+            if wait is not None and wait > self.max_wait:
+                raise CRMUnavailable(f"{message} (retry after {wait:.0f} s)")
+            raise _Retry(CRMUnavailable(message), wait)
+        if action is Action.RATE_LIMITED:
+            raise self._rate_limited(response, message)
+        if action is Action.AUTH:
+            raise CRMAuthError(message)
+        if action is Action.NOT_FOUND:
+            raise PipedriveNotFound(message)
+        raise CRMError(message)
+
+    def _rate_limited(self, response: requests.Response, message: str) -> Exception:
+        """A daily-budget 429 at once as CRMRateLimited(daily=True); a burst 429 to wait out."""
+        headers = response.headers
+        retry_after = _seconds(headers.get("Retry-After"))
+        if (headers.get(DAILY_REMAINING) or "").strip() == "0":
+            wait = retry_after if retry_after is not None else _until_utc_midnight()
+            return CRMRateLimited(f"daily token budget spent: {message}", wait, daily=True)
+        reset = _seconds(headers.get("x-ratelimit-reset"))
+        waits = [w for w in (reset, retry_after) if w is not None]
+        wait = float(math.ceil(max(waits))) if waits else BURST_WINDOW
+        limited = CRMRateLimited(message, wait, daily=False)
+        if wait > self.max_wait:
+            return limited
+        return _Retry(limited, wait)
+
+    @staticmethod
+    def _envelope(response: requests.Response, where: str, idempotent: bool) -> dict[str, Any]:
+        try:
+            envelope = response.json()
+        except ValueError:
+            envelope = None
+        if isinstance(envelope, dict) and envelope.get("success") is not False:
+            return envelope
+        problem = f"Pipedrive answered {response.status_code} to {where} without a valid body"
+        if idempotent:
+            raise _Retry(CRMUnavailable(problem))
+        raise WriteOutcomeUnknown(problem)
+
+
+def _raise_final(state: RetryCallState) -> Any:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, _Retry):
+        raise exc.final from exc
+    raise CRMUnavailable("Pipedrive call failed") from exc
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason or ""
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)[:500]
+    return str(body)[:200]

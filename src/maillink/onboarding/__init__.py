@@ -1,0 +1,1 @@
+"""OAuth onboarding: connect a mailbox once, keep its refresh token, read its address."""

@@ -1,0 +1,260 @@
+"""The Gmail API calls maillink makes (gmail.metadata scope), metered and run under the policy.
+
+Every call Gmail answered is counted in quota units (Google's per-call model, DESIGN.md §7;
+an error answer counts too), and every HTTP request at the transport, token refreshes included. Batches go to the batch endpoint built from
+the configured API endpoint, since the client library would take Google's from its discovery
+document.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import google_auth_httplib2
+import httplib2
+from google.auth import exceptions as auth_exceptions
+from google.auth.credentials import Credentials
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+from googleapiclient.http import BatchHttpRequest
+
+from maillink.providers.retry import (
+    CONNECTION,
+    INVALID_GRANT,
+    TIMEOUT,
+    TRANSIENT,
+    Failure,
+    RetryPolicy,
+    parse_retry_after,
+)
+
+SCOPE_METADATA = "https://www.googleapis.com/auth/gmail.metadata"
+METADATA_HEADERS = (
+    "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+)  # fmt: skip
+UNITS = {
+    "users.getProfile": 1,
+    "messages.list": 5,
+    "messages.get": 5,
+    "threads.get": 10,
+    "history.list": 2,
+}
+HISTORY_TYPES = ("messageAdded", "labelAdded", "messageDeleted")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def check_endpoint(url: str, what: str) -> str:
+    """`url` if it is https, or plain http to a loopback host (the sandbox, a test double)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        host, parts = None, None
+    if parts is not None and host and parts.scheme == "https":
+        return url
+    if parts is not None and parts.scheme == "http" and host in LOOPBACK_HOSTS:
+        return url
+    raise ValueError(
+        f"{what} {url!r} is refused: use https (plain http only for a loopback host: "
+        "127.0.0.1, ::1 or localhost)"
+    )
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """What a Gmail call's exception is in the policy's terms; None for anything else (a bug)."""
+    if isinstance(exc, HttpError):
+        reason, message = _error_fields(exc.content)
+        retry_after = parse_retry_after(exc.resp.get("retry-after"))
+        return Failure(exc.resp.status, reason, retry_after, message)
+    if isinstance(exc, auth_exceptions.RefreshError):
+        error = _oauth_error(exc)
+        if error == INVALID_GRANT:
+            return Failure(None, INVALID_GRANT, detail="token refresh refused")
+        if getattr(exc, "retryable", False):
+            return Failure(None, TRANSIENT, detail="token refresh failed")
+        return Failure(None, error or "refresh_failed", detail="token refresh failed")
+    if isinstance(exc, auth_exceptions.TransportError):
+        return Failure(None, CONNECTION, detail="token endpoint unreachable")
+    if isinstance(exc, TimeoutError):
+        return Failure(None, TIMEOUT, detail=type(exc).__name__)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(None, "tls", detail="certificate verification failed")
+    if isinstance(exc, OSError | httplib2.HttpLib2Error | http.client.HTTPException):
+        return Failure(None, CONNECTION, detail=type(exc).__name__)
+    return None
+
+
+def _error_fields(content: bytes | str | None) -> tuple[str | None, str]:
+    """Google's error `reason` (errors[0].reason, else status) and message, from a body."""
+    try:
+        error = json.loads(content or b"{}")["error"]
+    except (ValueError, TypeError, KeyError):
+        return None, ""
+    if not isinstance(error, dict):
+        return None, str(error)[:200]
+    errors = error.get("errors")
+    reason = None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        reason = errors[0].get("reason")
+    reason = reason or error.get("status")
+    return (str(reason) if reason else None), str(error.get("message", ""))[:200]
+
+
+def _oauth_error(exc: auth_exceptions.RefreshError) -> str | None:
+    for arg in exc.args[1:]:
+        if isinstance(arg, Mapping) and isinstance(arg.get("error"), str):
+            return str(arg["error"])
+    text = str(exc.args[0]) if exc.args else ""
+    return INVALID_GRANT if INVALID_GRANT in text else None
+
+
+class _CountingHttp(httplib2.Http):
+    """httplib2 with a count of the requests sent (a batch counts once)."""
+
+    sent = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        self.sent += 1
+        return super().request(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Get:
+    """One call of a batch: threads.get or messages.get, format metadata."""
+
+    kind: Literal["thread", "message"]
+    id: str
+
+    @property
+    def method(self) -> str:
+        return "threads.get" if self.kind == "thread" else "messages.get"
+
+
+class GmailApi:
+    """The Gmail calls of the adapter; each one retried under `policy` and metered."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        api_endpoint: str,
+        http_timeout: float,
+        batch_size: int,
+        policy: RetryPolicy,
+    ) -> None:
+        check_endpoint(api_endpoint, "the Gmail API endpoint")
+        self._transport = _CountingHttp(timeout=http_timeout)
+        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=self._transport)
+        service = build(
+            "gmail",
+            "v1",
+            http=self._http,
+            client_options={"api_endpoint": api_endpoint},
+            static_discovery=True,
+            cache_discovery=False,
+        )
+        self._users = service.users()
+        self._batch_uri = api_endpoint.rstrip("/") + "/batch/gmail/v1"
+        self._batch_size = batch_size
+        self._policy = policy
+        self.quota_units = 0
+
+    @property
+    def http_requests(self) -> int:
+        return self._transport.sent
+
+    def _call(self, method: str, make: Callable[[], Any], call: str | None = None) -> Any:
+        def attempt() -> Any:
+            try:
+                result = make().execute(num_retries=0)
+            except HttpError:
+                self.quota_units += UNITS[method]  # Gmail answered it: the call counts
+                raise
+            self.quota_units += UNITS[method]
+            return result
+
+        result = self._policy.call(attempt, classify=classify, call=call, what=f"gmail {method}")
+        return result if isinstance(result, dict) else {}
+
+    def profile(self) -> dict[str, Any]:
+        return self._call("users.getProfile", lambda: self._users.getProfile(userId="me"))
+
+    def list_messages(
+        self, page_token: str | None, page_size: int, *, resumed: bool = False
+    ) -> dict[str, Any]:
+        """A page of message ids, newest first. `resumed`: the token comes from a stored cursor
+        (a 400 then means it is no longer valid: ResyncRequired)."""
+        return self._call(
+            "messages.list",
+            lambda: self._users.messages().list(
+                userId="me", maxResults=page_size, pageToken=page_token
+            ),
+            call="page" if resumed else None,
+        )
+
+    def list_history(self, start: str, page_token: str | None, page_size: int) -> dict[str, Any]:
+        """A page of changes since `start`; a 404 (start too old) raises ResyncRequired."""
+        return self._call(
+            "history.list",
+            lambda: self._users.history().list(
+                userId="me",
+                startHistoryId=start,
+                historyTypes=list(HISTORY_TYPES),
+                maxResults=page_size,
+                pageToken=page_token,
+            ),
+            call="history",
+        )
+
+    def _request(self, get: Get) -> Any:
+        resource = self._users.threads() if get.kind == "thread" else self._users.messages()
+        return resource.get(
+            userId="me", id=get.id, format="metadata", metadataHeaders=list(METADATA_HEADERS)
+        )
+
+    def get_many(self, gets: Sequence[Get]) -> dict[Get, dict[str, Any]]:
+        """The answers to `gets`, in batch requests of at most `batch_size` calls.
+
+        Parts answering 429/5xx are sent again (only them); parts answering 404 (deleted since
+        they were listed) are left out of the result.
+        """
+        results: dict[Get, dict[str, Any]] = {}
+        for start in range(0, len(gets), self._batch_size):
+            chunk = gets[start : start + self._batch_size]
+            self._policy.call_parts(
+                chunk,
+                lambda parts: self._send_batch(parts, results),
+                call="item",
+                what="gmail batch",
+            )
+        return results
+
+    def _send_batch(
+        self, parts: Sequence[Get], results: dict[Get, dict[str, Any]]
+    ) -> dict[Get, Failure]:
+        failures: dict[Get, Failure] = {}
+
+        def on_part(request_id: str, response: Any, exception: BaseException | None) -> None:
+            get = parts[int(request_id)]
+            if exception is None:
+                results[get] = response if isinstance(response, dict) else {}
+            else:
+                failures[get] = classify(exception) or Failure(detail=type(exception).__name__)
+
+        def attempt() -> None:
+            failures.clear()
+            batch = BatchHttpRequest(callback=on_part, batch_uri=self._batch_uri)
+            for index, get in enumerate(parts):
+                batch.add(self._request(get), request_id=str(index))
+            batch.execute(http=self._http)
+            # Counted once the parts were answered (each part is charged as its own call).
+            self.quota_units += sum(UNITS[get.method] for get in parts)
+
+        self._policy.call(attempt, classify=classify, what=f"gmail batch of {len(parts)}")
+        return failures
