@@ -7,7 +7,6 @@ and a deal won meanwhile, and a second round that must write nothing new. Prints
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import time
@@ -33,7 +32,7 @@ from maillink.sandbox.seed import (
     load_team,
     odd_messages,
 )
-from maillink.secrets import TokenCipher
+from maillink.sandbox.workspace import write_workspace
 from maillink.store.schema import messages
 
 
@@ -61,39 +60,6 @@ class _Browser:
             requests.get(url, timeout=30)  # consent → 302 → the loopback redirect server
         except BaseException as exc:  # surfaced by the onboarding's own timeout
             self.error = exc
-
-
-def _write_config(
-    folder: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox, domain: str
-) -> Path:
-    config = folder / "maillink.toml"
-    config.write_text(
-        f"""[store]
-url = "sqlite:///{folder / "maillink.db"}"
-
-[crm]
-kind = "pipedrive"
-base_url = "{pipedrive.url}"
-
-[gmail]
-api_endpoint = "{google.api_endpoint}"
-
-[linking]
-internal_domains = ["{domain}"]
-blocked = ["noreply@*", "*@notifications.*"]
-multiple_open_items = "ask"
-"""
-    )
-    (folder / "credentials.json").write_text(
-        json.dumps(
-            {
-                "google": google.client_config(),
-                "pipedrive": {"api_token": pipedrive.api_token},
-                "encryption_key": TokenCipher.generate_key(),
-            }
-        )
-    )
-    return config
 
 
 def _reasons(app: App) -> Counter[str]:
@@ -129,7 +95,11 @@ def run_demo(
             f"{team.message_count + sum(len(t.messages) for t in odd)} emails in {len(team.threads) + len(odd)} threads, "
             f"{sum(p.known for p in team.persons)} CRM persons, {len(team.items)} items"
         )
-        app = App(load_settings(_write_config(Path(tmp), google, pipedrive, team.domain)))
+        app = App(
+            load_settings(
+                write_workspace(Path(tmp), google, pipedrive, internal_domains=[team.domain])
+            )
+        )
         try:
             # 1. onboarding, through the real OAuth code (PKCE, state, loopback redirect)
             for rep in team.reps:

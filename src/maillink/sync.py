@@ -64,7 +64,9 @@ def poll_crm_changes(store: Store, crm: CRM, now: datetime | None = None) -> int
     with store.transaction() as conn:
         last = cache.get_state(conn, CHANGES_SINCE)
     if last is None:
+        # Whatever was cached before polling began may be stale: start from empty caches.
         with store.transaction() as conn:
+            cache.forget_all(conn)
             cache.set_state(conn, CHANGES_SINCE, now.isoformat())
         return 0
     changes = crm.changes_since(datetime.fromisoformat(last))

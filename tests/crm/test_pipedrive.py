@@ -46,7 +46,7 @@ def sandbox(server: PipedriveSandbox) -> PipedriveSandbox:
 
 @pytest.fixture
 def crm(sandbox: PipedriveSandbox) -> PipedriveCRM:
-    return PipedriveCRM(sandbox.url, api_token=sandbox.api_token)
+    return PipedriveCRM(sandbox.url, api_token=sandbox.api_token, include_archived=True)
 
 
 def draft(key: str, person_ids: tuple[int, ...], *items: ItemRef, **changes: Any) -> ActivityDraft:
@@ -98,6 +98,24 @@ def test_search_results_that_are_not_the_exact_address_are_dropped(
 
 
 # -- items -------------------------------------------------------------------------------------
+
+
+def test_by_default_archived_items_are_read_only_when_asked_for(sandbox: PipedriveSandbox) -> None:
+    frugal = PipedriveCRM(sandbox.url, api_token=sandbox.api_token)
+    ann = sandbox.add_person("Ann", ["ann@example.com"])
+    open_deal = sandbox.add_deal("Open", ann, add_time=T0)
+    archived = sandbox.add_deal("Archived", ann, add_time=T0)
+    sandbox.archive_deal(archived, NOW - timedelta(days=3))
+    old_lead = sandbox.add_lead("Old lead", ann, add_time=T0, archived_at=T0 + timedelta(days=4))
+    sandbox.meter.reset()
+
+    assert {str(i.ref) for i in frugal.items_of_person(ann)} == {f"deal:{open_deal}"}
+    assert sandbox.meter.requests["deals.archived"] == 0
+    assert sandbox.meter.requests["leads.archived"] == 0
+    assert {str(i.ref) for i in frugal.archived_items_of_person(ann)} == {
+        f"deal:{archived}",
+        f"lead:{old_lead}",
+    }
 
 
 def test_items_of_a_person_carry_their_status_and_dates(

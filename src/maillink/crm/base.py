@@ -69,6 +69,14 @@ class CRM(Protocol):
         """All leads, deals and projects of the person, open or closed, with their dates."""
         ...
 
+    def archived_items_of_person(self, person_id: int) -> list[Item]:
+        """Items the CRM keeps apart once archived (Pipedrive: archived deals and leads).
+
+        Read only when a thread's decisions refer to an item the open lists no longer show, so
+        that messages exchanged before the archiving stay linked (rule 6).
+        """
+        ...
+
     def changes_since(self, since: datetime) -> Changes:
         """Persons and items changed since `since` (polling; webhooks feed the same caches)."""
         ...

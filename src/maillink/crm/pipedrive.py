@@ -49,7 +49,7 @@ class PipedriveCRM:
     """One Pipedrive company, through its API token or an OAuth access token.
 
     `projects_ttl`: projects can only be listed company-wide, so the list is kept that long and
-    serves every person. `include_archived`: also read archived deals and leads (they matter for
+    serves every person. `include_archived`: always read archived deals and leads too (they matter for
     messages exchanged before the archiving, at 20 + 40 tokens a person). `find_pages` bounds how
     many pages of a person's newest activities `find_activity` reads.
     `tokens_spent` and `requests_made` count what this adapter has cost.
@@ -65,7 +65,7 @@ class PipedriveCRM:
         timeout: float = 30.0,
         max_retries: int = 5,
         projects_ttl: float = 300.0,
-        include_archived: bool = True,
+        include_archived: bool = False,
         find_pages: int = 5,
         find_page_size: int = 100,
         max_wait: float = 30.0,
@@ -126,14 +126,22 @@ class PipedriveCRM:
         records += map(deal_item, self._all("deals.list", "/api/v2/deals", deals))
         records += map(lead_item, self._all("leads.list", "/api/v1/leads", leads))
         if self.include_archived:
-            records += map(deal_item, self._all("deals.archived", "/api/v2/deals/archived", deals))
-            records += map(lead_item, self._all("leads.archived", "/api/v1/leads/archived", leads))
+            records += self._archived(person_id)
         records += self._projects_by_person().get(person_id, [])
-        items: dict[str, Item] = {}
-        for item in records:
-            if item is not None:
-                items.setdefault(str(item.ref), item)
-        return list(items.values())
+        return _unique(records)
+
+    def archived_items_of_person(self, person_id: int) -> list[Item]:
+        """The person's archived deals and leads (20 + 40 tokens): read only when a decision
+        refers to an item that the open lists no longer show."""
+        return _unique(self._archived(person_id))
+
+    def _archived(self, person_id: int) -> list[Item | None]:
+        deals = {"person_id": person_id, "status": DEAL_STATUSES, "limit": 500}
+        leads = {"person_id": person_id, "limit": 500}
+        records: list[Item | None] = []
+        records += map(deal_item, self._all("deals.archived", "/api/v2/deals/archived", deals))
+        records += map(lead_item, self._all("leads.archived", "/api/v1/leads/archived", leads))
+        return records
 
     def changes_since(self, since: datetime) -> Changes:
         """Persons whose deals changed, and addresses of changed persons, since `since` (v2
@@ -246,6 +254,14 @@ class PipedriveCRM:
                 links[name] = ref.id if ref.kind is ItemKind.LEAD else int(ref.id)
         body.update(links if clear_links else {k: v for k, v in links.items() if v is not None})
         return body
+
+
+def _unique(records: list[Item | None]) -> list[Item]:
+    items: dict[str, Item] = {}
+    for item in records:
+        if item is not None:
+            items.setdefault(str(item.ref), item)
+    return list(items.values())
 
 
 def _email_type(types: list[dict[str, Any]]) -> str:

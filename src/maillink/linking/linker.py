@@ -69,6 +69,25 @@ class FactGatherer:
                 cache.put_items(conn, fetched_items, now)
         return Facts(persons_by_email=persons, items_by_person=items)
 
+    def with_archived(
+        self, facts: Facts, person_ids: Iterable[int], *, remember: bool = True
+    ) -> Facts:
+        """`facts` plus the archived items of these persons (and the caches learn them)."""
+        items = {pid: list(found) for pid, found in facts.items_by_person.items()}
+        added: dict[int, list[Item]] = {}
+        for person_id in sorted(set(person_ids)):
+            known = {str(i.ref) for i in items.get(person_id, [])}
+            extra = [
+                i for i in self.crm.archived_items_of_person(person_id) if str(i.ref) not in known
+            ]
+            self.crm_reads += 1
+            items[person_id] = items.get(person_id, []) + extra
+            added[person_id] = items[person_id]
+        if added and remember:
+            with self.store.transaction() as conn:
+                cache.put_items(conn, added, self.clock())
+        return Facts(persons_by_email=facts.persons_by_email, items_by_person=items)
+
 
 def _stored_decision(row: Mapping[str, Any]) -> tuple[Any, ...]:
     return (
@@ -135,10 +154,39 @@ class Linker:
             threads = mail.threads_by_id(read, ids)
             rows = mail.messages_of_threads(read, ids)
         facts = self.facts.gather(self._addresses(account, rows, threads), remember=conn is None)
+        unseen = self._persons_with_unseen_items(account, rows, threads, facts)
+        if unseen:
+            facts = self.facts.with_archived(facts, unseen, remember=conn is None)
         if conn is not None:
             return self._record(conn, account, ids, facts, cause)
         with self.store.transaction() as write:
             return self._record(write, account, ids, facts, cause)
+
+    def _persons_with_unseen_items(
+        self,
+        account: Account,
+        rows_by_thread: Mapping[int, Sequence[Any]],
+        threads: Mapping[int, mail.StoredThread],
+        facts: Facts,
+    ) -> set[int]:
+        """Persons of threads whose stored links name an item the CRM's open lists lack.
+
+        Such an item was archived since (or deleted): its archived record is read so that the
+        messages exchanged while it was open keep their link.
+        """
+        seen = {str(i.ref) for found in facts.items_by_person.values() for i in found}
+        persons: set[int] = set()
+        for tid, rows in rows_by_thread.items():
+            thread = threads[tid]
+            named = {str(r) for r in (thread.link, thread.choice) if r is not None}
+            named.update(ref for row in rows for ref in row["items"])
+            if not named - seen:
+                continue
+            for row in rows:
+                message = mail.message_from_row(account.email, thread.key, row)
+                for address in external_participants(message, self.policy)[0]:
+                    persons.update(p.id for p in facts.persons_by_email.get(address.email, ()))
+        return persons
 
     # -- recording -----------------------------------------------------------------------------
     def _record(

@@ -172,6 +172,7 @@ class _Gen:
         self.persons: list[SeedPerson] = []
         self.items: list[SeedItem] = []
         self._customers: list[SeedPerson] = []
+        self._regulars: list[tuple[SeedPerson, SeedItem]] = []
 
     def message_id(self) -> str:
         return f"<{uuid.UUID(int=self.rng.getrandbits(128))}@mail.{self.domain}>"
@@ -187,13 +188,16 @@ class _Gen:
         return person
 
     def customer(self, known: bool = True) -> SeedPerson:
-        """A fresh customer, or now and then one met before (customers write more than once)."""
-        pool = [p for p in self._customers if p.known == known]
-        if pool and self.rng.random() < 0.35:
-            return self.rng.choice(pool)
         person = self.person(known)
         self._customers.append(person)
         return person
+
+    def returning(self, start: datetime) -> tuple[SeedPerson, SeedItem] | None:
+        """Now and then, a customer with one open deal writes again about it (a new thread)."""
+        if not self._regulars or self.rng.random() > 0.4:
+            return None
+        person, deal = self.rng.choice(self._regulars)
+        return (person, deal) if deal.created < start else None
 
     def item(self, kind: str, person: SeedPerson, created: datetime, **kw: Any) -> SeedItem:
         item = SeedItem(
@@ -224,11 +228,16 @@ class _Gen:
                 ("Notifications", f"noreply@notifications.{self.rng.choice(COMPANIES)}.example")
             ]
         else:
-            customer = self.customer(known=kind != "unknown")
+            regular = self.returning(start) if kind == "single" else None
+            customer = regular[0] if regular else self.customer(known=kind != "unknown")
             parties = [(customer.name, customer.email)]
             before = start - timedelta(days=self.rng.uniform(1, 60))
-            if kind in ("single", "group"):
+            if regular:
+                thread.items.append(regular[1])
+            elif kind in ("single", "group"):
                 thread.items.append(self.item("deal", customer, before))
+                if kind == "single":
+                    self._regulars.append((customer, thread.items[-1]))
             elif kind == "multi":
                 thread.items.append(self.item("deal", customer, before))
                 thread.items.append(self.item("lead", customer, before + timedelta(hours=3)))

@@ -177,3 +177,25 @@ crm_state = Table(
     Column("name", String(100), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# -- web users (issue 4): who signs in to `maillink serve`, and which mailboxes are theirs ----------
+web_users = Table(
+    "web_users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("is_admin", Boolean, nullable=False, default=False),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the sign-in token
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_sign_in_at", UTCDateTime, nullable=True),
+)
+
+# The web user who connected the mailbox (a rep also owns the mailboxes whose address is theirs).
+accounts.append_column(
+    Column(
+        "owner_user_id",
+        Integer,
+        ForeignKey("web_users.id", ondelete="SET NULL"),
+        nullable=True,
+    )
+)

@@ -1,0 +1,54 @@
+"""maillink.toml and credentials.json pointing at running sandboxes: the demo's and the tests'."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from maillink.secrets import TokenCipher
+
+
+def write_workspace(
+    folder: Path,
+    google: Any,
+    pipedrive: Any,
+    *,
+    internal_domains: Sequence[str] = (),
+    blocked: Sequence[str] = ("noreply@*", "*@notifications.*"),
+    multiple_open_items: str = "ask",
+    store_url: str | None = None,
+) -> Path:
+    """Write both files into `folder`; returns the config's path. Only endpoints differ from a
+    real deployment's files: nothing in the product knows it talks to a sandbox."""
+    config = folder / "maillink.toml"
+    store = store_url or f"sqlite:///{folder / 'maillink.db'}"
+    config.write_text(
+        f"""[store]
+url = {json.dumps(store)}
+
+[crm]
+kind = "pipedrive"
+base_url = {json.dumps(pipedrive.url)}
+
+[gmail]
+api_endpoint = {json.dumps(google.api_endpoint)}
+
+[linking]
+internal_domains = {json.dumps(list(internal_domains))}
+blocked = {json.dumps(list(blocked))}
+multiple_open_items = {json.dumps(multiple_open_items)}
+"""
+    )
+    (folder / "credentials.json").write_text(
+        json.dumps(
+            {
+                "google": google.client_config(),
+                "pipedrive": {"api_token": pipedrive.api_token},
+                "encryption_key": TokenCipher.generate_key(),
+            },
+            indent=2,
+        )
+    )
+    return config

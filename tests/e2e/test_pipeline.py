@@ -1,0 +1,261 @@
+"""The whole pipeline through real HTTP: Gmail sandbox → store → rules → outbox → Pipedrive sandbox."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+from tests.e2e.support import DOMAIN, NOW, REP, connect
+
+from maillink.app import App
+from maillink.choices import choose_item
+from maillink.config import load_settings
+from maillink.daemon import sync_round
+from maillink.linking.facts import ItemRef
+from maillink.model import Message
+from maillink.outbox import Outbox, pending_count
+from maillink.providers.headers import message_from_headers
+from maillink.sandbox.google import GoogleSandbox
+from maillink.sandbox.pipedrive import PipedriveSandbox
+from maillink.sandbox.workspace import write_workspace
+from maillink.store import accounts
+from maillink.store import mail as store_mail
+
+BOB = f"bob@{DOMAIN}"
+ANN = "ann@customer.example"
+CAT = "cat@other.example"
+_ids = itertools.count(1)
+
+
+def send(
+    google: GoogleSandbox,
+    mailbox: str,
+    *,
+    frm: str,
+    to: str,
+    date: datetime,
+    thread: str | None = None,
+    mid: str | None = None,
+    subject: str = "Quote",
+) -> str:
+    mid = mid or f"<m{next(_ids)}@mail.example>"
+    headers = [
+        ("From", frm),
+        ("To", to),
+        ("Subject", subject),
+        ("Date", format_datetime(date)),
+        ("Message-ID", mid),
+    ]
+    labels = ("SENT",) if frm == mailbox else ("INBOX",)
+    return google.add_message(
+        mailbox, headers=headers, internal_date=date, thread_id=thread, label_ids=labels
+    )
+
+
+def backfill_all(app: App) -> None:
+    syncer = app.syncer()
+    for account in app.store_accounts():
+        result = syncer.backfill(account, app.provider_for(account))
+        assert result.error is None, result.error
+
+
+def reasons_by_subject(app: App) -> dict[str, str]:
+    with app.store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT headers, reason FROM messages").all()
+    import json
+
+    return {(json.loads(h) if isinstance(h, str) else h)["subject"]: reason for h, reason in rows}
+
+
+@pytest.fixture
+def team(app: App, google: GoogleSandbox) -> App:
+    google.add_mailbox(REP)
+    connect(app, google, REP)
+    return app
+
+
+def test_one_open_deal_links_the_thread_and_a_rerun_writes_nothing_new(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    ann = pipedrive.add_person("Ann", [ANN])
+    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3))
+    send(google, REP, frm=REP, to=ANN, date=NOW - timedelta(days=2), thread=first)
+
+    backfill_all(team)
+    activities = pipedrive.activities()
+    assert len(activities) == 2
+    assert {a["deal_id"] for a in activities} == {deal}
+    assert all(a["note"].rstrip().splitlines()[-1].startswith("maillink-id: ") for a in activities)
+
+    for _ in range(2):
+        results = sync_round(team)
+        assert [r.error for r in results] == [None]
+    assert len(pipedrive.activities()) == 2
+
+
+def test_a_deal_won_between_two_messages_keeps_the_first_and_not_the_second(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    ann = pipedrive.add_person("Ann", [ANN])
+    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3), subject="before")
+    backfill_all(team)
+    sync_round(team)  # the CRM changes poll starts here
+
+    pipedrive.set_deal_status(deal, "won", at=NOW - timedelta(hours=1))
+    send(google, REP, frm=ANN, to=REP, date=NOW, thread=first, subject="after")
+    sync_round(team)
+
+    assert reasons_by_subject(team) == {
+        "before": "single_open_item",
+        "after": "item_closed_before_message",
+    }
+    by_subject = {a["subject"]: a for a in pipedrive.activities()}
+    assert by_subject["before"]["deal_id"] == deal
+    assert by_subject["after"].get("deal_id") is None
+
+
+def test_several_open_items_wait_and_the_users_choice_relinks_the_thread(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    ann = pipedrive.add_person("Ann", [ANN])
+    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    lead = pipedrive.add_lead("Upsell", ann, add_time=NOW - timedelta(days=20))
+    first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3))
+    send(google, REP, frm=REP, to=ANN, date=NOW - timedelta(days=2), thread=first)
+    backfill_all(team)
+
+    with team.store.engine.connect() as conn:
+        (waiting,) = store_mail.waiting_threads(conn)
+    assert set(waiting.candidates) == {ItemRef.parse(f"deal:{deal}"), ItemRef.parse(f"lead:{lead}")}
+    assert all(
+        a.get("deal_id") is None and a.get("lead_id") is None for a in pipedrive.activities()
+    )
+
+    text = choose_item(team, waiting.id, ItemRef.parse(f"lead:{lead}"))
+    assert "2 message(s) linked" in text
+    activities = pipedrive.activities()
+    assert len(activities) == 2
+    assert {a["lead_id"] for a in activities} == {lead}
+
+    send(google, REP, frm=ANN, to=REP, date=NOW, thread=first)  # later messages follow
+    sync_round(team)
+    assert {a.get("lead_id") for a in pipedrive.activities()} == {lead}
+    with team.store.engine.connect() as conn:
+        assert store_mail.waiting_threads(conn) == []
+
+
+def test_the_same_email_in_two_connected_mailboxes_makes_one_activity(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    google.add_mailbox(BOB)
+    connect(team, google, BOB)
+    ann = pipedrive.add_person("Ann", [ANN])
+    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    shared = "<shared-1@mail.example>"
+    send(google, REP, frm=REP, to=f"{ANN}, {BOB}", date=NOW - timedelta(days=1), mid=shared)
+    send(google, BOB, frm=REP, to=f"{ANN}, {BOB}", date=NOW - timedelta(days=1), mid=shared)
+
+    backfill_all(team)
+    assert len(pipedrive.activities_with_key("shared-1@mail.example")) == 1
+    assert len(pipedrive.activities()) == 1
+
+
+def test_a_create_whose_answer_was_lost_is_found_again_not_duplicated(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    ann = pipedrive.add_person("Ann", [ANN])
+    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=1), mid="<lost@mail.example>")
+    pipedrive.lose_next_response(r"/api/v2/activities$", method="POST")
+
+    backfill_all(team)
+    assert len(pipedrive.activities_with_key("lost@mail.example")) == 1  # created, answer lost
+    with team.store.engine.connect() as conn:
+        assert pending_count(conn) == 1
+
+    later = Outbox(
+        team.store, team.crm, clock=lambda: datetime.now(NOW.tzinfo) + timedelta(hours=2)
+    )
+    delivery = later.deliver()
+    assert (delivery.found_again, delivery.created) == (1, 0)
+    assert len(pipedrive.activities_with_key("lost@mail.example")) == 1
+    with team.store.engine.connect() as conn:
+        assert pending_count(conn) == 0
+
+
+def test_crm_writes_are_parked_when_the_daily_budget_is_spent_and_mail_keeps_syncing(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    ann = pipedrive.add_person("Ann", [ANN])
+    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=1))
+    team.facts.gather([ANN])  # the facts are cached before the budget runs out
+    from maillink.sandbox._server import Fault
+
+    pipedrive.faults.add(
+        Fault(
+            path=r"/api/v2/activities$",
+            method="POST",
+            status=429,
+            headers={"x-daily-ratelimit-token-remaining": "0", "Retry-After": "3600"},
+            body='{"success": false, "error": "Daily token budget exceeded"}',
+        )
+    )
+    backfill_all(team)
+    assert pipedrive.activities() == []
+    assert team.outbox.parked_until() is not None
+    with team.store.engine.connect() as conn:
+        assert pending_count(conn) == 1
+        stored = conn.exec_driver_sql("SELECT reason FROM messages").scalars().all()
+    assert stored == ["single_open_item"]
+
+
+def test_any_arrival_order_and_page_split_gives_the_same_links(
+    tmp_path_factory: pytest.TempPathFactory, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    """Rule replay: the same thread delivered in pages of any size and order ends the same."""
+    ann = pipedrive.add_person("Ann", [ANN])
+    cat = pipedrive.add_person("Cat", [CAT])
+    pipedrive.add_deal("Ann's", ann, add_time=NOW - timedelta(days=40))
+    pipedrive.add_deal("Cat's", cat, add_time=NOW - timedelta(days=40))
+    start = NOW - timedelta(days=10)
+    specs = [(ANN, REP), (REP, ANN), (ANN, f"{REP}, {CAT}"), (CAT, REP), (REP, f"{ANN}, {CAT}")]
+    messages: list[Message] = []
+    for i, (frm, to) in enumerate(specs):
+        headers = [("From", frm), ("To", to), ("Subject", f"m{i}"), ("Message-ID", f"<o{i}@x>")]
+        date = start + timedelta(days=i)
+        messages.append(message_from_headers(REP, f"id{i}", "t1", headers, internal_date=date))
+
+    outcomes = []
+    rng = random.Random(5)
+    for trial in range(6):
+        order = messages[:]
+        rng.shuffle(order)
+        cut = sorted(rng.sample(range(1, len(order)), rng.randint(0, 3)))
+        pages = [order[a:b] for a, b in zip([0, *cut], [*cut, len(order)], strict=True)]
+        folder = tmp_path_factory.mktemp(f"order{trial}")
+        app = App(
+            load_settings(write_workspace(folder, google, pipedrive, internal_domains=[DOMAIN]))
+        )
+        with app.store.transaction() as conn:
+            account = accounts.upsert(conn, REP, "gmail", "unused", "")
+        linker = app.linker()
+        for page in pages:
+            with app.store.transaction() as conn:
+                touched = store_mail.save_messages(conn, account.id, page, {"t1": start})
+            linker.decide(account, touched)
+        with app.store.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT provider_id, reason, items FROM messages ORDER BY provider_id"
+            ).all()
+        outcomes.append([tuple(map(str, row)) for row in rows])
+        app.close()
+    assert all(o == outcomes[0] for o in outcomes), outcomes
+    assert [r for _, r, _ in outcomes[0]] == ["single_open_item", "linked_thread_item"] + [
+        "linked_thread_item"
+    ] * 3
