@@ -28,6 +28,13 @@ class Obj:
         self._app: Any = None
 
     @property
+    def checked_app(self) -> Any:
+        """The App, with credentials.json read and checked now: fail before any work is done."""
+        app = self.app
+        _ = app.credentials
+        return app
+
+    @property
     def app(self) -> Any:
         if self._app is None:
             from maillink.app import App
@@ -113,7 +120,7 @@ def connect(obj: Obj, provider: str, no_browser: bool, device_code: bool, port: 
         raise ConfigError("Microsoft 365 mailboxes are not supported by this version yet")
     if device_code:
         raise click.UsageError("--device-code is for Microsoft mailboxes only")
-    account = obj.app.connect_gmail(open_browser=not no_browser, port=port)
+    account = obj.checked_app.connect_gmail(open_browser=not no_browser, port=port)
     click.echo(
         f"connected {account.email} (gmail); next: maillink backfill --account {account.email}"
     )
@@ -259,7 +266,7 @@ def _progress(enabled: bool, desc: str) -> tuple[Callable[[Any, Any], None], Cal
 def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> None:
     """One-off import of a mailbox's past mail; resumable after Ctrl-C."""
     since_at = _parse_since(since)
-    app = obj.app
+    app = obj.checked_app
     targets = _targets(app, email)
     if not targets:
         click.echo("no active mailbox to backfill: maillink connect gmail")
@@ -299,7 +306,7 @@ def sync(obj: Obj, once: bool) -> None:
     from maillink.daemon import sync_round
 
     with StopFlag().installed() as stop:
-        results = sync_round(obj.app, should_stop=stop)
+        results = sync_round(obj.checked_app, should_stop=stop)
     for result in results:
         click.echo(_summary(result))
     if any(r.error for r in results):
@@ -313,7 +320,7 @@ def daemon(obj: Obj) -> None:
     from maillink.daemon import run_daemon
 
     with StopFlag().installed() as stop:
-        run_daemon(obj.app, should_stop=stop, out=click.echo)
+        run_daemon(obj.checked_app, should_stop=stop, out=click.echo)
 
 
 # -- choices and explanations -------------------------------------------------------------------
@@ -357,7 +364,7 @@ def choose(obj: Obj, thread_id: int, item: str) -> None:
         ref = ItemRef.parse(item)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    outcome = choose_item(obj.app, thread_id, ref)
+    outcome = choose_item(obj.checked_app, thread_id, ref)
     click.echo(outcome)
 
 

@@ -191,11 +191,6 @@ web_users = Table(
 )
 
 # The web user who connected the mailbox (a rep also owns the mailboxes whose address is theirs).
-accounts.append_column(
-    Column(
-        "owner_user_id",
-        Integer,
-        ForeignKey("web_users.id", ondelete="SET NULL"),
-        nullable=True,
-    )
-)
+# No ON DELETE clause: SQLite does not report one for a column added by ALTER TABLE, so the
+# migration could not be checked against this schema; removing a user clears it first.
+accounts.append_column(Column("owner_user_id", Integer, ForeignKey("web_users.id"), nullable=True))

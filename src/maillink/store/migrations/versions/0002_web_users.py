@@ -3,9 +3,9 @@
 Revision ID: 0002
 Revises: 0001
 
-Forward only, like 0001. On SQLite the new column is added with ALTER TABLE ADD COLUMN (batch mode
-does not need to copy the table for it): copying `accounts` would drop the old table, and with
-foreign keys on, that drop would cascade to every cursor, thread and message of the mailboxes.
+Forward only, like 0001. The new column is added with ALTER TABLE ADD COLUMN … REFERENCES, so batch
+mode never copies `accounts` on SQLite: a copy drops the old table, and with foreign keys on, that
+drop would cascade to every cursor, thread and message of the mailboxes.
 """
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ def upgrade() -> None:
         sa.UniqueConstraint("email"),
         sa.UniqueConstraint("token_hash"),
     )
-    with op.batch_alter_table("accounts", schema=None, recreate="never") as batch_op:
+    with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column(
-                "owner_user_id",
-                sa.Integer(),
-                sa.ForeignKey("web_users.id", ondelete="SET NULL"),
-                nullable=True,
-            )
+                "owner_user_id", sa.Integer(), sa.ForeignKey("web_users.id"), nullable=True
+            ),
+            inline_references=True,  # SQLite cannot add the constraint apart (needs alembic 1.18.2)
         )

@@ -1,0 +1,428 @@
+"""A local, stateful stand-in for the Microsoft identity platform and Microsoft Graph (mail).
+
+Two HTTPS servers on 127.0.0.1 with certificates from a throwaway CA (`ca_bundle`): the login
+host (`authority`: OIDC discovery, authorize, token, devicecode) and the Graph host
+(`graph_url`: /me, /users/{id}, messages, mailFolders message delta, $batch). MSAL Python works
+against it unchanged with instance discovery off, and nothing in maillink knows it is a sandbox.
+
+    with MicrosoftSandbox() as ms:
+        ms.add_mailbox("rep@contoso.example", "Rep")
+        ms.add_message("rep@contoso.example", "inbox", internet_message_id="<a@x>",
+                       subject="Hi", sender="ana@client.example",
+                       to=["rep@contoso.example"], received=now)
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
+from maillink.sandbox.microsoft_graph import (
+    BATCH_PART,
+    GraphContext,
+    Traffic,
+    graph_error,
+    register_graph_routes,
+)
+from maillink.sandbox.microsoft_identity import (
+    Grant,
+    IdentityState,
+    User,
+    register_identity_routes,
+)
+from maillink.sandbox.microsoft_mailbox import (
+    Mailbox,
+    StoredMessage,
+    iso,
+    new_conversation_id,
+    new_ids,
+)
+from maillink.sandbox.microsoft_tls import ThrowawayCA
+
+__all__ = ["MicrosoftSandbox"]
+
+Recipient = str | tuple[str, str]
+DEFAULT_SCOPES = ("Mail.ReadBasic", "User.Read")
+
+
+def _key(email: str) -> str:
+    return email.strip().lower()
+
+
+def recipient(value: Recipient) -> dict[str, Any]:
+    """A Graph recipient from "addr", "Name <addr>" or (name, addr)."""
+    name, address = value if isinstance(value, tuple) else parseaddr(value)
+    return {"emailAddress": {"name": name or address, "address": address}}
+
+
+class MicrosoftSandbox:
+    """Microsoft identity + Graph mail on 127.0.0.1 over TLS, with faults, a meter, mailboxes."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str = "sandbox-ms-client",
+        tenant: str = "sandbox-tenant",
+        client_secret: str | None = None,
+        filtered_delta_cap: int = 5000,
+        access_token_lifetime: int = 3600,
+        rotation_grace: float = 30.0,
+        device_interval: int = 1,
+        latency: float = 0.0,
+    ) -> None:
+        self.client_id = client_id
+        self.tenant = tenant
+        self.client_secret = client_secret
+        self.faults = FaultPlan()
+        self.meter = Meter()
+        self._lock = threading.RLock()
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._ids = new_ids(uuid.uuid4().hex)
+        self._consent_as: str | None = None
+        self._login_url = ""
+        self._graph_base = ""
+        self.identity = IdentityState(
+            client_id,
+            client_secret,
+            tenant,
+            str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{tenant}.sandbox")),
+            access_token_lifetime=access_token_lifetime,
+            rotation_grace=rotation_grace,
+            device_interval=device_interval,
+        )
+        self.traffic = Traffic()
+        self._graph = GraphContext(
+            self._lock,
+            self._mailboxes,
+            self.identity,
+            self.meter,
+            self.traffic,
+            filtered_delta_cap,
+            latency,
+            lambda: self._graph_base,
+        )
+        self._ca: ThrowawayCA | None = None
+        self._servers: list[ServerThread] = []
+        self.login_app = self._login_app()
+        self.graph_app = self._graph_app()
+
+    # --- servers -------------------------------------------------------------------------
+
+    def _login_app(self) -> Flask:
+        app = Flask(f"{__name__}.login.{id(self)}")
+        register_identity_routes(
+            app, self.identity, self.meter, self._consenting_mailbox, lambda: self._login_url
+        )
+        install_faults(app, self.faults, self.meter)
+        _count_http(app, self.meter)
+        return app
+
+    def _graph_app(self) -> Flask:
+        app = Flask(f"{__name__}.graph.{id(self)}")
+        register_graph_routes(app, self._graph)
+
+        @app.errorhandler(HTTPException)
+        def http_error(error: HTTPException) -> Response:
+            code = error.code or 500
+            return graph_error(code, "BadRequest" if code < 500 else "generalException", error.name)
+
+        @app.errorhandler(Exception)
+        def internal_error(error: Exception) -> Response:
+            app.logger.exception("sandbox error")
+            return graph_error(500, "generalException", "General exception while processing.")
+
+        install_faults(app, self.faults, self.meter)
+        _count_http(app, self.meter)
+        return app
+
+    def start(self) -> MicrosoftSandbox:
+        if self._servers:
+            raise RuntimeError("the Microsoft sandbox is already running")
+        self._ca = ThrowawayCA()
+        login = ServerThread(self.login_app, ssl_context=self._ca.server_context()).start()
+        graph = ServerThread(self.graph_app, ssl_context=self._ca.server_context()).start()
+        self._servers = [login, graph]
+        self._login_url, self._graph_base = login.url, graph.url
+        return self
+
+    def stop(self) -> None:
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.stop()
+        if self._ca is not None:
+            self._ca.remove()
+            self._ca = None
+
+    def __enter__(self) -> MicrosoftSandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def authority(self) -> str:
+        return f"{self._login_url}/{self.tenant}"
+
+    @property
+    def graph_url(self) -> str:
+        return f"{self._graph_base}/v1.0"
+
+    @property
+    def ca_bundle(self) -> str:
+        if self._ca is None:
+            raise RuntimeError("start the sandbox first: its CA is made at start")
+        return self._ca.ca_bundle
+
+    # --- mailboxes, consent, tokens ------------------------------------------------------
+
+    def add_mailbox(self, email: str, display_name: str = "") -> None:
+        key = _key(email)
+        with self._lock:
+            if key in self._mailboxes:
+                raise ValueError(f"mailbox {email} already exists")
+            user_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"mailto:{key}"))
+            name = display_name or email.split("@")[0]
+            self._mailboxes[key] = Mailbox(key, email.strip(), name, user_id)
+            self.identity.users[key] = User(email.strip(), user_id, name)
+
+    def add_folder(self, email: str, name: str) -> str:
+        """A user folder; returns its id (use the id or the name as a folder reference)."""
+        with self._lock:
+            return self._mailbox(email).add_folder(name)
+
+    def folder_id(self, email: str, name: str) -> str:
+        with self._lock:
+            return self._mailbox(email).folders[name.lower()]
+
+    def user_id(self, email: str) -> str:
+        with self._lock:
+            return self._mailbox(email).user_id
+
+    @property
+    def consent_as(self) -> str | None:
+        """The mailbox the next sign-in consents as; None makes the user decline."""
+        return self._consent_as
+
+    @consent_as.setter
+    def consent_as(self, email: str | None) -> None:
+        if email is not None:
+            self._mailbox(email)
+        self._consent_as = email
+
+    def _consenting_mailbox(self) -> str | None:
+        return None if self._consent_as is None else _key(self._consent_as)
+
+    def access_token(self, email: str, scopes: Sequence[str] = DEFAULT_SCOPES) -> str:
+        """An access token as if `email` had consented (for tests that skip the sign-in)."""
+        self._mailbox(email)
+        return str(self.identity.issue(Grant(_key(email), tuple(scopes)), self._login_url)["access_token"])
+
+    def approve_device_code(self, user_code: str | None = None, email: str | None = None) -> None:
+        """The user enters the code (None: every pending one) and signs in as `email`."""
+        who = email or self._consent_as
+        if who is None:
+            raise ValueError("approve_device_code needs an email (or consent_as)")
+        self.identity.approve_device(user_code, _key(who))
+
+    def revoke(self, email: str) -> None:
+        """Its refresh tokens now get invalid_grant (AADSTS50173), its access tokens 401."""
+        self._mailbox(email)
+        self.identity.revoke(_key(email))
+
+    def expire_access_tokens(self, email: str) -> None:
+        self.identity.expire_access_tokens(_key(email))
+
+    # --- mail ----------------------------------------------------------------------------
+
+    def add_message(
+        self,
+        email: str,
+        folder: str,
+        *,
+        internet_message_id: str | None,
+        subject: str,
+        sender: Recipient | None,
+        to: Iterable[Recipient],
+        received: datetime,
+        conversation_id: str | None = None,
+        cc: Iterable[Recipient] = (),
+        bcc: Iterable[Recipient] = (),
+        sent: datetime | None = None,
+        is_read: bool = False,
+        is_draft: bool = False,
+        internet_message_headers: Sequence[tuple[str, str]] | None = None,
+    ) -> str:
+        """Deliver (or file) a message; returns its immutable id. Naive datetimes are UTC."""
+        received = received.replace(tzinfo=UTC) if received.tzinfo is None else received
+        sent = received if sent is None else sent
+        sent = sent.replace(tzinfo=UTC) if sent.tzinfo is None else sent
+        with self._lock:
+            mailbox = self._mailbox(email)
+            name = mailbox.folder_name(folder)
+            if name is None:
+                raise KeyError(f"no folder {folder} in {email}")
+            message_id = self._ids()
+            conversation = conversation_id or new_conversation_id(f"{mailbox.key}/{message_id}")
+            from_ = recipient(sender) if sender is not None else None
+            headers = None
+            if internet_message_headers is not None:
+                headers = [{"name": n, "value": v} for n, v in internet_message_headers]
+            props: dict[str, Any] = {
+                "createdDateTime": iso(received),
+                "lastModifiedDateTime": iso(received),
+                "changeKey": "CQAAABYAAA00000001",
+                "categories": [],
+                "receivedDateTime": iso(received),
+                "sentDateTime": iso(sent),
+                "hasAttachments": False,
+                "internetMessageId": internet_message_id,
+                "subject": subject,
+                "bodyPreview": "",
+                "importance": "normal",
+                "parentFolderId": mailbox.folders[name],
+                "conversationId": conversation,
+                "conversationIndex": mailbox.next_conversation_index(conversation, sent),
+                "isDeliveryReceiptRequested": False,
+                "isReadReceiptRequested": False,
+                "isRead": is_read,
+                "isDraft": is_draft,
+                "webLink": (
+                    "https://outlook.office365.com/owa/?ItemID="
+                    f"{quote(message_id, safe='')}&exvsurl=1&viewmodel=ReadMessageItem"
+                ),
+                "inferenceClassification": "focused",
+                "body": {"contentType": "html", "content": ""},
+                "uniqueBody": {"contentType": "html", "content": ""},
+                "sender": from_,
+                "from": from_,
+                "toRecipients": [recipient(r) for r in to],
+                "ccRecipients": [recipient(r) for r in cc],
+                "bccRecipients": [recipient(r) for r in bcc],
+                "replyTo": [],
+                "flag": {"flagStatus": "notFlagged"},
+                "internetMessageHeaders": headers,
+            }
+            mailbox.add(StoredMessage(message_id, name, props))
+            return message_id
+
+    def add_message_from_headers(
+        self,
+        email: str,
+        folder: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        received: datetime,
+        conversation_id: str | None = None,
+    ) -> str:
+        """A message given as RFC 5322 headers (as the Google sandbox takes them), for seeding."""
+        fields: dict[str, list[str]] = {}
+        for name, value in headers:
+            fields.setdefault(name.lower(), []).append(value)
+
+        def addresses(name: str) -> list[Recipient]:
+            return [(n, a) for n, a in getaddresses(fields.get(name, [])) if a]
+
+        senders = addresses("from")
+        sent = received
+        if fields.get("date"):
+            try:
+                sent = parsedate_to_datetime(fields["date"][0])
+            except (TypeError, ValueError, IndexError):
+                sent = received
+        return self.add_message(
+            email,
+            folder,
+            internet_message_id=(fields.get("message-id") or [None])[0],
+            subject=(fields.get("subject") or [""])[0],
+            sender=senders[0] if senders else None,
+            to=addresses("to"),
+            cc=addresses("cc"),
+            bcc=addresses("bcc"),
+            received=received,
+            sent=sent,
+            conversation_id=conversation_id,
+            internet_message_headers=list(headers),
+        )
+
+    def move_message(self, email: str, message_id: str, folder: str) -> None:
+        with self._lock:
+            mailbox = self._mailbox(email)
+            name = mailbox.folder_name(folder)
+            if name is None:
+                raise KeyError(f"no folder {folder} in {email}")
+            mailbox.move(message_id, name)
+
+    def update_message(self, email: str, message_id: str, **fields: Any) -> None:
+        """Change properties (Graph names, e.g. isRead=True); delta then shows only those."""
+        with self._lock:
+            self._mailbox(email).update(message_id, dict(fields), datetime.now(UTC))
+
+    def delete_message(self, email: str, message_id: str) -> None:
+        with self._lock:
+            self._mailbox(email).delete(message_id)
+
+    def expire_delta(self, email: str, folder: str, code: str = "syncStateNotFound") -> None:
+        """Every state token of the folder now answers 410 Gone with `code` and a Location."""
+        with self._lock:
+            mailbox = self._mailbox(email)
+            name = mailbox.folder_name(folder) or folder
+            mailbox.expire(name)
+            self._graph.expired_code[(mailbox.key, name)] = code
+
+    def replay_next_delta(self, email: str, folder: str) -> None:
+        """The folder's next delta page repeats the items of the page served before it."""
+        with self._lock:
+            mailbox = self._mailbox(email)
+            mailbox.replay.add(mailbox.folder_name(folder) or folder)
+
+    def message(self, email: str, message_id: str) -> dict[str, Any]:
+        with self._lock:
+            stored = self._mailbox(email).live(message_id)
+            return {"id": stored.id, "folder": stored.folder, **stored.props}
+
+    def message_count(self, email: str, folder: str | None = None) -> int:
+        with self._lock:
+            return sum(
+                1
+                for m in self._mailbox(email).messages.values()
+                if not m.deleted and (folder is None or m.folder == folder.lower())
+            )
+
+    # --- traffic -------------------------------------------------------------------------
+
+    def max_concurrency(self, email: str) -> int:
+        """The most requests on the mailbox that were in flight at the same time."""
+        with self.traffic.lock:
+            return self.traffic.highest.get(_key(email), 0)
+
+    def request_log(self, email: str) -> list[tuple[float, str]]:
+        """(time.monotonic() at arrival, path) of each Graph request on the mailbox."""
+        with self.traffic.lock:
+            return list(self.traffic.log.get(_key(email), []))
+
+    def _mailbox(self, email: str) -> Mailbox:
+        try:
+            return self._mailboxes[_key(email)]
+        except KeyError:
+            raise KeyError(f"no mailbox {email} in the Microsoft sandbox") from None
+
+
+def _count_http(app: Flask, meter: Meter) -> None:
+    """Count every HTTP request received as "http" (a $batch once, not its parts)."""
+    inner = app.wsgi_app
+
+    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if not environ.get(BATCH_PART):
+            meter.count("http")
+        return inner(environ, start_response)
+
+    app.wsgi_app = middleware  # type: ignore[method-assign]

@@ -1,0 +1,112 @@
+"""Syncs the web app starts in the background: a mailbox's first sync right after it is connected.
+
+One sync at a time per mailbox; each page is committed as it comes (the sync is resumable), and
+on shutdown the running syncs finish their page in hand and stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from maillink.providers.base import Page
+from maillink.store import accounts
+from maillink.store.accounts import Account
+from maillink.sync import MAILBOX, RoundResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    account_id: int
+    email: str
+    first: bool  # the first sync (a full listing) rather than a catch-up
+    started_at: datetime
+    finished_at: datetime | None = None
+    pages: int = 0
+    messages: int = 0  # new messages stored so far
+    error: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
+
+
+class SyncJobs:
+    """The background syncs of this process, by account id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._jobs: dict[int, SyncJob] = {}
+        self._threads: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def get(self, account_id: int) -> SyncJob | None:
+        with self._lock:
+            return self._jobs.get(account_id)
+
+    def start(self, account: Account) -> SyncJob:
+        """Sync `account` in the background, unless a sync of it is already running."""
+        with self._lock:
+            job = self._jobs.get(account.id)
+            if job is not None and job.running:
+                return job
+            with self.app.store.engine.connect() as conn:
+                first = accounts.get_cursor(conn, account.id, MAILBOX) is None
+            job = SyncJob(account.id, account.email, first, datetime.now(UTC))
+            self._jobs[account.id] = job
+            thread = threading.Thread(
+                target=self._run, args=(account,), name=f"sync {account.email}", daemon=True
+            )
+            self._threads[account.id] = thread
+        thread.start()
+        return job
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask running syncs to stop after their page in hand, and wait for them."""
+        self._stopping.set()
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def wait(self, account_id: int, timeout: float = 30.0) -> SyncJob | None:
+        """Wait for the account's sync to end (for tests and shutdown); returns its last state."""
+        with self._lock:
+            thread = self._threads.get(account_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.get(account_id)
+
+    def _update(self, account_id: int, **changes: Any) -> None:
+        with self._lock:
+            self._jobs[account_id] = replace(self._jobs[account_id], **changes)
+
+    def _run(self, account: Account) -> None:
+        job = self.get(account.id)
+        assert job is not None
+
+        def on_page(page: Page, result: RoundResult) -> None:
+            self._update(account.id, pages=result.pages, messages=result.messages)
+
+        error: str | None
+        try:
+            provider = self.app.provider_for(account)
+            syncer = self.app.syncer()
+            sync = syncer.backfill if job.first else syncer.run
+            result = sync(account, provider, on_page=on_page, should_stop=self._stopping.is_set)
+            error = result.error
+        except Exception as exc:  # one mailbox's failure is recorded on it, never raised
+            error = str(exc) or type(exc).__name__
+            log.warning("sync of %s failed: %s", account.email, error)
+            try:
+                with self.app.store.transaction() as conn:
+                    accounts.synced(conn, account.id, error)
+            except Exception:  # the store itself failed: the message above says enough
+                log.warning("could not record the failed sync of %s", account.email)
+        self._update(account.id, finished_at=datetime.now(UTC), error=error)

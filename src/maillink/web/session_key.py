@@ -1,0 +1,52 @@
+"""The key that signs the web sessions: random, made once, kept encrypted in the store.
+
+It lives in the `crm_state` table under `web.session_key`, encrypted with the tokens' key
+(credentials.json `encryption_key`), so every `maillink serve` process sharing the store signs
+alike. Each start re-encrypts it under the newest key, so it follows `maillink keys rotate`;
+if no configured key can read it any more, a new one is made (signed-in users sign in again).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from maillink.errors import WrongKeyError
+from maillink.secrets import TokenCipher
+from maillink.store import Store
+from maillink.store.schema import crm_state
+
+NAME = "web.session_key"
+log = logging.getLogger(__name__)
+
+
+def session_key(store: Store, cipher: TokenCipher) -> str:
+    """The session-signing key, made and stored on first use."""
+    for _ in range(2):  # a second round only when another process stored one meanwhile
+        with store.transaction() as conn:
+            stored = conn.execute(select(crm_state.c.value).where(crm_state.c.name == NAME)).scalar()
+            if stored is not None:
+                try:
+                    key = cipher.decrypt(stored)
+                except WrongKeyError:
+                    log.warning(
+                        "the web session key cannot be decrypted with the configured keys: "
+                        "a new one is made (users sign in again)"
+                    )
+                    key = secrets.token_urlsafe(48)
+                    stored = cipher.encrypt(key)
+                else:
+                    stored = cipher.rotate(stored)
+                conn.execute(update(crm_state).where(crm_state.c.name == NAME).values(value=stored))
+                return key
+        try:
+            key = secrets.token_urlsafe(48)
+            with store.transaction() as conn:
+                conn.execute(insert(crm_state).values(name=NAME, value=cipher.encrypt(key)))
+            return key
+        except IntegrityError:
+            continue
+    raise RuntimeError("could not store the web session key")  # pragma: no cover

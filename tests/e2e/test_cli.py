@@ -1,0 +1,217 @@
+"""Every command of DESIGN §5 as a user runs it: a subprocess, real files, the sandboxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+from tests.e2e.conftest import Ran
+from tests.e2e.support import NOW, REP, follow_printed_url
+
+from maillink.sandbox.google import GoogleSandbox
+from maillink.sandbox.pipedrive import PipedriveSandbox
+
+ANN = "ann@customer.example"
+Cli = Callable[..., Ran]
+
+
+def _one_line_error(ran: Ran) -> str:
+    lines = [line for line in ran.err.splitlines() if line.strip()]
+    assert len(lines) == 1, ran.err
+    assert "Traceback" not in ran.err
+    return lines[0]
+
+
+def _seed(google: GoogleSandbox, pipedrive: PipedriveSandbox) -> dict[str, int | str]:
+    ann = pipedrive.add_person("Ann", [ANN])
+    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    lead = pipedrive.add_lead("Upsell", ann, add_time=NOW - timedelta(days=30))
+    first = None
+    for i in range(3):
+        date = NOW - timedelta(days=3 - i)
+        frm, to = (ANN, REP) if i % 2 == 0 else (REP, ANN)
+        headers = [
+            ("From", frm),
+            ("To", to),
+            ("Subject", "Quote"),
+            ("Date", format_datetime(date)),
+            ("Message-ID", f"<cli-{i}@mail.example>"),
+        ]
+        labels = ("SENT",) if frm == REP else ("INBOX",)
+        added = google.add_message(
+            REP, headers=headers, internal_date=date, thread_id=first, label_ids=labels
+        )
+        first = first or added
+    return {"deal": deal, "lead": lead}
+
+
+def _connect(config: Path, google: GoogleSandbox) -> subprocess.CompletedProcess[str]:
+    google.consent_as = REP
+    env = dict(os.environ, MAILLINK_CONFIG=str(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maillink", "connect", "gmail", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    url = follow_printed_url(process)
+    out, err = process.communicate(timeout=60)
+    assert "code_challenge_method=S256" in url and "state=" in url
+    assert "gmail.metadata" in url
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_connect_then_backfill_pending_choose_explain_and_sync(
+    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    google.add_mailbox(REP)
+    items = _seed(google, pipedrive)
+    connected = _connect(config, google)
+    assert connected.returncode == 0, connected.stderr
+    assert f"connected {REP}" in connected.stdout
+
+    accounts = cli("accounts", "--json")
+    assert accounts.code == 0
+    assert [(a["email"], a["status"]) for a in json.loads(accounts.out)] == [(REP, "active")]
+
+    dry = cli("backfill", "--dry-run")
+    assert dry.code == 0, dry.err
+    assert "dry run" in dry.out and "multiple_open_items 3" in dry.out
+    assert pipedrive.activities() == []
+
+    done = cli("backfill", "--account", REP, "--since", "2020-01-01")
+    assert done.code == 0, done.err
+    assert len(pipedrive.activities()) == 3
+
+    waiting = json.loads(cli("pending", "--json").out)
+    assert len(waiting) == 1
+    thread = waiting[0]["thread"]
+    assert {c["item"] for c in waiting[0]["candidates"]} == {
+        f"deal:{items['deal']}",
+        f"lead:{items['lead']}",
+    }
+    assert "choose with: maillink choose" in cli("pending").out
+
+    chosen = cli("choose", str(thread), f"deal:{items['deal']}")
+    assert chosen.code == 0, chosen.err
+    assert {a["deal_id"] for a in pipedrive.activities()} == {items["deal"]}
+
+    explained = json.loads(cli("explain", str(thread), "--json").out)
+    assert explained["linked"] == f"deal:{items['deal']}"
+    assert [m["reason"] for m in explained["messages"]] == ["user_choice"] * 3
+    assert [h["reason"] for h in explained["messages"][0]["history"]] == [
+        "multiple_open_items",
+        "user_choice",
+    ]
+    by_message_id = cli("explain", "<cli-1@mail.example>")
+    assert by_message_id.code == 0 and "user_choice" in by_message_id.out
+
+    again = cli("sync", "--once")
+    assert again.code == 0, again.err
+    assert len(pipedrive.activities()) == 3  # nothing written twice
+
+
+def test_pause_resume_and_remove_a_mailbox(
+    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    google.add_mailbox(REP)
+    assert _connect(config, google).returncode == 0
+    assert cli("accounts", "pause", REP).code == 0
+    assert json.loads(cli("accounts", "--json").out)[0]["status"] == "paused"
+    assert "no active mailbox" in cli("backfill").out
+    assert cli("accounts", "resume", REP).code == 0
+    assert REP in cli("accounts").out
+    assert cli("accounts", "remove", REP).code == 0
+    assert json.loads(cli("accounts", "--json").out) == []
+
+
+def test_keys_rotate_reencrypts_and_the_mailbox_still_syncs(
+    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    google.add_mailbox(REP)
+    _seed(google, pipedrive)
+    assert _connect(config, google).returncode == 0
+    credentials = config.parent / "credentials.json"
+    data = json.loads(credentials.read_text())
+    new_key = cli("keys", "generate").out.strip()
+    data["encryption_key"] = [new_key, data["encryption_key"]]
+    credentials.write_text(json.dumps(data))
+    rotated = cli("keys", "rotate")
+    assert rotated.code == 0 and "re-encrypted 1" in rotated.out
+
+    data["encryption_key"] = new_key  # the old key is gone: the rotated token still decrypts
+    credentials.write_text(json.dumps(data))
+    assert cli("backfill").code == 0
+    assert len(pipedrive.activities()) == 3
+
+    data["encryption_key"] = cli("keys", "generate").out.strip()  # a wrong key
+    credentials.write_text(json.dumps(data))
+    wrong = cli("sync", "--once")
+    assert wrong.code == 1
+    assert "cannot be decrypted" in wrong.out + wrong.err
+
+
+def test_configuration_mistakes_are_one_line_and_exit_2(
+    cli: Cli, config: Path, tmp_path: Path
+) -> None:
+    missing = cli("--config", str(tmp_path / "nope.toml"), "accounts")
+    assert missing.code == 2
+    assert "nope.toml" in _one_line_error(missing)
+
+    credentials = config.parent / "credentials.json"
+    good = credentials.read_text()
+    credentials.write_text("{not json")
+    broken = cli("backfill")
+    assert broken.code == 2
+    assert "credentials.json" in _one_line_error(broken)
+    credentials.write_text(good)
+
+    unknown = cli("backfill", "--account", "nobody@acme.example")
+    assert unknown.code == 2
+    assert "nobody@acme.example" in _one_line_error(unknown)
+
+    config.write_text(
+        config.read_text().replace('kind = "pipedrive"', 'kind = "pipedrive"\ntypo = 1')
+    )
+    typo = cli("accounts")
+    assert typo.code == 2 and "typo" in _one_line_error(typo)
+
+
+def test_usage_mistakes_exit_2(cli: Cli) -> None:
+    assert cli("sync").code == 2
+    assert cli("choose", "1", "dealio:4").code == 2
+    assert cli("backfill", "--since", "last tuesday").code == 2
+    assert cli("no-such-command").code == 2
+
+
+def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "maillink", "demo", "--messages", "300"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for reason in (
+        "linked_thread_item",
+        "single_open_item",
+        "multiple_open_items",
+        "no_open_items",
+        "item_created_after_thread",
+        "item_closed_before_message",
+        "no_known_contact",
+        "internal_only",
+        "blocked",
+    ):
+        assert f"  {reason} " in done.stdout, reason
+    assert "sync --once again: 0 new messages, 0 activities created" in done.stdout
+    assert "outbox pending: 0" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
