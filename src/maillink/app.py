@@ -149,6 +149,12 @@ class App:
                 conn, connected.email, "gmail", token, " ".join(connected.scopes)
             )
 
+    def check_keys(self) -> None:
+        """Every stored token decrypts with the configured keys (else WrongKeyError, exit 2)."""
+        for account in self.store_accounts(active_only=False):
+            if account.token:
+                self.cipher.decrypt(account.token)
+
     def rotate_keys(self) -> int:
         """Re-encrypt every stored token under the newest key; returns how many."""
         count = 0

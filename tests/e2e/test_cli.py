@@ -153,9 +153,11 @@ def test_keys_rotate_reencrypts_and_the_mailbox_still_syncs(
 
     data["encryption_key"] = cli("keys", "generate").out.strip()  # a wrong key
     credentials.write_text(json.dumps(data))
+    before = json.loads(cli("accounts", "--json").out)
     wrong = cli("sync", "--once")
-    assert wrong.code == 1
-    assert "cannot be decrypted" in wrong.out + wrong.err
+    assert wrong.code == 2
+    assert "cannot be decrypted" in _one_line_error(wrong)
+    assert json.loads(cli("accounts", "--json").out) == before  # nothing written
 
 
 def test_configuration_mistakes_are_one_line_and_exit_2(
@@ -215,3 +217,56 @@ def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path) -> 
     assert "sync --once again: 0 new messages, 0 activities created" in done.stdout
     assert "outbox pending: 0" in done.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(
+    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    import signal
+    import sqlite3
+    import time
+
+    from maillink.sandbox._server import Fault
+
+    config.write_text(config.read_text() + "\n[sync]\npage_size = 40\n")
+    google.add_mailbox(REP)
+    ann = pipedrive.add_person("Ann", [ANN])
+    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=90))
+    for i in range(240):
+        date = NOW - timedelta(hours=240 - i)
+        headers = [("From", ANN), ("To", REP), ("Subject", f"n{i}"), ("Message-ID", f"<n{i}@x>")]
+        google.add_message(REP, headers=headers, internal_date=date)
+    assert _connect(config, google).returncode == 0
+    google.faults.add(Fault(path="^/batch/gmail/v1", action="delay", seconds=0.4, times=100))
+
+    env = dict(os.environ, MAILLINK_CONFIG=str(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maillink", "backfill"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    database = config.parent / "maillink.db"
+
+    def stored() -> int:
+        with sqlite3.connect(database) as conn:
+            return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+    deadline = time.monotonic() + 60
+    while stored() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "stopped; run the same command again to resume" in out
+    halfway = stored()
+    assert 0 < halfway < 240
+
+    google.faults.clear()
+    resumed = cli("backfill")
+    assert resumed.code == 0, resumed.err
+    assert f"{240 - halfway} new messages" in resumed.out  # only what was left
+    assert stored() == 240
+    assert len(pipedrive.activities()) == 240
+    assert all(len(pipedrive.activities_with_key(f"n{i}@x")) == 1 for i in (0, 120, 239))

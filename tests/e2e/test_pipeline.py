@@ -259,3 +259,37 @@ def test_any_arrival_order_and_page_split_gives_the_same_links(
     assert [r for _, r, _ in outcomes[0]] == ["single_open_item", "linked_thread_item"] + [
         "linked_thread_item"
     ] * 3
+
+
+def test_malformed_and_extreme_headers_are_each_decided_and_never_stop_the_round(
+    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    from maillink.sandbox.seed import SeedPerson, Team, odd_messages
+
+    ann = pipedrive.add_person("Ann", [ANN])
+    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    customer = SeedPerson("Ann", ANN, known=True, crm_id=ann)
+    odd = odd_messages(Team(DOMAIN, [REP], [customer], [], []), REP, NOW)
+    for thread in odd:
+        for message in thread.messages:
+            google.add_message(REP, headers=message.headers, internal_date=message.date)
+
+    backfill_all(team)
+    with team.store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT headers, reason, problems FROM messages").all()
+    import json
+
+    decided = {}
+    for headers, reason, problems in rows:
+        subject = (json.loads(headers) if isinstance(headers, str) else headers)["subject"]
+        decided[subject] = (
+            reason,
+            problems if isinstance(problems, list) else json.loads(problems),
+        )
+    assert len(rows) == len(odd)
+    assert all(reason is not None for reason, _ in decided.values())
+    assert decided["500 recipients"][0] == "single_open_item"
+    assert decided["same Message-ID again"][0] in ("duplicate_message", "linked_thread_item")
+    assert "header_too_large" in decided["huge header"][1]
+    assert decided["Café order"][0] == "single_open_item"  # RFC 2047 decoded
+    assert "no_from" in decided["no sender"][1]
