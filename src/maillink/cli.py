@@ -31,6 +31,7 @@ class Obj:
     def checked_app(self) -> Any:
         """The App, with credentials.json read and checked now: fail before any work is done."""
         app = self.app
+        _ = app.credentials
         app.check_keys()
         return app
 

@@ -66,11 +66,19 @@ class CABundleSession(requests.Session):
     bundle (the sandbox's throwaway CA) must win. Without one, the environment applies (DESIGN §5).
     """
 
-    def __init__(self, ca_bundle: str | None = None) -> None:
+    def __init__(self, ca_bundle: str | None = None, timeout: float | None = None) -> None:
         super().__init__()
         self.ca_bundle = ca_bundle
+        self.timeout = timeout
 
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout  # MSAL sends its requests without a timeout
+        return super().request(method, url, *args, **kwargs)
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if self.ca_bundle is not None and verify in (None, True):
             settings["verify"] = self.ca_bundle
@@ -200,7 +208,7 @@ class GraphApi:
         self._prefer = f'odata.maxpagesize={page_size}, IdType="ImmutableId"'
         self._batch_size = batch_size
         self.gate = MailboxGate(max_concurrency)
-        self._session = CABundleSession(ca_bundle)
+        self._session = CABundleSession(ca_bundle, http_timeout)
         self._count_lock = threading.Lock()
         self.http_requests = 0
 
@@ -210,9 +218,13 @@ class GraphApi:
         """`link` if it points under the configured Graph root; ProviderError otherwise."""
         try:
             parts = urlsplit(link)
-            origin = (parts.scheme, (parts.hostname or "").lower(), parts.port or _port(parts.scheme))
+            origin = (
+                parts.scheme,
+                (parts.hostname or "").lower(),
+                parts.port or _port(parts.scheme),
+            )
         except ValueError:
-            origin, parts = None, None  # type: ignore[assignment]
+            origin, parts = None, None
         if parts is None or origin != self._origin or not parts.path.startswith(self._prefix):
             raise ProviderError(
                 f"refused to follow a Graph link outside {self.root} ({_safe(link)}): "
@@ -259,7 +271,12 @@ class GraphApi:
                 "Prefer": self._prefer,
             }
             response = self._session.request(
-                method, url, headers=headers, json=body, timeout=self._timeout, allow_redirects=False
+                method,
+                url,
+                headers=headers,
+                json=body,
+                timeout=self._timeout,
+                allow_redirects=False,
             )
             with self._count_lock:
                 self.http_requests += 1
@@ -294,7 +311,10 @@ class GraphApi:
 
         def run(chunk: Sequence[Part]) -> None:
             self._policy.call_parts(
-                chunk, lambda pending: self._send_batch(pending, results, lock), call="item", what=what
+                chunk,
+                lambda pending: self._send_batch(pending, results, lock),
+                call="item",
+                what=what,
             )
 
         if len(chunks) <= 1:
@@ -311,7 +331,12 @@ class GraphApi:
     ) -> dict[Part, Failure]:
         body = {
             "requests": [
-                {"id": str(index), "method": "GET", "url": part.url, "headers": {"Prefer": self._prefer}}
+                {
+                    "id": str(index),
+                    "method": "GET",
+                    "url": part.url,
+                    "headers": {"Prefer": self._prefer},
+                }
                 for index, part in enumerate(parts)
             ]
         }

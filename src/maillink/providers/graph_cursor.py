@@ -7,7 +7,8 @@ An opaque JSON string only the Graph adapter reads: per tracked folder,
 - ``next``: the nextLink of the round in progress, so that a stopped round resumes;
 - ``list``/``list_next``/``list_from``: the date-ordered listing that replaces a filtered initial
   round whose window holds more than Graph's filtered-delta cap;
-- ``seen``: how many items the filtered initial round in progress returned so far;
+- ``counting``/``seen``: the round in progress is a filtered initial one (it may hit the cap),
+  and how many items it returned so far;
 - ``after``: where the initial round after such a listing starts (its $filter).
 Top level: ``since`` (the backfill's start, for rounds that must start over) and ``aliases``
 (conversations merged into another thread through In-Reply-To / Message-ID).
@@ -33,12 +34,13 @@ class FolderState:
     list_next: str | None = None
     list_from: str | None = None
     seen: int = 0
+    counting: bool = False
     after: str | None = None
 
     def restart(self) -> None:
         """Forget the round in progress and the stored deltaLink: the next round is initial."""
         self.delta = self.next = self.list_next = self.list_from = self.after = None
-        self.list = False
+        self.list = self.counting = False
         self.seen = 0
 
 

@@ -98,7 +98,11 @@ def exchange_date(
     received = parse_graph_date(item.get("receivedDateTime"))
     sent = parse_graph_date(item.get("sentDateTime"))
     date = (sent or received) if outbound else (received or sent)
-    if date is None and problems is not None and (item.get("receivedDateTime") or item.get("sentDateTime")):
+    if (
+        date is None
+        and problems is not None
+        and (item.get("receivedDateTime") or item.get("sentDateTime"))
+    ):
         problems.append(BAD_DATE)
     return date
 

@@ -85,7 +85,9 @@ class ThreadDates:
         return found
 
     def _url(self, group: Sequence[str]) -> str:
-        clause = " or ".join(f"conversationId eq '{c.replace(chr(39), chr(39) * 2)}'" for c in group)
+        clause = " or ".join(
+            f"conversationId eq '{c.replace(chr(39), chr(39) * 2)}'" for c in group
+        )
         query = urlencode(
             {"$filter": clause, "$select": ",".join(DATE_FIELDS), "$top": "1000"},
             quote_via=quote,

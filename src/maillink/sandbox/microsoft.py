@@ -224,7 +224,9 @@ class MicrosoftSandbox:
     def access_token(self, email: str, scopes: Sequence[str] = DEFAULT_SCOPES) -> str:
         """An access token as if `email` had consented (for tests that skip the sign-in)."""
         self._mailbox(email)
-        return str(self.identity.issue(Grant(_key(email), tuple(scopes)), self._login_url)["access_token"])
+        return str(
+            self.identity.issue(Grant(_key(email), tuple(scopes)), self._login_url)["access_token"]
+        )
 
     def approve_device_code(self, user_code: str | None = None, email: str | None = None) -> None:
         """The user enters the code (None: every pending one) and signs in as `email`."""
@@ -341,7 +343,7 @@ class MicrosoftSandbox:
         return self.add_message(
             email,
             folder,
-            internet_message_id=(fields.get("message-id") or [None])[0],
+            internet_message_id=next(iter(fields.get("message-id") or []), None),
             subject=(fields.get("subject") or [""])[0],
             sender=senders[0] if senders else None,
             to=addresses("to"),

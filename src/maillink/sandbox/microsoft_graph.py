@@ -32,6 +32,7 @@ from maillink.sandbox.microsoft_mailbox import (
     Entry,
     Mailbox,
     Since,
+    StoredMessage,
     TokenExpired,
 )
 from maillink.sandbox.microsoft_odata import (
@@ -54,7 +55,9 @@ _USER = re.compile(r"^(?:me|users/([^/]+)|users\('([^']+)'\))(?:/(.*))?$")
 _FOLDER = re.compile(r"^mailFolders(?:/([^/]+)|\('([^']+)'\))(?:/(.*))?$", re.IGNORECASE)
 
 
-def graph_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+def graph_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
     body = {
         "error": {
             "code": code,
@@ -112,13 +115,21 @@ class GraphContext:
             own = self.mailboxes.get(grant.email)
             if ref is None:
                 if own is None:
-                    raise ODataError(404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, or is hosted on-premise.")
+                    raise ODataError(
+                        404,
+                        "MailboxNotEnabledForRESTAPI",
+                        "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+                    )
                 return own
             wanted = unquote(ref).lower()
             for box in self.mailboxes.values():
                 if wanted in (box.email.lower(), box.user_id):
                     if box is not own:
-                        raise ODataError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+                        raise ODataError(
+                            403,
+                            "ErrorAccessDenied",
+                            "Access is denied. Check credentials and try again.",
+                        )
                     return box
         raise ODataError(404, "Request_ResourceNotFound", f"Resource '{ref}' does not exist.")
 
@@ -135,6 +146,9 @@ def register_graph_routes(app: Flask, ctx: GraphContext) -> None:
     @app.post("/v1.0/$batch")
     def batch() -> Any:
         ctx.meter.count("graph.batch")
+        grant = _authenticate(ctx)
+        if isinstance(grant, Response):
+            return grant
         return _batch(app, ctx)
 
     @app.get("/v1.0/<path:rest>")
@@ -144,7 +158,9 @@ def register_graph_routes(app: Flask, ctx: GraphContext) -> None:
             return grant
         match = _USER.match(rest)
         if match is None:
-            raise ODataError(400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'.")
+            raise ODataError(
+                400, "BadRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
+            )
         ref = match.group(1) or match.group(2)
         mailbox = ctx.mailbox_for(grant, ref)
         with ctx.traffic.request(mailbox.key, rest) as allowed:
@@ -169,7 +185,9 @@ def _authenticate(ctx: GraphContext) -> Grant | Response:
         return graph_error(
             401,
             "InvalidAuthenticationToken",
-            "Access token is empty." if not header else "Access token has expired or is not yet valid.",
+            "Access token is empty."
+            if not header
+            else "Access token has expired or is not yet valid.",
         )
     return grant
 
@@ -178,10 +196,16 @@ def _dispatch(ctx: GraphContext, grant: Grant, mailbox: Mailbox, rest: str, tail
     if tail == "":
         ctx.meter.count("graph.user")
         if "User.Read" not in grant.scopes:
-            raise ODataError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+            raise ODataError(
+                403,
+                "Authorization_RequestDenied",
+                "Insufficient privileges to complete the operation.",
+            )
         return _user(ctx, mailbox, rest)
     if not {"Mail.ReadBasic", "Mail.Read"}.intersection(grant.scopes):
-        raise ODataError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        raise ODataError(
+            403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+        )
     if tail == "messages":
         ctx.meter.count("graph.messages")
         return _list(ctx, grant, mailbox, None, rest)
@@ -194,7 +218,9 @@ def _dispatch(ctx: GraphContext, grant: Grant, mailbox: Mailbox, rest: str, tail
         with ctx.lock:
             folder = mailbox.folder_name(ref)
         if folder is None:
-            raise ODataError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            raise ODataError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
         sub = (folder_match.group(3) or "").lower()
         if sub == "messages/delta":
             ctx.meter.count("graph.delta")
@@ -202,7 +228,9 @@ def _dispatch(ctx: GraphContext, grant: Grant, mailbox: Mailbox, rest: str, tail
         if sub == "messages":
             ctx.meter.count("graph.messages")
             return _list(ctx, grant, mailbox, folder, rest)
-    raise ODataError(400, "BadRequest", f"Resource not found for the segment '{tail.split('/')[0]}'.")
+    raise ODataError(
+        400, "BadRequest", f"Resource not found for the segment '{tail.split('/')[0]}'."
+    )
 
 
 def _context_url(ctx: GraphContext, what: str) -> str:
@@ -211,7 +239,7 @@ def _context_url(ctx: GraphContext, what: str) -> str:
 
 def _user(ctx: GraphContext, mailbox: Mailbox, rest: str) -> Any:
     first, _, last = mailbox.display_name.partition(" ")
-    user = {
+    user: dict[str, Any] = {
         "businessPhones": [],
         "displayName": mailbox.display_name,
         "givenName": first or None,
@@ -237,7 +265,9 @@ def _get(ctx: GraphContext, grant: Grant, mailbox: Mailbox, ref: str) -> Any:
     with ctx.lock:
         message = mailbox.find(ref)
         if message is None:
-            raise ODataError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            raise ODataError(
+                404, "ErrorItemNotFound", "The specified object was not found in the store."
+            )
         body = render_message(message, select, immutable=_prefer(_PREFER_IMMUTABLE) is not None)
     body.pop("@odata.type", None)
     return {"@odata.context": _context_url(ctx, "users/messages/$entity"), **body}
@@ -256,7 +286,9 @@ def _list(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str | None,
     except ValueError:
         raise ODataError(400, "BadRequest", "Invalid $top or $skip") from None
     if not 1 <= top <= 1000:
-        raise ODataError(400, "ErrorInvalidParameter", "The value of $top must be between 1 and 1000.")
+        raise ODataError(
+            400, "ErrorInvalidParameter", "The value of $top must be between 1 and 1000."
+        )
     immutable = _prefer(_PREFER_IMMUTABLE) is not None
     with ctx.lock:
         found = [
@@ -265,7 +297,7 @@ def _list(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str | None,
             if not m.deleted and (folder is None or m.folder == folder) and matches(tree, m)
         ]
         for prop, descending in reversed(order or [("receivedDateTime", True)]):
-            found.sort(key=lambda m, p=prop: (m.props.get(p) is None, m.props.get(p) or ""), reverse=descending)
+            found.sort(key=_sort_key(prop), reverse=descending)
         page = [render_message(m, select, immutable=immutable) for m in found[skip : skip + top]]
     for item in page:
         item.pop("@odata.type", None)
@@ -275,8 +307,18 @@ def _list(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str | None,
     if skip + top < len(found):
         query = {k: v for k, v in args.items() if k != "$skip"}
         query["$skip"] = str(skip + top)
-        body["@odata.nextLink"] = f"{ctx.base_url()}/v1.0/{rest}?{urlencode(query, quote_via=quote, safe='$')}"
+        body["@odata.nextLink"] = (
+            f"{ctx.base_url()}/v1.0/{rest}?{urlencode(query, quote_via=quote, safe='$')}"
+        )
     return body
+
+
+def _sort_key(prop: str) -> Callable[[StoredMessage], tuple[bool, Any]]:
+    def key(message: StoredMessage) -> tuple[bool, Any]:
+        value = message.props.get(prop)
+        return (value is None, value if value is not None else "")
+
+    return key
 
 
 def _page_size() -> int:
@@ -308,7 +350,10 @@ def _delta(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str, rest:
             shown = mailbox.last_page.get(folder, []) + shown
         mailbox.last_page[folder] = list(entries)
         value = [_render_entry(mailbox, round_, entry, immutable) for entry in shown]
-        body: dict[str, Any] = {"@odata.context": _context_url(ctx, "Collection(message)"), "value": value}
+        body: dict[str, Any] = {
+            "@odata.context": _context_url(ctx, "Collection(message)"),
+            "value": value,
+        }
         if offset + size < len(round_.entries):
             body["@odata.nextLink"] = f"{links}?$skiptoken={ctx.tokens.skip(round_, offset + size)}"
         else:
@@ -321,7 +366,9 @@ def _delta(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str, rest:
     )
 
 
-def _round(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str, args: Any) -> tuple[DeltaRound, int]:
+def _round(
+    ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str, args: Any
+) -> tuple[DeltaRound, int]:
     skiptoken, deltatoken = args.get("$skiptoken"), args.get("$deltatoken")
     if skiptoken:
         round_, offset = ctx.tokens.page(skiptoken)
@@ -338,7 +385,9 @@ def _round(ctx: GraphContext, grant: Grant, mailbox: Mailbox, folder: str, args:
     since = _delta_filter(args.get("$filter"))
     orderby = parse_orderby(args.get("$orderby"))
     if orderby and orderby != [("receivedDateTime", True)]:
-        raise ODataError(400, "BadRequest", "The only $orderby supported by delta is receivedDateTime desc.")
+        raise ODataError(
+            400, "BadRequest", "The only $orderby supported by delta is receivedDateTime desc."
+        )
     return mailbox.initial_round(folder, select, since, ctx.filtered_cap), 0
 
 
@@ -347,15 +396,23 @@ def _delta_filter(text: str | None) -> Since | None:
     tree = parse_filter(text)
     if tree is None:
         return None
-    prop, op, value = getattr(tree, "prop", None), getattr(tree, "op", None), getattr(tree, "value", None)
+    prop, op, value = (
+        getattr(tree, "prop", None),
+        getattr(tree, "op", None),
+        getattr(tree, "value", None),
+    )
     if prop != "receivedDateTime" or op not in ("ge", "gt") or not isinstance(value, datetime):
         raise ODataError(
-            400, "BadRequest", "The only $filter supported by delta is receivedDateTime ge|gt {value}."
+            400,
+            "BadRequest",
+            "The only $filter supported by delta is receivedDateTime ge|gt {value}.",
         )
     return Since(str(op), value)
 
 
-def _render_entry(mailbox: Mailbox, round_: DeltaRound, entry: Entry, immutable: bool) -> dict[str, Any]:
+def _render_entry(
+    mailbox: Mailbox, round_: DeltaRound, entry: Entry, immutable: bool
+) -> dict[str, Any]:
     message = mailbox.messages[entry.message_id]
     if entry.kind == "removed":
         return {
@@ -376,7 +433,9 @@ def _batch(app: Flask, ctx: GraphContext) -> Any:
     except Exception:
         return graph_error(400, "BadRequest", "Invalid batch payload.")
     if len(requests_) > MAX_BATCH:
-        return graph_error(400, "BadRequest", f"Number of requests exceeds the limit of {MAX_BATCH}.")
+        return graph_error(
+            400, "BadRequest", f"Number of requests exceeds the limit of {MAX_BATCH}."
+        )
     ids = [str(part.get("id", "")) for part in requests_]
     if len(set(ids)) != len(ids) or any(not i for i in ids):
         return graph_error(400, "BadRequest", "Each request of a batch needs a unique id.")
@@ -405,7 +464,11 @@ def _batch(app: Flask, ctx: GraphContext) -> Any:
             body: Any = json.loads(answer.get_data(as_text=True) or "null")
         except ValueError:
             body = answer.get_data(as_text=True)
-        kept = {k: v for k, v in answer.headers.items() if k.lower() in ("retry-after", "location", "content-type")}
+        kept = {
+            k: v
+            for k, v in answer.headers.items()
+            if k.lower() in ("retry-after", "location", "content-type")
+        }
         return {"id": part["id"], "status": answer.status_code, "headers": kept, "body": body}
 
     with ThreadPoolExecutor(max_workers=OUTLOOK_CONCURRENCY) as pool:

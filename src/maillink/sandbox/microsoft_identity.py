@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from flask import Flask, Response, redirect, request
+from flask import Flask, Response, request
 
 from maillink.sandbox._server import Meter
 
@@ -324,7 +324,9 @@ def register_identity_routes(
             if args.get("state") is not None:
                 params["state"] = args["state"]
             sep = "&" if "?" in redirect_uri else "?"
-            return redirect(f"{redirect_uri}{sep}{urlencode(params)}", code=302)
+            return Response(
+                status=302, headers={"Location": f"{redirect_uri}{sep}{urlencode(params)}"}
+            )
 
         def refuse(error: str, code: int) -> Response:
             return back(error=error, error_description=f"AADSTS{code}: {_MESSAGES[code]}")
@@ -381,7 +383,9 @@ def register_identity_routes(
     def devicelogin() -> Any:
         # The page a user opens: a POST with the code approves it as the consenting mailbox.
         if request.method == "GET":
-            return Response("Enter the code displayed on your app or device.", mimetype="text/plain")
+            return Response(
+                "Enter the code displayed on your app or device.", mimetype="text/plain"
+            )
         email = consenting()
         if email is None:
             return Response("consent declined", status=403, mimetype="text/plain")
@@ -425,7 +429,10 @@ def _redeem_code(state: IdentityState, form: Any, base_url: str) -> Any:
         if form.get("redirect_uri") != record.redirect_uri:
             return aad_error("invalid_grant", 50011)
         verifier = form.get("code_verifier", "")
-        if _b64url(hashlib.sha256(verifier.encode("ascii", "replace")).digest()) != record.challenge:
+        if (
+            _b64url(hashlib.sha256(verifier.encode("ascii", "replace")).digest())
+            != record.challenge
+        ):
             return aad_error("invalid_grant", 501481)
         record.used = True
     return state.issue(record.grant, base_url, nonce=record.nonce)

@@ -222,9 +222,7 @@ class Mailbox:
     ) -> DeltaRound:
         messages = self.in_folder(folder)
         if since is not None:
-            messages = [
-                m for m in messages if since.admits(parse_iso(m.props["receivedDateTime"]))
-            ]
+            messages = [m for m in messages if since.admits(parse_iso(m.props["receivedDateTime"]))]
             # "Applying $filter in a delta query returns only up to 5,000 messages."
             messages.sort(key=lambda m: m.props["receivedDateTime"], reverse=True)
             messages = messages[:cap]

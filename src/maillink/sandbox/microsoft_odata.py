@@ -73,7 +73,9 @@ def check_readable(select: tuple[str, ...] | None, scopes: Iterable[str]) -> Non
         return
     properties = DEFAULT_PROPERTIES if select is None else select
     if BASIC_FORBIDDEN.intersection(properties):
-        raise ODataError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        raise ODataError(
+            403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
+        )
 
 
 # --- $filter ----------------------------------------------------------------------------------
@@ -262,7 +264,9 @@ def check_order_with_filter(order: list[tuple[str, bool]], tree: Any) -> None:
     wanted = [prop for prop, _ in order]
     if named[: len(wanted)] != wanted:
         raise ODataError(
-            400, "InefficientFilter", "The restriction or sort order is too complex for this operation."
+            400,
+            "InefficientFilter",
+            "The restriction or sort order is too complex for this operation.",
         )
 
 
