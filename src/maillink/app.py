@@ -11,6 +11,8 @@ from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from maillink.config import Credentials, Settings, linking_policy
 from maillink.crm.base import CRM
 from maillink.errors import ConfigError
@@ -18,6 +20,8 @@ from maillink.linking.facts import LinkingPolicy
 from maillink.linking.linker import CacheTTL, FactGatherer, Linker
 from maillink.outbox import Outbox
 from maillink.providers.base import MailProvider
+from maillink.providers.pacing import Pacer, Pacers
+from maillink.providers.retry import RetryPolicy
 from maillink.secrets import TokenCipher
 from maillink.store import Store, accounts
 from maillink.store.accounts import Account
@@ -29,6 +33,7 @@ GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.metadata"
 class App:
     def __init__(self, settings: Settings, *, crm: CRM | None = None):
         self.settings = settings
+        self._unsaved_tokens: dict[int, str] = {}
         if crm is not None:
             self.__dict__["crm"] = crm
 
@@ -98,11 +103,13 @@ class App:
         data: dict[str, Any] = json.loads(self.cipher.decrypt(account.token))
         return data
 
-    def provider_for(self, account: Account) -> MailProvider:
+    def provider_for(self, account: Account, *, policy: RetryPolicy | None = None) -> MailProvider:
+        """The mailbox's adapter; `policy` replaces the default retry policy (the daemon's counts
+        every API answer for its metrics)."""
+        if account.provider == "microsoft":
+            return self._graph_provider(account, policy)
         if account.provider != "gmail":
-            raise ConfigError(
-                f"{account.email}: {account.provider} mailboxes are not supported yet"
-            )
+            raise ConfigError(f"{account.email}: unknown provider {account.provider!r}")
         from google.oauth2.credentials import Credentials as GoogleCredentials
 
         from maillink.providers.gmail import GmailProvider
@@ -123,7 +130,99 @@ class App:
             api_endpoint=self.settings.gmail.api_endpoint,
             aliases=account.aliases,
             page_size=self.settings.sync.page_size,
+            policy=policy,
+            pacer=self.gmail_pacers.for_mailbox(account.email) if self.gmail_pacers else None,
+            quota_model=self.settings.gmail.quota_model,
+            prefetch=True,
         )
+
+    @cached_property
+    def gmail_pacers(self) -> Pacers | None:
+        """Each Gmail mailbox's quota pacer, kept across rounds; None when pacing is off."""
+        per_minute = self.settings.gmail.quota_units_per_minute
+        return Pacers(lambda: Pacer.per_minute(per_minute)) if per_minute else None
+
+    def _graph_provider(self, account: Account, policy: RetryPolicy | None) -> MailProvider:
+        from maillink.onboarding.microsoft import MicrosoftTokenSource
+        from maillink.providers.graph import GraphProvider
+
+        tokens = self.tokens(account)
+        client = self._microsoft_client()
+
+        def save(cache: str) -> None:
+            # MSAL rotated the refresh token: keep the new cache, encrypted, at once.
+            tokens["token_cache"] = cache
+            secret = self.cipher.encrypt(json.dumps(tokens))
+            try:
+                with self.store.transaction() as conn:
+                    accounts.set_token(conn, account.id, secret)
+            except OperationalError:  # a dry run holds SQLite's write lock: kept for next time
+                self._unsaved_tokens[account.id] = secret
+
+        source = MicrosoftTokenSource(
+            client.client_id,
+            authority=self.settings.microsoft.authority,
+            home_account_id=tokens["home_account_id"],
+            load=lambda: str(tokens["token_cache"]),
+            save=save,
+            client_secret=client.client_secret,
+        )
+        return GraphProvider(
+            account.email,
+            source,
+            graph_url=self.settings.microsoft.graph_url,
+            folders=self.settings.microsoft.folders,
+            aliases=account.aliases,
+            policy=policy,
+        )
+
+    def _microsoft_client(self) -> Any:
+        client = self.credentials.microsoft
+        if client is None:
+            raise ConfigError(
+                f"{self.settings.credentials_path}: microsoft is missing: add "
+                '{"client_id": "…"} (an app registration in Microsoft Entra ID)'
+            )
+        return client
+
+    def connect_microsoft(
+        self, *, open_browser: bool, device_code: bool = False, port: int = 0, out: Any = None
+    ) -> Account:
+        """OAuth onboarding of one Microsoft 365 mailbox (MSAL, PKCE); its token cache is stored
+        encrypted."""
+        from maillink.onboarding.microsoft import connect_microsoft
+
+        client = self._microsoft_client()
+        connected = connect_microsoft(
+            client.client_id,
+            authority=self.settings.microsoft.authority,
+            graph_url=self.settings.microsoft.graph_url,
+            client_secret=client.client_secret,
+            open_browser=open_browser,
+            device_code=device_code,
+            port=port,
+            **({"out": out} if out is not None else {}),
+        )
+        token = self.cipher.encrypt(
+            json.dumps(
+                {
+                    "token_cache": connected.token_cache,
+                    "home_account_id": connected.home_account_id,
+                    "scopes": list(connected.scopes),
+                }
+            )
+        )
+        with self.store.transaction() as conn:
+            return accounts.upsert(
+                conn, connected.email, "microsoft", token, " ".join(connected.scopes)
+            )
+
+    def save_unsaved_tokens(self) -> None:
+        """Tokens rotated while a dry run held the store: written now."""
+        with self.store.transaction() as conn:
+            for account_id, secret in self._unsaved_tokens.items():
+                accounts.set_token(conn, account_id, secret)
+        self._unsaved_tokens.clear()
 
     def store_accounts(self, *, active_only: bool = True) -> list[Account]:
         with self.store.engine.connect() as conn:
@@ -157,12 +256,15 @@ class App:
 
     def rotate_keys(self) -> int:
         """Re-encrypt every stored token under the newest key; returns how many."""
+        from maillink.web.session_key import rotate_session_key
+
         count = 0
         with self.store.transaction() as conn:
             for account in accounts.all_accounts(conn):
                 if account.token:
                     accounts.set_token(conn, account.id, self.cipher.rotate(account.token))
                     count += 1
+            rotate_session_key(conn, self.cipher)
         return count
 
     def close(self) -> None:

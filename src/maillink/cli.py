@@ -118,12 +118,16 @@ def demo(messages: int, seed: int) -> None:
 def connect(obj: Obj, provider: str, no_browser: bool, device_code: bool, port: int) -> None:
     """Connect a mailbox through the provider's OAuth consent."""
     if provider == "microsoft":
-        raise ConfigError("Microsoft 365 mailboxes are not supported by this version yet")
-    if device_code:
+        account = obj.checked_app.connect_microsoft(
+            open_browser=not no_browser, device_code=device_code, port=port
+        )
+    elif device_code:
         raise click.UsageError("--device-code is for Microsoft mailboxes only")
-    account = obj.checked_app.connect_gmail(open_browser=not no_browser, port=port)
+    else:
+        account = obj.checked_app.connect_gmail(open_browser=not no_browser, port=port)
     click.echo(
-        f"connected {account.email} (gmail); next: maillink backfill --account {account.email}"
+        f"connected {account.email} ({account.provider}); "
+        f"next: maillink backfill --account {account.email}"
     )
 
 
@@ -233,6 +237,8 @@ def _targets(app: Any, email: str | None) -> list[Any]:
 
 
 def _summary(result: Any, dry_run: bool = False) -> str:
+    if getattr(result, "skipped", None):
+        return f"{result.account}: skipped, {result.skipped}"
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items())) or "none"
     d = result.delivery
     text = f"{result.account}: {result.messages} new messages over {result.pages} pages; decisions: {reasons}"
@@ -293,6 +299,7 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
             if result.stopped:
                 click.echo("stopped; run the same command again to resume")
                 break
+    app.save_unsaved_tokens()
     if failed:
         sys.exit(1)
 
@@ -315,13 +322,36 @@ def sync(obj: Obj, once: bool) -> None:
 
 
 @cli.command()
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Logs on stderr: plain text, or one JSON object per line.",
+)
+@click.option(
+    "--ops-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of /healthz, /metrics and the webhooks (default: [daemon] ops_port; 0: any free).",
+)
+@click.option("--no-ops", is_flag=True, help="Serve no /healthz, /metrics or webhooks.")
 @pass_obj
-def daemon(obj: Obj) -> None:
+def daemon(obj: Obj, log_format: str, ops_port: int | None, no_ops: bool) -> None:
     """Sync every active mailbox on a schedule until SIGTERM/SIGINT."""
     from maillink.daemon import run_daemon
+    from maillink.ops.logs import configure
 
+    configure(log_format, debug=obj.debug)
+    out = click.echo if log_format == "text" else None
     with StopFlag().installed() as stop:
-        run_daemon(obj.checked_app, should_stop=stop, out=click.echo)
+        run_daemon(
+            obj.checked_app,
+            should_stop=stop,
+            out=out,
+            serve_ops=False if no_ops else None,
+            ops_port=ops_port,
+        )
 
 
 # -- choices and explanations -------------------------------------------------------------------
@@ -421,6 +451,12 @@ def rotate(obj: Obj) -> None:
     """Re-encrypt every stored token under the first (newest) key."""
     count = obj.app.rotate_keys()
     click.echo(f"re-encrypted {count} stored token(s) under the newest key")
+
+
+from maillink.web.commands import serve, users  # noqa: E402  (click only: cheap to import)
+
+cli.add_command(serve)
+cli.add_command(users)
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ PIPEDRIVE_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"
 GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 LOOPBACK_NAMES = frozenset({"localhost"})
+QUOTA_MODELS = ("2025", "2026")  # Gmail's quota unit costs (DESIGN §7)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class CrmSettings:
 @dataclass(frozen=True)
 class GmailSettings:
     api_endpoint: str = "https://gmail.googleapis.com"
+    # Pacing (DESIGN §7): quota units a mailbox may spend a minute, under the unit costs of
+    # Google's quota model ("2025": messages.get 5, threads.get 10; "2026": 20, 40).
+    # 0 turns pacing off. The default keeps 10% of Google's 15,000 units/min per user spare.
+    quota_units_per_minute: int = 13_500
+    quota_model: str = "2025"
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class MicrosoftSettings:
     authority: str = "https://login.microsoftonline.com/common"
     graph_url: str = "https://graph.microsoft.com/v1.0"
     folders: tuple[str, ...] = ("inbox", "sentitems")
+    # Pacing: Graph requests a mailbox may send in 10 minutes (Graph allows 10,000); 0: no pacing.
+    requests_per_10_minutes: int = 9_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,20 @@ class LinkingSettings:
 class SyncSettings:
     interval_seconds: int = 120
     page_size: int = 500
+    jitter_seconds: int = 10  # up to this much is added to each mailbox's next run
+    max_backoff_seconds: int = 3600  # the longest pause of a mailbox after failed rounds
+    lease_seconds: int = 60  # a daemon's hold on a mailbox, renewed while it works
+    workers: int = 0  # mailboxes synced at once by one daemon; 0: 1 on SQLite, 4 on PostgreSQL
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """`maillink daemon`'s operations endpoint: /healthz, /metrics, webhooks, push wake-ups."""
+
+    ops_enabled: bool = True
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8780  # 0: any free port (printed when the daemon starts)
+    crm_poll_seconds: int = 300  # the fallback poll of CRM changes (webhooks come at once)
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,14 @@ class PipedriveCredentials:
 
 
 @dataclass(frozen=True)
+class WebhookCredentials:
+    """The HTTP basic auth Pipedrive sends with its webhooks (set when registering the webhook)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Credentials:
     """credentials.json, checked. `encryption_keys` may be empty: `TokenCipher` says so when needed."""
 
@@ -105,6 +135,8 @@ class Credentials:
     pipedrive: PipedriveCredentials | None = None
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     path: Path | None = field(default=None, compare=False)
+    webhook: WebhookCredentials | None = None
+    gmail_push_token: str | None = field(default=None, repr=False)
 
     def google_client(self) -> dict[str, Any]:
         """The inner ``{"client_id", "client_secret", "auth_uri", "token_uri", …}`` of the client."""
@@ -130,6 +162,7 @@ class Settings:
     cache: CacheSettings
     credentials_path: Path
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
 
     def credentials(self) -> Credentials:
         """Read and check credentials.json now (it is only needed by some commands)."""
@@ -321,7 +354,7 @@ class _Table:
 # ---------------------------------------------------------------------------------------------
 # maillink.toml
 
-_SECTIONS = ("store", "crm", "gmail", "microsoft", "linking", "sync", "cache")
+_SECTIONS = ("store", "crm", "gmail", "microsoft", "linking", "sync", "cache", "daemon")
 
 
 def load_settings(
@@ -383,6 +416,7 @@ def _parse_settings(
         cache=_cache(sections["cache"]),
         credentials_path=_beside(folder, credentials),
         env=env,
+        daemon=_daemon(sections["daemon"]),
     )
     return settings
 
@@ -442,7 +476,22 @@ def _url(t: _Table, key: str, default: str, *, https_only: bool = False) -> str:
 
 
 def _gmail(t: _Table) -> GmailSettings:
-    settings = GmailSettings(api_endpoint=_url(t, "api_endpoint", GmailSettings.api_endpoint))
+    defaults = GmailSettings()
+    model = t.text("quota_model", defaults.quota_model, 'quota_model = "2025"')
+    if model not in QUOTA_MODELS:
+        raise ConfigError(
+            f'{t.label("quota_model")} must be "2025" or "2026" (Google\'s quota unit costs)'
+        )
+    settings = GmailSettings(
+        api_endpoint=_url(t, "api_endpoint", GmailSettings.api_endpoint),
+        quota_units_per_minute=t.integer(
+            "quota_units_per_minute",
+            defaults.quota_units_per_minute,
+            0,
+            "quota_units_per_minute = 13500",
+        ),
+        quota_model=model,
+    )
     t.finish()
     return settings
 
@@ -456,6 +505,12 @@ def _microsoft(t: _Table) -> MicrosoftSettings:
         authority=_url(t, "authority", defaults.authority, https_only=True),
         graph_url=_url(t, "graph_url", defaults.graph_url),
         folders=folders,
+        requests_per_10_minutes=t.integer(
+            "requests_per_10_minutes",
+            defaults.requests_per_10_minutes,
+            0,
+            "requests_per_10_minutes = 9000",
+        ),
     )
     t.finish()
     return settings
@@ -491,9 +546,36 @@ def _domain(text: str, key: str) -> str:
 
 
 def _sync(t: _Table) -> SyncSettings:
+    d = SyncSettings()
     settings = SyncSettings(
         interval_seconds=t.integer("interval_seconds", 120, 1, "interval_seconds = 120"),
         page_size=t.integer("page_size", 500, 1, "page_size = 500"),
+        jitter_seconds=t.integer("jitter_seconds", d.jitter_seconds, 0, "jitter_seconds = 10"),
+        max_backoff_seconds=t.integer(
+            "max_backoff_seconds", d.max_backoff_seconds, 1, "max_backoff_seconds = 3600"
+        ),
+        lease_seconds=t.integer("lease_seconds", d.lease_seconds, 2, "lease_seconds = 60"),
+        workers=t.integer("workers", d.workers, 0, "workers = 4"),
+    )
+    t.finish()
+    return settings
+
+
+def _daemon(t: _Table) -> DaemonSettings:
+    d = DaemonSettings()
+    host = t.text("ops_host", d.ops_host, 'ops_host = "127.0.0.1"')
+    if not host:
+        raise ConfigError(f'{t.label("ops_host")} is empty (e.g. ops_host = "127.0.0.1")')
+    port = t.integer("ops_port", d.ops_port, 0, "ops_port = 8780")
+    if port > 65535:
+        raise ConfigError(f"{t.label('ops_port')} must be at most 65535 (0: any free port)")
+    settings = DaemonSettings(
+        ops_enabled=t.flag("ops_enabled", d.ops_enabled),
+        ops_host=host,
+        ops_port=port,
+        crm_poll_seconds=t.integer(
+            "crm_poll_seconds", d.crm_poll_seconds, 1, "crm_poll_seconds = 300"
+        ),
     )
     t.finish()
     return settings
@@ -549,6 +631,8 @@ def load_credentials(
     google = top.table("google")
     microsoft = top.table("microsoft")
     pipedrive = top.table("pipedrive")
+    webhook = top.table("webhook")
+    gmail_push = top.table("gmail_push")
     keys = _encryption_keys(top, env)
     top.finish()
     return Credentials(
@@ -557,7 +641,28 @@ def load_credentials(
         pipedrive=_pipedrive(pipedrive) if pipedrive else None,
         encryption_keys=keys,
         path=path,
+        webhook=_webhook(webhook) if webhook else None,
+        gmail_push_token=_gmail_push(gmail_push) if gmail_push else None,
     )
+
+
+def _webhook(t: _Table) -> WebhookCredentials:
+    """The basic auth of the Pipedrive webhook endpoint; a short password is refused."""
+    username = t.required_text("username", '"username": "maillink"')
+    password = t.required_text("password", '"password": "a long random string"')
+    t.finish()
+    if len(password) < 16:
+        raise ConfigError(f"{t.label('password')} must be at least 16 characters")
+    return WebhookCredentials(username=username, password=password)
+
+
+def _gmail_push(t: _Table) -> str:
+    """The shared token the Pub/Sub push subscription's URL carries (?token=…)."""
+    token = t.required_text("token", '"token": "a long random string"')
+    t.finish()
+    if len(token) < 16:
+        raise ConfigError(f"{t.label('token')} must be at least 16 characters")
+    return token
 
 
 def _encryption_keys(top: _Table, env: Mapping[str, str]) -> tuple[str, ...]:

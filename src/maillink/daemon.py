@@ -1,61 +1,594 @@
-"""Rounds over every active mailbox: `sync --once` runs one, `daemon` runs them on a schedule."""
+"""Rounds over the mailboxes: `sync --once` runs one, `daemon` runs them on a schedule.
+
+Every mailbox round runs under the mailbox's lease (`store/leases.py`): acquired from the store,
+renewed in the background while the round works, released with the mailbox's next run. With
+SQLite, one daemon does the work; with PostgreSQL, several daemons on several machines share the
+store and the mailboxes divide themselves among them. One mailbox's failure is recorded on it
+(`accounts.last_error`, then backoff) and never delays the others.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import queue
+import random
+import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from maillink.crm.base import CRMError
 from maillink.errors import ConfigError
-from maillink.store import accounts
-from maillink.sync import RoundResult, poll_crm_changes
+from maillink.linking.linker import Linker
+from maillink.ops.metrics import Metrics, ObservedRetryPolicy, observe_requests_session
+from maillink.outbox import Outbox
+from maillink.providers.base import MailProvider
+from maillink.providers.retry import RetryPolicy
+from maillink.schedule import Schedule
+from maillink.store import Store, accounts, leases
+from maillink.store.accounts import Account
+from maillink.store.leases import FencedStore, Lease, LeaseLost
+from maillink.sync import RoundResult, Syncer, poll_crm_changes
+
+log = logging.getLogger("maillink.daemon")
+
+TICK_SECONDS = 0.5  # how often the daemon looks for due mailboxes
+ENSURE_EVERY_SECONDS = 5.0  # how often mailboxes connected meanwhile get a lease row
+HELD_ELSEWHERE = "another daemon is syncing it"
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
-def sync_round(app: Any, *, should_stop: Callable[[], bool] = lambda: False) -> list[RoundResult]:
-    """Poll the CRM's changes once, then one incremental round per active mailbox.
+def is_conflict(exc: BaseException) -> bool:
+    """A write that lost a race with another daemon's (the same email reaching two mailboxes,
+    the same person cached twice): the round is worth running again at once, not backing off."""
+    if isinstance(exc, IntegrityError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
+    return False
 
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def schedule_of(app: Any) -> Schedule:
+    sync = app.settings.sync
+    return Schedule(
+        interval=float(sync.interval_seconds),
+        jitter=float(sync.jitter_seconds),
+        max_backoff=float(sync.max_backoff_seconds),
+    )
+
+
+class LeaseKeeper:
+    """Renews the leases this daemon holds, in a background thread, every third of their length.
+
+    A lease that cannot be renewed (it expired, another daemon took it) has its `lost` event set:
+    the round working on it stops after the page in hand, and its writes are refused anyway.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        duration: timedelta,
+        *,
+        clock: Callable[[], datetime] = _now,
+        on_lost: Callable[[Lease], None] = lambda lease: None,
+    ) -> None:
+        self.store = store
+        self.duration = duration
+        self.clock = clock
+        self.on_lost = on_lost
+        self._held: dict[int, tuple[Lease, threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maillink-leases", daemon=True)
+
+    def start(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def hold(self, lease: Lease) -> threading.Event:
+        """Renew `lease` from now on; returns the event set when it is lost (the same event
+        when the lease is held already)."""
+        with self._lock:
+            held = self._held.get(lease.account_id)
+            if held is not None and held[0] == lease:
+                return held[1]
+            lost = threading.Event()
+            self._held[lease.account_id] = (lease, lost)
+            return lost
+
+    def drop(self, lease: Lease) -> None:
+        with self._lock:
+            held = self._held.get(lease.account_id)
+            if held is not None and held[0] == lease:
+                del self._held[lease.account_id]
+
+    def held(self) -> list[Lease]:
+        with self._lock:
+            return [lease for lease, _ in self._held.values()]
+
+    def renew_all(self) -> None:
+        with self._lock:
+            held = list(self._held.values())
+        for lease, lost in held:
+            if lost.is_set():
+                continue
+            try:
+                with self.store.transaction() as conn:
+                    leases.renew(conn, lease, now=self.clock(), duration=self.duration)
+            except LeaseLost:
+                with self._lock:
+                    still_held = self._held.get(lease.account_id, (None, None))[0] == lease
+                if still_held:  # not a lease its round released since the loop began
+                    lost.set()
+                    self.on_lost(lease)
+            except SQLAlchemyError as exc:  # the store is away: the lease may expire meanwhile
+                log.warning(
+                    "cannot renew a lease: %s",
+                    type(exc).__name__,
+                    extra={"account_id": lease.account_id},
+                )
+
+    def _run(self) -> None:
+        every = max(self.duration.total_seconds() / 3, 0.2)
+        while not self._stop.wait(every):
+            self.renew_all()
+
+
+def _either(should_stop: Callable[[], bool], lost: threading.Event) -> Callable[[], bool]:
+    return lambda: should_stop() or lost.is_set()
+
+
+def _observed_policy(metrics: Metrics | None) -> RetryPolicy | None:
+    return ObservedRetryPolicy(metrics=metrics) if metrics is not None else None
+
+
+def sync_mailbox(
+    app: Any,
+    account: Account,
+    lease: Lease,
+    *,
+    should_stop: Callable[[], bool],
+    provider: MailProvider | None = None,
+) -> RoundResult:
+    """One round of one mailbox, every write fenced by `lease` (`LeaseLost` once it is lost)."""
+    fenced = FencedStore(app.store, lease)
+    if provider is None:
+        try:
+            provider = app.provider_for(account)
+        except ConfigError as exc:
+            result = RoundResult(account=account.email, error=str(exc))
+            with fenced.transaction() as conn:
+                accounts.synced(conn, account.id, result.error)
+            return result
+    syncer = Syncer(fenced, Linker(fenced, app.facts, app.policy()), Outbox(fenced, app.crm))
+    return syncer.run(account, provider, should_stop=should_stop)
+
+
+def finish(
+    store: Store,
+    lease: Lease,
+    result: RoundResult | None,
+    schedule: Schedule,
+    *,
+    now: datetime,
+    rng: random.Random | None = None,
+    conflict: bool = False,
+) -> bool:
+    """Release the mailbox with its next run: the interval after a good round, backoff after an
+    error, at once after a round stopped halfway, not run (`result` None) or that lost a race
+    with another daemon's write (`conflict`)."""
+    failures = lease.failures
+    if result is None or result.stopped or conflict:
+        next_run = now
+    elif result.error is not None:
+        failures += 1
+        next_run = schedule.after_failure(now, failures, retry_after=result.retry_after, rng=rng)
+    else:
+        failures = 0
+        next_run = schedule.after_success(now, rng)
+    with store.transaction() as conn:
+        return leases.release(conn, lease, next_run_at=next_run, failures=failures)
+
+
+def sync_round(
+    app: Any,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    owner: str | None = None,
+) -> list[RoundResult]:
+    """Poll the CRM's changes once, then one incremental round per active mailbox, now.
+
+    Each mailbox is synced under its lease; one a running daemon holds is skipped (`skipped`).
     One mailbox's failure (revoked grant, provider outage, a token the key cannot decrypt) is
     recorded on that mailbox and never stops the others.
     """
     with contextlib.suppress(CRMError):  # stale caches expire on their own; linking goes on
         poll_crm_changes(app.store, app.crm)
-    with app.store.engine.connect() as conn:
+    owner = owner or leases.daemon_id()
+    store: Store = app.store
+    duration = timedelta(seconds=app.settings.sync.lease_seconds)
+    schedule = schedule_of(app)
+    with store.transaction() as conn:
+        leases.ensure(conn, _now())
+    with store.engine.connect() as conn:
         targets = [a for a in accounts.all_accounts(conn) if a.status == accounts.ACTIVE]
-    results = []
-    syncer = app.syncer()
-    for account in targets:
-        if should_stop():
-            break
-        try:
-            provider = app.provider_for(account)
-        except ConfigError as exc:
-            result = RoundResult(account=account.email, error=str(exc))
-            with app.store.transaction() as conn:
-                accounts.synced(conn, account.id, result.error)
+    results: list[RoundResult] = []
+    keeper = LeaseKeeper(store, duration).start()
+    try:
+        for account in targets:
+            if should_stop():
+                break
+            with store.transaction() as conn:
+                got = leases.acquire(
+                    conn,
+                    owner,
+                    now=_now(),
+                    duration=duration,
+                    limit=1,
+                    due_only=False,
+                    account_ids=[account.id],
+                )
+            if not got:
+                results.append(RoundResult(account=account.email, skipped=HELD_ELSEWHERE))
+                continue
+            lease = got[0]
+            lost = keeper.hold(lease)
+            try:
+                result = sync_mailbox(app, account, lease, should_stop=_either(should_stop, lost))
+            except LeaseLost:
+                results.append(RoundResult(account=account.email, skipped=HELD_ELSEWHERE))
+                continue
+            finally:
+                keeper.drop(lease)
+            finish(store, lease, result, schedule, now=_now())
             results.append(result)
-            continue
-        results.append(syncer.run(account, provider, should_stop=should_stop))
+    finally:
+        keeper.stop()
     return results
+
+
+class Daemon:
+    """Syncs every active mailbox on its schedule until asked to stop.
+
+    The main thread acquires due mailboxes while workers are free; `workers` threads run the
+    rounds; a `LeaseKeeper` renews the leases; a poller reads the CRM's changes; the ops endpoint
+    (health, metrics, webhooks) runs beside them. On stop, each worker finishes its page in hand,
+    commits, and releases its mailbox due at once, so another daemon can go on with it.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        should_stop: Callable[[], bool],
+        owner: str | None = None,
+        metrics: Metrics | None = None,
+        workers: int | None = None,
+        out: Callable[[str], None] | None = None,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+        tick: float = TICK_SECONDS,
+    ) -> None:
+        self.app = app
+        self.store: Store = app.store
+        self.should_stop = should_stop
+        self.owner = owner or leases.daemon_id()
+        self.metrics = metrics or Metrics()
+        settings = app.settings
+        default_workers = 1 if self.store.engine.dialect.name == "sqlite" else 4
+        self.workers = workers or settings.sync.workers or default_workers
+        self.duration = timedelta(seconds=settings.sync.lease_seconds)
+        self.schedule = schedule_of(app)
+        self.crm_poll_seconds = float(settings.daemon.crm_poll_seconds)
+        self.out = out
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.tick = tick
+        self.keeper = LeaseKeeper(self.store, self.duration, clock=clock, on_lost=self._lost)
+        self._queue: queue.Queue[Lease | None] = queue.Queue()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._poke = threading.Event()
+        self._beat = time.monotonic()
+        self._providers: dict[int, tuple[str | None, MailProvider]] = {}
+        # Built now: a configuration problem stops the daemon before any work.
+        self.crm = app.crm
+        _ = app.facts
+        http = getattr(self.crm, "http", None)
+        if http is not None and hasattr(http, "session"):
+            observe_requests_session(http.session, self.metrics, "pipedrive")
+
+    # -- what the ops endpoint asks ----------------------------------------------------------
+    def wake(self, account_id: int) -> None:
+        """A push notification: the mailbox is due now (the main loop looks at once)."""
+        with self.store.transaction() as conn:
+            leases.wake(conn, account_id, self.clock())
+        self._poke.set()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "workers": self.workers,
+            "leases_held": sorted(lease.account_id for lease in self.keeper.held()),
+        }
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._beat < max(30.0, 20 * self.tick)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        threads = [
+            threading.Thread(target=self._work, name=f"maillink-worker-{i}", daemon=True)
+            for i in range(self.workers)
+        ]
+        poller = threading.Thread(target=self._poll_crm, name="maillink-crm-poll", daemon=True)
+        self.keeper.start()
+        for thread in threads:
+            thread.start()
+        poller.start()
+        self._say(f"maillink daemon {self.owner}: {self.workers} worker(s)")
+        log.info(
+            "daemon started",
+            extra={"event": "start", "owner": self.owner, "workers": self.workers},
+        )
+        try:
+            self._loop()
+        finally:
+            for _ in threads:
+                self._queue.put(None)
+            for thread in threads:
+                thread.join()
+            self.keeper.stop()
+            poller.join(timeout=5)
+            log.info("daemon stopped", extra={"event": "stop", "owner": self.owner})
+
+    def _loop(self) -> None:
+        ensured_at = 0.0
+        while not self.should_stop():
+            self._beat = time.monotonic()
+            if self._beat - ensured_at >= ENSURE_EVERY_SECONDS:
+                try:
+                    with self.store.transaction() as conn:
+                        leases.ensure(conn, self.clock())
+                    ensured_at = self._beat
+                except SQLAlchemyError as exc:
+                    log.warning("store unavailable: %s", type(exc).__name__)
+            self._acquire()
+            self._poke.wait(self.tick)
+            self._poke.clear()
+
+    def _acquire(self) -> None:
+        with self._busy_lock:
+            free = self.workers - self._busy
+        if free <= 0:
+            return
+        held = {lease.account_id for lease in self.keeper.held()}
+        try:
+            with self.store.transaction() as conn:
+                got = leases.acquire(
+                    conn,
+                    self.owner,
+                    now=self.clock(),
+                    duration=self.duration,
+                    limit=free,
+                    exclude=held,
+                )
+        except SQLAlchemyError as exc:
+            log.warning("cannot acquire mailboxes: %s", type(exc).__name__)
+            return
+        for lease in got:
+            if lease.taken_over:
+                self.metrics.lease_takeovers.inc()
+                log.info(
+                    "mailbox taken over from %s (its lease expired)",
+                    lease.previous_owner,
+                    extra={"event": "takeover", "account_id": lease.account_id},
+                )
+            self.keeper.hold(lease)
+            with self._busy_lock:
+                self._busy += 1
+            self.metrics.leases_held.set(len(self.keeper.held()))
+            self._queue.put(lease)
+
+    def _work(self) -> None:
+        while True:
+            lease = self._queue.get()
+            if lease is None:
+                return
+            try:
+                self._round(lease)
+            except Exception:  # never lose a worker: the next round of the mailbox retries
+                log.exception("worker failed", extra={"account_id": lease.account_id})
+            finally:
+                self.keeper.drop(lease)
+                with self._busy_lock:
+                    self._busy -= 1
+                self.metrics.leases_held.set(len(self.keeper.held()))
+                self._poke.set()
+
+    def _lost(self, lease: Lease) -> None:
+        self.metrics.leases_lost.inc()
+        log.warning(
+            "lease lost: the mailbox's round stops",
+            extra={"event": "lease_lost", "account_id": lease.account_id},
+        )
+
+    def _provider(self, account: Account) -> MailProvider:
+        """The mailbox's adapter, kept between rounds (its access token too) until the stored
+        token changes (a reconnection)."""
+        cached = self._providers.get(account.id)
+        if cached is not None and cached[0] == account.token:
+            return cached[1]
+        provider: MailProvider = self.app.provider_for(
+            account, policy=_observed_policy(self.metrics)
+        )
+        self._providers[account.id] = (account.token, provider)
+        return provider
+
+    def _round(self, lease: Lease) -> None:
+        with self.store.engine.connect() as conn:
+            account = accounts.get_by_id(conn, lease.account_id)
+        if account is None or account.status != accounts.ACTIVE:
+            finish(self.store, lease, None, self.schedule, now=self.clock())
+            return
+        extra = {"account_id": account.id, "account": account.email}
+        lost = self.keeper.hold(lease)
+        started = time.monotonic()
+        result: RoundResult
+        conflict = False
+        try:
+            try:
+                provider = self._provider(account)
+            except ConfigError as exc:
+                result = RoundResult(account=account.email, error=str(exc))
+                with FencedStore(self.store, lease).transaction() as conn:
+                    accounts.synced(conn, account.id, result.error)
+            else:
+                result = sync_mailbox(
+                    self.app,
+                    account,
+                    lease,
+                    provider=provider,
+                    should_stop=_either(self.should_stop, lost),
+                )
+        except LeaseLost:
+            self.metrics.rounds.labels("lease_lost").inc()
+            log.warning("lease lost: round abandoned, nothing more written", extra=extra)
+            return
+        except Exception as exc:  # a bug or the store: this mailbox's failure, not the daemon's
+            conflict = is_conflict(exc)
+            if conflict:
+                log.info("round lost a race with another daemon; again at once", extra=extra)
+            else:
+                log.error("round failed", exc_info=exc, extra=extra)
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            result = RoundResult(account=account.email, error=error)
+            with (
+                contextlib.suppress(LeaseLost, SQLAlchemyError),
+                FencedStore(self.store, lease).transaction() as conn,
+            ):
+                accounts.synced(conn, account.id, error)
+        self._count(result)
+        seconds = round(time.monotonic() - started, 3)
+        if result.messages or result.error:
+            self._say(
+                f"{result.account}: {result.messages} new messages"
+                + (f"; error: {result.error}" if result.error else "")
+            )
+        level = logging.WARNING if result.error else logging.INFO
+        if result.messages or result.error or result.stopped:
+            log.log(
+                level,
+                "round done: %d new messages over %d pages",
+                result.messages,
+                result.pages,
+                extra={
+                    **extra,
+                    "event": "round",
+                    "messages": result.messages,
+                    "pages": result.pages,
+                    "activities_created": result.delivery.created,
+                    "activities_updated": result.delivery.updated,
+                    "error": result.error,
+                    "stopped": result.stopped,
+                    "seconds": seconds,
+                },
+            )
+        self.keeper.drop(lease)  # released below: no renewal may race the release
+        try:
+            released = finish(
+                self.store,
+                lease,
+                result,
+                self.schedule,
+                now=self.clock(),
+                rng=self.rng,
+                conflict=conflict,
+            )
+        except SQLAlchemyError as exc:
+            log.warning("cannot release the mailbox: %s", type(exc).__name__, extra=extra)
+            return
+        if not released:
+            log.warning("lease lost before the mailbox was released", extra=extra)
+
+    def _count(self, result: RoundResult) -> None:
+        outcome = "stopped" if result.stopped else "error" if result.error else "ok"
+        self.metrics.rounds.labels(outcome).inc()
+        self.metrics.messages.inc(result.messages)
+        for reason, count in result.reasons.items():
+            self.metrics.links.labels(reason).inc(count)
+
+    def _poll_crm(self) -> None:
+        """The fallback for missed webhooks: the CRM's changes, every `crm_poll_seconds`."""
+        next_at = 0.0
+        while not self.should_stop():
+            if time.monotonic() >= next_at:
+                next_at = time.monotonic() + self.crm_poll_seconds
+                try:
+                    forgotten = poll_crm_changes(self.store, self.crm)
+                    self.metrics.crm_changes.labels("poll").inc(forgotten)
+                except (CRMError, SQLAlchemyError) as exc:
+                    log.warning("CRM changes poll failed: %s", exc)
+            time.sleep(min(self.tick, 0.5))
+
+    def _say(self, line: str) -> None:
+        if self.out is not None:
+            self.out(line)
 
 
 def run_daemon(
     app: Any,
     *,
     should_stop: Callable[[], bool],
-    out: Callable[[str], None] = print,
-    sleep: Callable[[float], None] = time.sleep,
+    out: Callable[[str], None] | None = print,
+    metrics: Metrics | None = None,
+    serve_ops: bool | None = None,
+    ops_port: int | None = None,
 ) -> None:
-    """Rounds every `[sync] interval_seconds` until asked to stop (the page in hand is finished)."""
-    interval = app.settings.sync.interval_seconds
-    while not should_stop():
-        started = time.monotonic()
-        for result in sync_round(app, should_stop=should_stop):
-            if result.messages or result.error:
-                out(
-                    f"{result.account}: {result.messages} new messages"
-                    + (f"; error: {result.error}" if result.error else "")
-                )
-        while not should_stop() and time.monotonic() - started < interval:
-            sleep(min(1.0, interval))
+    """Sync on schedule until asked to stop, serving /healthz, /metrics and the webhooks
+    (`[daemon]` in maillink.toml; `ops_port` overrides its port) beside the rounds."""
+    from maillink.ops.server import OpsContext, OpsServer, create_ops_app
+
+    daemon = Daemon(app, should_stop=should_stop, metrics=metrics, out=out)
+    settings = app.settings.daemon
+    server: OpsServer | None = None
+    if settings.ops_enabled if serve_ops is None else serve_ops:
+        credentials = app.credentials
+        daemon.metrics.watch_store(app.store)
+        ctx = OpsContext(
+            store=app.store,
+            metrics=daemon.metrics,
+            webhook=credentials.webhook,
+            gmail_push_token=credentials.gmail_push_token,
+            wake=daemon.wake,
+            status=daemon.status,
+            alive=daemon.alive,
+        )
+        port = settings.ops_port if ops_port is None else ops_port
+        try:
+            server = OpsServer(create_ops_app(ctx), settings.ops_host, port).start()
+        except OSError as exc:
+            raise ConfigError(
+                f"[daemon] ops_port: cannot listen on {settings.ops_host}:{port}: {exc.strerror}"
+            ) from None
+        if out is not None:
+            out(f"maillink daemon: health, metrics and webhooks on {server.url}")
+        log.info("ops endpoint listening", extra={"event": "ops", "url": server.url})
+    try:
+        daemon.run()
+    finally:
+        if server is not None:
+            server.stop()

@@ -7,27 +7,28 @@ and a deal won meanwhile, and a second round that must write nothing new. Prints
 
 from __future__ import annotations
 
+import os
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import requests
 from sqlalchemy import func, select
 
 from maillink.app import App
 from maillink.config import load_settings
 from maillink.daemon import sync_round
 from maillink.outbox import pending_count
+from maillink.sandbox.browser import ConsentingBrowser
 from maillink.sandbox.google import GoogleSandbox
+from maillink.sandbox.microsoft import MicrosoftSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
 from maillink.sandbox.seed import (
     SeedMessage,
-    add_thread_messages,
     generate_team,
     load_team,
     odd_messages,
@@ -36,30 +37,19 @@ from maillink.sandbox.workspace import write_workspace
 from maillink.store.schema import messages
 
 
-class _Browser:
-    """Stands in for the rep's browser: follows the authorization URL the onboarding prints."""
-
-    def __init__(self) -> None:
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.startswith("http"):
-                self.thread = threading.Thread(
-                    target=self._follow, args=(line.strip(),), daemon=True
-                )
-                self.thread.start()
-        return len(text)
-
-    def flush(self) -> None:
-        return None
-
-    def _follow(self, url: str) -> None:
-        try:
-            requests.get(url, timeout=30)  # consent → 302 → the loopback redirect server
-        except BaseException as exc:  # surfaced by the onboarding's own timeout
-            self.error = exc
+@contextmanager
+def _trusting(ca_bundle: str) -> Iterator[None]:
+    """Trust the Microsoft sandbox's throwaway CA for this run, as REQUESTS_CA_BUNDLE does for a
+    deployment behind its own CA (DESIGN §5)."""
+    previous = os.environ.get("REQUESTS_CA_BUNDLE")
+    os.environ["REQUESTS_CA_BUNDLE"] = ca_bundle
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("REQUESTS_CA_BUNDLE", None)
+        else:
+            os.environ["REQUESTS_CA_BUNDLE"] = previous
 
 
 def _reasons(app: App) -> Counter[str]:
@@ -81,56 +71,75 @@ def run_demo(
 ) -> dict[str, Any]:
     started = time.monotonic()
     now = datetime.now(UTC).replace(microsecond=0)
-    team = generate_team(messages=messages, seed=seed, now=now)
+    team = generate_team(messages=messages, seed=seed, now=now, reps=("alice", "bob", "carol"))
+    outlook = [rep for rep in team.reps if rep.startswith("carol@")]
     report: dict[str, Any] = {}
     with (
         GoogleSandbox() as google,
+        MicrosoftSandbox() as microsoft,
         PipedriveSandbox() as pipedrive,
         tempfile.TemporaryDirectory(prefix="maillink-demo-") as tmp,
+        _trusting(microsoft.ca_bundle),
     ):
         odd = odd_messages(team, team.reps[0], now)
-        seeded = load_team(team, google, pipedrive, extra_threads=odd)
+        mail = load_team(
+            team, google, pipedrive, extra_threads=odd, microsoft=microsoft, outlook=outlook
+        )
         out(
-            f"sandbox: Google at {google.url}, Pipedrive at {pipedrive.url}; team of {len(team.reps)} reps, "
-            f"{team.message_count + sum(len(t.messages) for t in odd)} emails in {len(team.threads) + len(odd)} threads, "
-            f"{sum(p.known for p in team.persons)} CRM persons, {len(team.items)} items"
+            f"sandbox: Google at {google.url}, Microsoft at {microsoft.graph_url}, Pipedrive at "
+            f"{pipedrive.url}; a team of {len(team.reps)} reps ({len(outlook)} on Outlook), "
+            f"{team.message_count + sum(len(t.messages) for t in odd)} emails in "
+            f"{len(team.threads) + len(odd)} threads, {sum(p.known for p in team.persons)} CRM "
+            f"persons, {len(team.items)} items"
         )
-        app = App(
-            load_settings(
-                write_workspace(Path(tmp), google, pipedrive, internal_domains=[team.domain])
-            )
+        config = write_workspace(
+            Path(tmp), google, pipedrive, internal_domains=[team.domain], microsoft=microsoft
         )
+        app = App(load_settings(config))
         try:
             # 1. onboarding, through the real OAuth code (PKCE, state, loopback redirect)
             for rep in team.reps:
-                google.consent_as = rep
-                browser = _Browser()
-                account = app.connect_gmail(open_browser=False, out=browser)
-                out(f"connected {account.email} through OAuth (PKCE + state, loopback redirect)")
+                browser = ConsentingBrowser()
+                if rep in outlook:
+                    microsoft.consent_as = rep
+                    account = app.connect_microsoft(open_browser=False, out=browser)
+                else:
+                    google.consent_as = rep
+                    account = app.connect_gmail(open_browser=False, out=browser)
+                out(f"connected {account.email} ({account.provider}) through OAuth: PKCE, state")
 
             # 2. backfill
             google.meter.reset()
+            microsoft.meter.reset()
             pipedrive.meter.reset()
             syncer = app.syncer()
-            backfilled = 0
+            backfilled = Counter[str]()
             for account in app.store_accounts():
                 result = syncer.backfill(account, app.provider_for(account))
-                backfilled += result.messages
+                backfilled[account.provider] += result.messages
                 if result.error:
                     out(f"  {account.email}: {result.error}")
             figures = {
-                "messages": backfilled,
+                "messages": sum(backfilled.values()),
+                "gmail_messages": backfilled["gmail"],
+                "graph_messages": backfilled["microsoft"],
+                "graph_http": microsoft.meter.requests["http"],
                 "gmail_units": google.meter.total_units,
                 "gmail_http": google.meter.requests["http"],
                 "pipedrive_http": pipedrive.meter.requests["http"],
                 "pipedrive_tokens": pipedrive.meter.total_units,
             }
             report["backfill"] = figures
-            per = max(backfilled, 1)
+            per = max(figures["messages"], 1)
+            per_gmail = max(figures["gmail_messages"], 1)
             out(
-                f"backfill: {backfilled} messages in {time.monotonic() - started:.1f}s; "
-                f"Gmail {figures['gmail_units'] / per:.2f} quota units and {figures['gmail_http'] / per:.3f} HTTP requests per message; "
-                f"Pipedrive {figures['pipedrive_http']} requests, {figures['pipedrive_tokens'] / per:.2f} API tokens per message"
+                f"backfill: {figures['messages']} messages in {time.monotonic() - started:.1f}s; "
+                f"Gmail ({figures['gmail_messages']}) {figures['gmail_units'] / per_gmail:.2f} "
+                f"quota units and {figures['gmail_http'] / per_gmail:.3f} HTTP requests per message; "
+                f"Graph ({figures['graph_messages']}) "
+                f"{figures['graph_http'] / max(figures['graph_messages'], 1):.3f} requests per message; "
+                f"Pipedrive {figures['pipedrive_http']} requests, "
+                f"{figures['pipedrive_tokens'] / per:.2f} API tokens per message"
             )
 
             # 3. meanwhile: a deal is won, new mail arrives
@@ -146,11 +155,9 @@ def run_demo(
             after_win = SeedMessage(
                 last.mailboxes, _reply(last.headers, now), now, None, "after the deal was won"
             )
-            add_thread_messages(google, won_thread, [after_win], index, seeded["thread_ids"])
+            mail.add(index, [after_win])
             for position, new in fresh:
-                add_thread_messages(
-                    google, team.threads[position], new, position, seeded["thread_ids"]
-                )
+                mail.add(position, new)
             out(
                 f"meanwhile: deal:{deal.crm_id} won; {1 + sum(len(n) for _, n in fresh)} new emails arrived"
             )

@@ -1,4 +1,9 @@
-"""One mailbox round: pull pages → store them with their cursor → link → deliver the outbox."""
+"""One mailbox round: pull pages → store them with their cursor → link → deliver the outbox.
+
+The daemon hands the `Syncer` a store fenced by the mailbox's lease (`store.leases.FencedStore`):
+each page and its cursor, each decision and each outbox write commit only while the lease is this
+daemon's; `LeaseLost` then ends the round, with nothing more written.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
 from maillink.crm.base import CRM, CRMAuthError, CRMRateLimited, CRMUnavailable
 from maillink.linking.linker import Linker
 from maillink.outbox import Delivery, Outbox
 from maillink.providers.base import MailProvider, NeedsReauth, Page, ProviderError
+from maillink.providers.retry import Throttled
 from maillink.store import Store, accounts, cache, mail
 from maillink.store.accounts import Account
+from maillink.store.schema import crm_state
 
 CHANGES_SINCE = "crm_changes_since"
 MAILBOX = "mailbox"  # the incremental cursor of a mailbox
@@ -47,6 +57,8 @@ class RoundResult:
     error: str | None = None
     status: str = accounts.ACTIVE
     stopped: bool = False
+    retry_after: float | None = None  # the provider asked for this pause (seconds)
+    skipped: str | None = None  # why the mailbox was not synced (another daemon holds it)
 
 
 def _merge(total: Delivery, part: Delivery) -> None:
@@ -59,20 +71,31 @@ def _merge(total: Delivery, part: Delivery) -> None:
 
 
 def poll_crm_changes(store: Store, crm: CRM, now: datetime | None = None) -> int:
-    """Forget cached persons and items the CRM changed since the last poll; returns how many."""
+    """Forget cached persons and items the CRM changed since the last poll; returns how many.
+
+    Several daemons may poll at once: the new "since" is a compare-and-set on the old one, so
+    the time never moves backwards; forgetting twice is harmless.
+    """
     now = now or datetime.now(UTC)
     with store.transaction() as conn:
         last = cache.get_state(conn, CHANGES_SINCE)
     if last is None:
         # Whatever was cached before polling began may be stale: start from empty caches.
-        with store.transaction() as conn:
-            cache.forget_all(conn)
-            cache.set_state(conn, CHANGES_SINCE, now.isoformat())
+        try:
+            with store.transaction() as conn:
+                cache.forget_all(conn)
+                cache.set_state(conn, CHANGES_SINCE, now.isoformat())
+        except IntegrityError:
+            pass  # another daemon started polling at the same moment
         return 0
     changes = crm.changes_since(datetime.fromisoformat(last))
     with store.transaction() as conn:
         cache.forget(conn, emails=changes.emails, person_ids=changes.person_ids)
-        cache.set_state(conn, CHANGES_SINCE, changes.until.isoformat())
+        conn.execute(
+            update(crm_state)
+            .where(crm_state.c.name == CHANGES_SINCE, crm_state.c.value == last)
+            .values(value=changes.until.isoformat())
+        )
     return len(changes.emails) + len(changes.person_ids)
 
 
@@ -101,12 +124,18 @@ class Syncer:
             else:
                 self._catch_up(account, result)
                 self._pull(account, provider, since, result, on_page, should_stop, cursor_name)
+                if not result.stopped:
+                    # What earlier rounds left (a CRM outage, a write to retry) is due as well.
+                    _merge(result.delivery, self.outbox.deliver(account_id=account.id))
         except NeedsReauth as exc:
             result.status = accounts.NEEDS_REAUTH
             result.error = f"needs re-authorisation: {exc}"
             with self.store.transaction() as conn:
                 accounts.set_status(conn, account.id, accounts.NEEDS_REAUTH, result.error)
             return result
+        except Throttled as exc:
+            result.error = str(exc)
+            result.retry_after = exc.retry_after
         except (ProviderError, CRMAuthError) as exc:
             result.error = str(exc)
         if not dry_run:
@@ -183,7 +212,7 @@ class Syncer:
             result.listed += page.listed
             if touched:
                 self._link(account, touched, result)
-            _merge(result.delivery, self.outbox.deliver())
+            _merge(result.delivery, self.outbox.deliver(account_id=account.id))
             if on_page:
                 on_page(page, result)
             if should_stop():

@@ -270,3 +270,56 @@ def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(
     assert stored() == 240
     assert len(pipedrive.activities()) == 240
     assert all(len(pipedrive.activities_with_key(f"n{i}@x")) == 1 for i in (0, 120, 239))
+
+
+def test_connect_microsoft_no_browser_then_backfill_through_graph(
+    tmp_path: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    from maillink.sandbox.browser import consent
+    from maillink.sandbox.microsoft import MicrosoftSandbox
+    from maillink.sandbox.workspace import write_workspace
+
+    carol = "carol@acme.example"
+    with MicrosoftSandbox() as microsoft:
+        microsoft.add_mailbox(carol, "Carol")
+        microsoft.consent_as = carol
+        ann = pipedrive.add_person("Ann", [ANN])
+        deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+        microsoft.add_message(
+            carol,
+            "inbox",
+            internet_message_id="<graph-1@mail.example>",
+            subject="Quote",
+            sender=ANN,
+            to=[carol],
+            received=NOW - timedelta(days=1),
+        )
+        config = write_workspace(
+            tmp_path, google, pipedrive, internal_domains=["acme.example"], microsoft=microsoft
+        )
+        env = dict(os.environ, MAILLINK_CONFIG=str(config), REQUESTS_CA_BUNDLE=microsoft.ca_bundle)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "maillink", "connect", "microsoft", "--no-browser"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert process.stdout is not None
+        url = next(line.strip() for line in process.stdout if line.startswith("http"))
+        assert "code_challenge_method=S256" in url and "Mail.ReadBasic" in url
+        consent(url, verify=microsoft.ca_bundle)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        assert f"connected {carol} (microsoft)" in out
+
+        done = subprocess.run(
+            [sys.executable, "-m", "maillink", "backfill"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        (activity,) = pipedrive.activities_with_key("graph-1@mail.example")
+        assert activity["deal_id"] == deal

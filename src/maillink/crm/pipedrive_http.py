@@ -169,6 +169,28 @@ def _until_utc_midnight() -> float:
     return (tomorrow - now).total_seconds()
 
 
+class _Session(requests.Session):
+    """A session that reads the environment's proxy and CA settings once per host, not on every
+    request (requests scans every environment variable for each one otherwise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        if proxies or stream is not None or verify is not None or cert is not None:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._environment:
+            self._environment[key] = super().merge_environment_settings(
+                url, proxies, stream, verify, cert
+            )
+        return dict(self._environment[key])
+
+
 class PipedriveHTTP:
     """One Pipedrive company's API: every call authenticated, counted, retried by the policy."""
 
@@ -190,7 +212,7 @@ class PipedriveHTTP:
         self._auth = (
             {"x-api-token": api_token} if api_token else {"Authorization": f"Bearer {oauth_token}"}
         )
-        self.session = session or requests.Session()
+        self.session = session or _Session()
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_wait = max_wait

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from maillink.crm.activity import draft_for, draft_to_json
 from maillink.crm.base import CRM
@@ -192,16 +192,18 @@ class Linker:
     def _record(
         self, conn: Connection, account: Account, ids: Sequence[int], facts: Facts, cause: str
     ) -> Counter[str]:
+        """Replay each thread, then write what changed in a few statements (executemany)."""
         counted: Counter[str] = Counter()
         threads = mail.threads_by_id(conn, ids)
         rows_by_thread = mail.messages_of_threads(conn, ids)
         now = datetime.now(UTC)
+        replayed: list[tuple[Any, Message, Decision]] = []
+        outcomes: list[dict[str, Any]] = []
         for tid in ids:
             thread = threads.get(tid)
             rows = rows_by_thread.get(tid, [])
             if thread is None or not rows:
                 continue
-            by_provider_id = {row["provider_id"]: row for row in rows}
             msgs = [mail.message_from_row(account.email, thread.key, row) for row in rows]
             created_at = thread.first_message_at or min(
                 (m.date for m in msgs if m.date is not None), default=now
@@ -217,109 +219,158 @@ class Linker:
                 facts,
                 self.policy,
             )
-            mail.save_thread_outcome(
-                conn, tid, outcome.linked, outcome.link_source, outcome.waiting, outcome.candidates
-            )
+            outcomes.append(mail.thread_outcome_values(tid, outcome))
+            by_provider_id = {row["provider_id"]: row for row in rows}
             by_id = {m.provider_id: m for m in msgs}
             for decision in outcome.decisions:
-                row = by_provider_id[decision.provider_id]
-                decision = self._claim_activity(
-                    conn, row, by_id[decision.provider_id], decision, now
-                )
-                counted[decision.reason.value] += 1
-                values = _decision_values(decision)
-                if row["reason"] is not None and _stored_decision(row) == values:
-                    continue
-                reason, person_ids, items, candidates, detail = values
-                conn.execute(
-                    update(messages)
-                    .where(messages.c.id == row["id"])
-                    .values(
-                        reason=reason,
-                        person_ids=person_ids,
-                        items=items,
-                        candidates=candidates,
-                        detail=detail,
-                        decided_at=now,
-                    )
-                )
-                conn.execute(
-                    insert(decision_log).values(
-                        message_id=row["id"],
-                        reason=reason,
-                        items=items,
-                        person_ids=person_ids,
-                        detail=detail,
-                        cause=cause,
-                        decided_at=now,
-                    )
-                )
+                pid = decision.provider_id
+                replayed.append((by_provider_id[pid], by_id[pid], decision))
+        mail.save_thread_outcomes(conn, outcomes)
+        claims = _ActivityClaims(conn, [m.key for _, m, d in replayed if d.reason.writes_activity])
+        changed: list[dict[str, Any]] = []
+        for row, message, decision in replayed:
+            decision = claims.claim(row, message, decision, now)
+            counted[decision.reason.value] += 1
+            values = _decision_values(decision)
+            if row["reason"] is not None and _stored_decision(row) == values:
+                continue
+            reason, person_ids, items, candidates, detail = values
+            changed.append(
+                {
+                    "b_id": row["id"],
+                    "b_reason": reason,
+                    "b_person_ids": person_ids,
+                    "b_items": items,
+                    "b_candidates": candidates,
+                    "b_detail": detail,
+                }
+            )
+        claims.write()
+        if changed:
+            conn.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"))
+                .values(
+                    reason=bindparam("b_reason"),
+                    person_ids=bindparam("b_person_ids"),
+                    items=bindparam("b_items"),
+                    candidates=bindparam("b_candidates"),
+                    detail=bindparam("b_detail"),
+                    decided_at=now,
+                ),
+                changed,
+            )
+            conn.execute(
+                insert(decision_log),
+                [
+                    {
+                        "message_id": c["b_id"],
+                        "reason": c["b_reason"],
+                        "items": c["b_items"],
+                        "person_ids": c["b_person_ids"],
+                        "detail": c["b_detail"],
+                        "cause": cause,
+                        "decided_at": now,
+                    }
+                    for c in changed
+                ],
+            )
         return counted
 
-    def _claim_activity(
-        self,
-        conn: Connection,
-        row: Mapping[str, Any],
-        message: Message,
-        decision: Decision,
-        now: datetime,
-    ) -> Decision:
-        """Put the activity this decision wants in the outbox; one activity per email, team-wide.
 
-        The first mailbox that stored an email owns its activity; the same email in another
-        connected mailbox is recorded as a duplicate and writes nothing.
-        """
+class _ActivityClaims:
+    """The outbox rows of one recording: read at once, changed in memory, written at once.
+
+    One activity per email, team-wide: the first mailbox that stored an email owns its
+    activity; the same email in another connected mailbox is recorded as a duplicate and writes
+    nothing.
+    """
+
+    def __init__(self, conn: Connection, keys: Sequence[str]) -> None:
+        self.conn = conn
+        self.existing: dict[str, tuple[int | None, Any, int]] = {}
+        wanted = sorted(set(keys))
+        for start in range(0, len(wanted), 500):
+            for key, owner, desired, version in conn.execute(
+                select(
+                    activities.c.key,
+                    activities.c.owner_message_id,
+                    activities.c.desired,
+                    activities.c.desired_version,
+                ).where(activities.c.key.in_(wanted[start : start + 500]))
+            ):
+                self.existing[key] = (owner, desired, version)
+        self.inserts: dict[str, dict[str, Any]] = {}
+        self.updates: dict[str, dict[str, Any]] = {}
+
+    def claim(
+        self, row: Mapping[str, Any], message: Message, decision: Decision, now: datetime
+    ) -> Decision:
+        """Put the activity this decision wants in the outbox (or say whose it is)."""
         if not decision.reason.writes_activity:
             return decision
+        key = message.key
         desired = draft_to_json(draft_for(message, decision))
-        existing = conn.execute(
-            select(
-                activities.c.owner_message_id,
-                activities.c.desired,
-                activities.c.desired_version,
-            ).where(activities.c.key == message.key)
-        ).first()
+        existing = self.existing.get(key)
         if existing is None:
-            conn.execute(
-                insert(activities).values(
-                    key=message.key,
-                    owner_message_id=row["id"],
-                    desired=desired,
-                    desired_version=1,
-                    delivered_version=0,
-                    attempts=0,
-                    updated_at=now,
-                )
-            )
+            self.inserts[key] = {
+                "key": key,
+                "owner_message_id": row["id"],
+                "desired": desired,
+                "desired_version": 1,
+                "delivered_version": 0,
+                "attempts": 0,
+                "updated_at": now,
+            }
+            self.existing[key] = (row["id"], desired, 1)
             return decision
-        if existing.owner_message_id not in (None, row["id"]):
-            owner = conn.execute(
+        owner, stored, version = existing
+        if owner not in (None, row["id"]):
+            found = self.conn.execute(
                 select(messages.c.account_id, messages.c.provider_id).where(
-                    messages.c.id == existing.owner_message_id
+                    messages.c.id == owner
                 )
             ).first()
             where = (
-                f"message {owner.provider_id} of account {owner.account_id}"
-                if owner
+                f"message {found.provider_id} of account {found.account_id}"
+                if found
                 else "another mailbox"
             )
             return Decision(
                 provider_id=decision.provider_id,
                 reason=Reason.DUPLICATE_MESSAGE,
                 person_ids=decision.person_ids,
-                detail=f"the same email ({message.key}) was stored first as {where}, "
+                detail=f"the same email ({key}) was stored first as {where}, "
                 f"whose decision writes its one activity",
             )
-        if existing.desired != desired:
-            conn.execute(
-                update(activities)
-                .where(activities.c.key == message.key)
-                .values(
-                    owner_message_id=row["id"],
-                    desired=desired,
-                    desired_version=existing.desired_version + 1,
-                    next_attempt_at=None,
-                    updated_at=now,
-                )
-            )
+        if stored != desired:
+            if key in self.inserts:  # created by this recording: still its first version
+                self.inserts[key].update(owner_message_id=row["id"], desired=desired)
+                self.existing[key] = (row["id"], desired, version)
+                return decision
+            self.updates[key] = {
+                "b_key": key,
+                "b_owner": row["id"],
+                "b_desired": desired,
+                "b_version": version + 1,
+                "b_updated_at": now,
+            }
+            self.existing[key] = (row["id"], desired, version + 1)
         return decision
+
+    def write(self) -> None:
+        if self.inserts:
+            self.conn.execute(insert(activities), list(self.inserts.values()))
+        if self.updates:
+            self.conn.execute(
+                update(activities)
+                .where(activities.c.key == bindparam("b_key"))
+                .values(
+                    owner_message_id=bindparam("b_owner"),
+                    desired=bindparam("b_desired"),
+                    desired_version=bindparam("b_version"),
+                    next_attempt_at=None,
+                    updated_at=bindparam("b_updated_at"),
+                ),
+                list(self.updates.values()),
+            )

@@ -24,6 +24,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
+from maillink.providers.pacing import GMAIL_UNITS, Pacer
 from maillink.providers.retry import (
     CONNECTION,
     INVALID_GRANT,
@@ -38,13 +39,7 @@ SCOPE_METADATA = "https://www.googleapis.com/auth/gmail.metadata"
 METADATA_HEADERS = (
     "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
 )  # fmt: skip
-UNITS = {
-    "users.getProfile": 1,
-    "messages.list": 5,
-    "messages.get": 5,
-    "threads.get": 10,
-    "history.list": 2,
-}
+UNITS = GMAIL_UNITS["2025"]
 HISTORY_TYPES = ("messageAdded", "labelAdded", "messageDeleted")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -147,6 +142,8 @@ class GmailApi:
         http_timeout: float,
         batch_size: int,
         policy: RetryPolicy,
+        pacer: Pacer | None = None,
+        quota_model: str = "2025",
     ) -> None:
         check_endpoint(api_endpoint, "the Gmail API endpoint")
         self._transport = _CountingHttp(timeout=http_timeout)
@@ -163,7 +160,14 @@ class GmailApi:
         self._batch_uri = api_endpoint.rstrip("/") + "/batch/gmail/v1"
         self._batch_size = batch_size
         self._policy = policy
+        self._pacer = pacer
+        self._units = GMAIL_UNITS[quota_model]
         self.quota_units = 0
+
+    def _spend(self, units: int) -> None:
+        """Wait until the mailbox's quota allows `units` more (no wait without a pacer)."""
+        if self._pacer is not None:
+            self._pacer.take(units)
 
     @property
     def http_requests(self) -> int:
@@ -171,12 +175,13 @@ class GmailApi:
 
     def _call(self, method: str, make: Callable[[], Any], call: str | None = None) -> Any:
         def attempt() -> Any:
+            self._spend(self._units[method])
             try:
                 result = make().execute(num_retries=0)
             except HttpError:
-                self.quota_units += UNITS[method]  # Gmail answered it: the call counts
+                self.quota_units += self._units[method]  # Gmail answered it: the call counts
                 raise
-            self.quota_units += UNITS[method]
+            self.quota_units += self._units[method]
             return result
 
         result = self._policy.call(attempt, classify=classify, call=call, what=f"gmail {method}")
@@ -218,15 +223,32 @@ class GmailApi:
             userId="me", id=get.id, format="metadata", metadataHeaders=list(METADATA_HEADERS)
         )
 
+    def batches(self, gets: Sequence[Get]) -> list[Sequence[Get]]:
+        """`gets` cut into batches of at most `batch_size` calls, each costing no more quota
+        than the pacer lets through at once (so that the provider never sees a burst)."""
+        ceiling = self._pacer.burst if self._pacer is not None else float("inf")
+        chunks: list[Sequence[Get]] = []
+        chunk: list[Get] = []
+        cost = 0
+        for get in gets:
+            units = self._units[get.method]
+            if chunk and (len(chunk) >= self._batch_size or cost + units > ceiling):
+                chunks.append(chunk)
+                chunk, cost = [], 0
+            chunk.append(get)
+            cost += units
+        if chunk:
+            chunks.append(chunk)
+        return chunks
+
     def get_many(self, gets: Sequence[Get]) -> dict[Get, dict[str, Any]]:
-        """The answers to `gets`, in batch requests of at most `batch_size` calls.
+        """The answers to `gets`, in batch requests (see `batches`); a lone call is sent alone.
 
         Parts answering 429/5xx are sent again (only them); parts answering 404 (deleted since
         they were listed) are left out of the result.
         """
         results: dict[Get, dict[str, Any]] = {}
-        for start in range(0, len(gets), self._batch_size):
-            chunk = gets[start : start + self._batch_size]
+        for chunk in self.batches(gets):
             self._policy.call_parts(
                 chunk,
                 lambda parts: self._send_batch(parts, results),
@@ -249,12 +271,21 @@ class GmailApi:
 
         def attempt() -> None:
             failures.clear()
-            batch = BatchHttpRequest(callback=on_part, batch_uri=self._batch_uri)
-            for index, get in enumerate(parts):
-                batch.add(self._request(get), request_id=str(index))
-            batch.execute(http=self._http)
+            units = sum(self._units[get.method] for get in parts)
+            self._spend(units)
+            if len(parts) == 1:
+                # A batch of one is one call, sent as itself.
+                try:
+                    on_part("0", self._request(parts[0]).execute(num_retries=0), None)
+                except HttpError as exc:
+                    on_part("0", None, exc)
+            else:
+                batch = BatchHttpRequest(callback=on_part, batch_uri=self._batch_uri)
+                for index, get in enumerate(parts):
+                    batch.add(self._request(get), request_id=str(index))
+                batch.execute(http=self._http)
             # Counted once the parts were answered (each part is charged as its own call).
-            self.quota_units += sum(UNITS[get.method] for get in parts)
+            self.quota_units += units
 
         self._policy.call(attempt, classify=classify, what=f"gmail batch of {len(parts)}")
         return failures

@@ -84,6 +84,7 @@ class RoundFetcher:
         batch_size: int,
         cache_threads: int = 10_000,
         cache_messages: int = 5_000,
+        per_message: bool = False,
     ) -> None:
         self._api = api
         self._account = account
@@ -93,6 +94,7 @@ class RoundFetcher:
         self._cache_threads = cache_threads
         self._cache_messages = cache_messages
         self._cached_messages = 0
+        self._per_message = per_message  # the naive way: one messages.get each, no thread cache
 
     def fetch(
         self,
@@ -114,6 +116,11 @@ class RoundFetcher:
         dates: dict[str, datetime] = {}
         gets: list[Get] = []
         for thread_id, ids in by_thread.items():
+            if self._per_message:
+                gets.extend(Get("message", message_id) for message_id in ids)
+                if thread_id in known_dates:
+                    dates[thread_id] = known_dates[thread_id]
+                continue
             cached = self._cache.get(thread_id)
             if cached is not None:
                 self._cache.move_to_end(thread_id)

@@ -129,7 +129,7 @@ class GraphProvider:
         state = GraphCursor.loads(cursor)
         if state is None:
             state = GraphCursor(since=_iso(since) if since is not None else None)
-        run = _Pull(self, self._api, state, known)
+        run = _Pull(self, self._api, state, known, since)
         for folder in self.folders:
             yield from run.folder(folder)
 
@@ -145,12 +145,19 @@ class _Read:
 class _Pull:
     """One pull: the folders' rounds in turn, and what this pull has seen (bounded)."""
 
-    def __init__(self, provider: GraphProvider, api: GraphApi, cursor: GraphCursor, known: Known):
+    def __init__(
+        self,
+        provider: GraphProvider,
+        api: GraphApi,
+        cursor: GraphCursor,
+        known: Known,
+        since: datetime | None,
+    ):
         self.p = provider
         self.api = api
         self.cursor = cursor
         self.known = known
-        self.since = parse_graph_date(cursor.since)
+        self.since = since  # drops older messages from the pages, as the Gmail adapter does
         self.keys = ThreadKeys(cursor)
         self.emitted: _Bounded = _Bounded(SEEN_LIMIT)
         self.present: _Bounded = _Bounded(SEEN_LIMIT)  # id → folder it was seen in

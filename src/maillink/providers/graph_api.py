@@ -280,6 +280,7 @@ class GraphApi:
             )
             with self._count_lock:
                 self.http_requests += 1
+        # A redirect is not followed: the bearer token would go wherever it points.
         if response.status_code >= 400 or response.status_code in (301, 302, 303, 307, 308):
             error = GraphHTTPError.read(response.status_code, response.headers, response.content)
             self._maybe_pause(error.status, error.retry_after)

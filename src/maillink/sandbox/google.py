@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +42,7 @@ from maillink.sandbox.gmail_oauth import (
 __all__ = ["SCOPE_METADATA", "GoogleSandbox"]
 
 _ID_BASE = 0x18C0_0000_0000_0000  # ids look like Gmail's: 16 hex digits
+_USER_IN_PATH = re.compile(r"^/gmail/v1/users/(?P<user>[^/]+)/")
 
 
 def _key(email: str) -> str:
@@ -68,6 +71,8 @@ class GoogleSandbox:
         self._seq = itertools.count(1)
         quota = None if quota_units_per_second is None else QuotaBuckets(quota_units_per_second)
         self._context = GmailContext(self._lock, self._mailboxes, self._oauth, self.meter, quota)
+        self._in_flight: Counter[str] = Counter()
+        self._max_in_flight: Counter[str] = Counter()
         self.app = self._build_app()
         self._server: ServerThread | None = None
 
@@ -96,7 +101,48 @@ class GoogleSandbox:
 
         install_faults(app, self.faults, self.meter)
         _count_http(app, self.meter)
+        self._track_in_flight(app)
         return app
+
+    def _track_in_flight(self, app: Flask) -> None:
+        """Record, per mailbox, how many API requests were in flight at once (outermost, so an
+        injected delay counts as in flight; a batch counts once, its parts are inside it)."""
+        inner = app.wsgi_app
+
+        def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            mailbox = None if environ.get(INNER_FLAG) else self._mailbox_of(environ)
+            if mailbox is None:
+                return inner(environ, start_response)
+            with self._lock:
+                self._in_flight[mailbox] += 1
+                self._max_in_flight[mailbox] = max(
+                    self._max_in_flight[mailbox], self._in_flight[mailbox]
+                )
+            try:
+                return inner(environ, start_response)
+            finally:
+                with self._lock:
+                    self._in_flight[mailbox] -= 1
+
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+
+    def _mailbox_of(self, environ: dict[str, Any]) -> str | None:
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            with self._lock:
+                grant = self._oauth.grant_for(token.strip())
+            if grant is not None:
+                return grant.email
+        named = _USER_IN_PATH.match(environ.get("PATH_INFO", ""))
+        if named and named["user"] != "me":
+            return _key(named["user"])
+        return None
+
+    def max_concurrency(self, email: str) -> int:
+        """The most API requests for this mailbox that were ever in flight at the same time
+        (1 when its clients never overlapped; 0 when it was never called)."""
+        with self._lock:
+            return self._max_in_flight[_key(email)]
 
     def start(self) -> GoogleSandbox:
         if self._server is not None:

@@ -18,50 +18,36 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from email.utils import getaddresses, parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
 
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
-from maillink.sandbox.microsoft_graph import (
-    BATCH_PART,
-    GraphContext,
-    Traffic,
-    graph_error,
-    register_graph_routes,
-)
-from maillink.sandbox.microsoft_identity import (
-    Grant,
-    IdentityState,
-    User,
-    register_identity_routes,
-)
+from maillink.sandbox.microsoft_batch import BATCH_PART, Traffic
+from maillink.sandbox.microsoft_grants import Grant, IdentityState, User
+from maillink.sandbox.microsoft_graph import GraphContext, register_graph_routes
+from maillink.sandbox.microsoft_identity import register_identity_routes
 from maillink.sandbox.microsoft_mailbox import (
     Mailbox,
+    Recipient,
     StoredMessage,
-    iso,
+    message_props,
     new_conversation_id,
     new_ids,
+    recipient,
 )
+from maillink.sandbox.microsoft_odata import graph_error
 from maillink.sandbox.microsoft_tls import ThrowawayCA
 
 __all__ = ["MicrosoftSandbox"]
 
-Recipient = str | tuple[str, str]
 DEFAULT_SCOPES = ("Mail.ReadBasic", "User.Read")
 
 
 def _key(email: str) -> str:
     return email.strip().lower()
-
-
-def recipient(value: Recipient) -> dict[str, Any]:
-    """A Graph recipient from "addr", "Name <addr>" or (name, addr)."""
-    name, address = value if isinstance(value, tuple) else parseaddr(value)
-    return {"emailAddress": {"name": name or address, "address": address}}
 
 
 class MicrosoftSandbox:
@@ -274,45 +260,23 @@ class MicrosoftSandbox:
                 raise KeyError(f"no folder {folder} in {email}")
             message_id = self._ids()
             conversation = conversation_id or new_conversation_id(f"{mailbox.key}/{message_id}")
-            from_ = recipient(sender) if sender is not None else None
-            headers = None
-            if internet_message_headers is not None:
-                headers = [{"name": n, "value": v} for n, v in internet_message_headers]
-            props: dict[str, Any] = {
-                "createdDateTime": iso(received),
-                "lastModifiedDateTime": iso(received),
-                "changeKey": "CQAAABYAAA00000001",
-                "categories": [],
-                "receivedDateTime": iso(received),
-                "sentDateTime": iso(sent),
-                "hasAttachments": False,
-                "internetMessageId": internet_message_id,
-                "subject": subject,
-                "bodyPreview": "",
-                "importance": "normal",
-                "parentFolderId": mailbox.folders[name],
-                "conversationId": conversation,
-                "conversationIndex": mailbox.next_conversation_index(conversation, sent),
-                "isDeliveryReceiptRequested": False,
-                "isReadReceiptRequested": False,
-                "isRead": is_read,
-                "isDraft": is_draft,
-                "webLink": (
-                    "https://outlook.office365.com/owa/?ItemID="
-                    f"{quote(message_id, safe='')}&exvsurl=1&viewmodel=ReadMessageItem"
-                ),
-                "inferenceClassification": "focused",
-                "body": {"contentType": "html", "content": ""},
-                "uniqueBody": {"contentType": "html", "content": ""},
-                "sender": from_,
-                "from": from_,
-                "toRecipients": [recipient(r) for r in to],
-                "ccRecipients": [recipient(r) for r in cc],
-                "bccRecipients": [recipient(r) for r in bcc],
-                "replyTo": [],
-                "flag": {"flagStatus": "notFlagged"},
-                "internetMessageHeaders": headers,
-            }
+            props = message_props(
+                message_id,
+                folder_id=mailbox.folders[name],
+                conversation_id=conversation,
+                conversation_index=mailbox.next_conversation_index(conversation, sent),
+                internet_message_id=internet_message_id,
+                subject=subject,
+                sender=recipient(sender) if sender is not None else None,
+                to=[recipient(r) for r in to],
+                cc=[recipient(r) for r in cc],
+                bcc=[recipient(r) for r in bcc],
+                received=received,
+                sent=sent,
+                is_read=is_read,
+                is_draft=is_draft,
+                headers=internet_message_headers,
+            )
             mailbox.add(StoredMessage(message_id, name, props))
             return message_id
 
@@ -354,6 +318,26 @@ class MicrosoftSandbox:
             conversation_id=conversation_id,
             internet_message_headers=list(headers),
         )
+
+    def add_seed_thread(self, index: int, messages: Iterable[Any]) -> list[str]:
+        """A generated thread's messages (`sandbox.seed.SeedMessage`) into the mailboxes of this
+        sandbox that hold them (for `maillink demo`): a rep's own mail into sentitems, the rest
+        into inbox, one conversation per thread. Mailboxes not added here are skipped."""
+        added = []
+        for message in messages:
+            for mailbox in message.mailboxes:
+                if _key(mailbox) not in self._mailboxes:
+                    continue
+                added.append(
+                    self.add_message_from_headers(
+                        mailbox,
+                        "sentitems" if message.sent_by == mailbox else "inbox",
+                        message.headers,
+                        received=message.date,
+                        conversation_id=new_conversation_id(f"seed/{_key(mailbox)}/{index}"),
+                    )
+                )
+        return added
 
     def move_message(self, email: str, message_id: str, folder: str) -> None:
         with self._lock:

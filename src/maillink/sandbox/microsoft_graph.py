@@ -12,20 +12,17 @@ import json
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 
 from flask import Flask, Response, request
-from werkzeug.test import Client
 
 from maillink.sandbox._server import Meter
-from maillink.sandbox.microsoft_identity import Grant, IdentityState
+from maillink.sandbox.microsoft_batch import Traffic, run_batch
+from maillink.sandbox.microsoft_grants import Grant, IdentityState
 from maillink.sandbox.microsoft_mailbox import (
     DeltaRound,
     DeltaTokens,
@@ -39,6 +36,7 @@ from maillink.sandbox.microsoft_odata import (
     ODataError,
     check_order_with_filter,
     check_readable,
+    graph_error,
     matches,
     parse_filter,
     parse_orderby,
@@ -46,55 +44,10 @@ from maillink.sandbox.microsoft_odata import (
     render_message,
 )
 
-BATCH_PART = "maillink.sandbox.batch_part"
-MAX_BATCH = 20
-OUTLOOK_CONCURRENCY = 4
 _PREFER_PAGE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.IGNORECASE)
 _PREFER_IMMUTABLE = re.compile(r'IdType\s*=\s*"?ImmutableId"?', re.IGNORECASE)
 _USER = re.compile(r"^(?:me|users/([^/]+)|users\('([^']+)'\))(?:/(.*))?$")
 _FOLDER = re.compile(r"^mailFolders(?:/([^/]+)|\('([^']+)'\))(?:/(.*))?$", re.IGNORECASE)
-
-
-def graph_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> Response:
-    body = {
-        "error": {
-            "code": code,
-            "message": message,
-            "innerError": {
-                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-                "request-id": str(uuid.uuid4()),
-                "client-request-id": str(uuid.uuid4()),
-            },
-        }
-    }
-    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")
-
-
-@dataclass
-class Traffic:
-    """In-flight requests per mailbox, their highest overlap, and when each one started."""
-
-    limit: int = OUTLOOK_CONCURRENCY
-    in_flight: dict[str, int] = field(default_factory=dict)
-    highest: dict[str, int] = field(default_factory=dict)
-    log: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @contextmanager
-    def request(self, mailbox: str, what: str) -> Iterator[bool]:
-        """Counts the request in; yields False when it is over Outlook's concurrency limit."""
-        with self.lock:
-            now = self.in_flight.get(mailbox, 0) + 1
-            self.in_flight[mailbox] = now
-            self.highest[mailbox] = max(self.highest.get(mailbox, 0), now)
-            self.log.setdefault(mailbox, []).append((time.monotonic(), what))
-        try:
-            yield now <= self.limit
-        finally:
-            with self.lock:
-                self.in_flight[mailbox] -= 1
 
 
 @dataclass
@@ -149,7 +102,7 @@ def register_graph_routes(app: Flask, ctx: GraphContext) -> None:
         grant = _authenticate(ctx)
         if isinstance(grant, Response):
             return grant
-        return _batch(app, ctx)
+        return run_batch(app, ctx.meter)
 
     @app.get("/v1.0/<path:rest>")
     def graph(rest: str) -> Any:
@@ -422,55 +375,3 @@ def _render_entry(
         }
     only = entry.changed if entry.kind == "partial" else None
     return render_message(message, round_.select, immutable=immutable, only=only)
-
-
-def _batch(app: Flask, ctx: GraphContext) -> Any:
-    """JSON batching: up to 20 requests, run up to 4 at a time like Outlook, answered in order."""
-    try:
-        payload = request.get_json(force=True)
-        requests_ = payload["requests"]
-        assert isinstance(requests_, list)
-    except Exception:
-        return graph_error(400, "BadRequest", "Invalid batch payload.")
-    if len(requests_) > MAX_BATCH:
-        return graph_error(
-            400, "BadRequest", f"Number of requests exceeds the limit of {MAX_BATCH}."
-        )
-    ids = [str(part.get("id", "")) for part in requests_]
-    if len(set(ids)) != len(ids) or any(not i for i in ids):
-        return graph_error(400, "BadRequest", "Each request of a batch needs a unique id.")
-    if any(part.get("dependsOn") for part in requests_):
-        return graph_error(400, "BadRequest", "The sandbox does not run dependsOn batches.")
-    authorization = request.headers.get("Authorization", "")
-
-    def run(part: dict[str, Any]) -> dict[str, Any]:
-        ctx.meter.count("graph.batch.part")
-        url = str(part.get("url", ""))
-        method = str(part.get("method", "GET")).upper()
-        if not url.startswith("/") or method != "GET":
-            error = graph_error(400, "BadRequest", "Only relative GET requests are supported.")
-            return {"id": part["id"], "status": 400, "body": error.get_json()}
-        split = urlsplit(url)
-        headers = {str(k): str(v) for k, v in (part.get("headers") or {}).items()}
-        headers["Authorization"] = authorization
-        answer = Client(app).open(
-            "/v1.0" + split.path,
-            method=method,
-            query_string=split.query,
-            headers=headers,
-            environ_overrides={BATCH_PART: True},
-        )
-        try:
-            body: Any = json.loads(answer.get_data(as_text=True) or "null")
-        except ValueError:
-            body = answer.get_data(as_text=True)
-        kept = {
-            k: v
-            for k, v in answer.headers.items()
-            if k.lower() in ("retry-after", "location", "content-type")
-        }
-        return {"id": part["id"], "status": answer.status_code, "headers": kept, "body": body}
-
-    with ThreadPoolExecutor(max_workers=OUTLOOK_CONCURRENCY) as pool:
-        responses = list(pool.map(run, requests_))
-    return {"responses": responses}

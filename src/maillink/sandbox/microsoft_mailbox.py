@@ -15,10 +15,12 @@ import base64
 import hashlib
 import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from typing import Any
+from urllib.parse import quote
 
 WELL_KNOWN_FOLDERS = ("inbox", "sentitems", "drafts", "deleteditems", "archive", "junkemail")
 
@@ -278,6 +280,73 @@ class Mailbox:
         filetime = int((sent.timestamp() + 11_644_473_600) * 10_000_000)
         header = b"\x01" + (filetime >> 16).to_bytes(8, "big")[3:] + _guid(conversation_id)
         return base64.b64encode(header + b"\x00\x00\x00\x00\x10" * count).decode("ascii")
+
+
+Recipient = str | tuple[str, str]
+
+
+def recipient(value: Recipient) -> dict[str, Any]:
+    """A Graph recipient from "addr", "Name <addr>" or (name, addr)."""
+    name, address = value if isinstance(value, tuple) else parseaddr(value)
+    return {"emailAddress": {"name": name or address, "address": address}}
+
+
+def message_props(
+    message_id: str,
+    *,
+    folder_id: str,
+    conversation_id: str,
+    conversation_index: str,
+    internet_message_id: str | None,
+    subject: str,
+    sender: dict[str, Any] | None,
+    to: list[dict[str, Any]],
+    cc: list[dict[str, Any]],
+    bcc: list[dict[str, Any]],
+    received: datetime,
+    sent: datetime,
+    is_read: bool,
+    is_draft: bool,
+    headers: Sequence[tuple[str, str]] | None,
+) -> dict[str, Any]:
+    """Every property of the v1.0 message resource, as Exchange would set them on delivery."""
+    return {
+        "createdDateTime": iso(received),
+        "lastModifiedDateTime": iso(received),
+        "changeKey": "CQAAABYAAA00000001",
+        "categories": [],
+        "receivedDateTime": iso(received),
+        "sentDateTime": iso(sent),
+        "hasAttachments": False,
+        "internetMessageId": internet_message_id,
+        "subject": subject,
+        "bodyPreview": "",
+        "importance": "normal",
+        "parentFolderId": folder_id,
+        "conversationId": conversation_id,
+        "conversationIndex": conversation_index,
+        "isDeliveryReceiptRequested": False,
+        "isReadReceiptRequested": False,
+        "isRead": is_read,
+        "isDraft": is_draft,
+        "webLink": (
+            "https://outlook.office365.com/owa/?ItemID="
+            f"{quote(message_id, safe='')}&exvsurl=1&viewmodel=ReadMessageItem"
+        ),
+        "inferenceClassification": "focused",
+        "body": {"contentType": "html", "content": ""},
+        "uniqueBody": {"contentType": "html", "content": ""},
+        "sender": sender,
+        "from": sender,
+        "toRecipients": to,
+        "ccRecipients": cc,
+        "bccRecipients": bcc,
+        "replyTo": [],
+        "flag": {"flagStatus": "notFlagged"},
+        "internetMessageHeaders": (
+            None if headers is None else [{"name": n, "value": v} for n, v in headers]
+        ),
+    }
 
 
 def _guid(conversation_id: str) -> bytes:

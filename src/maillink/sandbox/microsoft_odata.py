@@ -8,11 +8,15 @@ must appear in $filter first, in the same order", else InefficientFilter) is enf
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+from flask import Response
 
 from maillink.sandbox.microsoft_mailbox import BASIC_FORBIDDEN, StoredMessage, parse_iso
 
@@ -290,3 +294,20 @@ def render_message(
     for prop in props:
         body[prop] = message.props.get(prop)
     return body
+
+
+def graph_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    body = {
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+                "request-id": str(uuid.uuid4()),
+                "client-request-id": str(uuid.uuid4()),
+            },
+        }
+    }
+    return Response(json.dumps(body), status=status, headers=headers, mimetype="application/json")

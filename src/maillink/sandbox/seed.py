@@ -396,12 +396,16 @@ def _b64(text: str) -> str:
 
 
 def load_team(
-    team: Team, google: Any, pipedrive: Any, *, extra_threads: Sequence[SeedThread] = ()
-) -> dict[str, Any]:
-    """Put the team into the sandboxes: persons and items into Pipedrive, mail into Gmail.
-
-    Returns the Gmail thread id of each seeded thread per mailbox, for later additions.
-    """
+    team: Team,
+    google: Any,
+    pipedrive: Any,
+    *,
+    extra_threads: Sequence[SeedThread] = (),
+    microsoft: Any = None,
+    outlook: Sequence[str] = (),
+) -> TeamMail:
+    """Put the team into the sandboxes: persons and items into Pipedrive, each rep's mail into
+    Gmail or (reps in `outlook`) Microsoft 365. Returns where the mail went, for later replies."""
     for person in team.persons:
         if person.known and person.crm_id is None:
             person.crm_id = pipedrive.add_person(person.name, [person.email])
@@ -428,30 +432,47 @@ def load_team(
             item.crm_id = pipedrive.add_project(
                 item.title, item.person.crm_id, add_time=item.created
             )
+    mail = TeamMail(google, microsoft, outlook)
     for rep in team.reps:
-        google.add_mailbox(rep)
-    thread_ids: dict[tuple[int, str], str] = {}
+        mail.add_mailbox(rep)
     for index, thread in enumerate([*team.threads, *extra_threads]):
-        add_thread_messages(google, thread, thread.messages, index, thread_ids)
-    return {"thread_ids": thread_ids}
+        mail.add(index, thread.messages)
+    return mail
 
 
-def add_thread_messages(
-    google: Any,
-    thread: SeedThread,
-    new: list[SeedMessage],
-    index: int,
-    thread_ids: dict[tuple[int, str], str],
-) -> None:
-    for message in new:
-        for mailbox in message.mailboxes:
-            labels = ("SENT",) if message.sent_by == mailbox else ("INBOX",)
-            gmail_id = google.add_message(
-                mailbox,
-                headers=message.headers,
-                internal_date=message.date,
-                thread_id=thread_ids.get((index, mailbox)),
-                label_ids=labels,
-                snippet=message.snippet,
-            )
-            thread_ids.setdefault((index, mailbox), gmail_id)
+class TeamMail:
+    """Where each rep's mail lives: Gmail, or Microsoft 365 for the reps in `outlook`.
+
+    Keeps each seeded thread's Gmail thread id per mailbox, so later replies join their thread.
+    """
+
+    def __init__(self, google: Any, microsoft: Any = None, outlook: Sequence[str] = ()):
+        self.google = google
+        self.microsoft = microsoft
+        self.outlook = set(outlook)
+        self.thread_ids: dict[tuple[int, str], str] = {}
+
+    def add_mailbox(self, rep: str) -> None:
+        if rep in self.outlook:
+            self.microsoft.add_mailbox(rep, rep.split("@")[0].title())
+        else:
+            self.google.add_mailbox(rep)
+
+    def add(self, index: int, messages: Sequence[SeedMessage]) -> None:
+        """Messages of the seeded thread number `index`, into every mailbox that holds them."""
+        if self.microsoft is not None and self.outlook:
+            self.microsoft.add_seed_thread(index, messages)
+        for message in messages:
+            for mailbox in message.mailboxes:
+                if mailbox in self.outlook:
+                    continue
+                labels = ("SENT",) if message.sent_by == mailbox else ("INBOX",)
+                gmail_id = self.google.add_message(
+                    mailbox,
+                    headers=message.headers,
+                    internal_date=message.date,
+                    thread_id=self.thread_ids.get((index, mailbox)),
+                    label_ids=labels,
+                    snippet=message.snippet,
+                )
+                self.thread_ids.setdefault((index, mailbox), gmail_id)

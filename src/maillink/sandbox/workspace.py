@@ -19,6 +19,7 @@ def write_workspace(
     blocked: Sequence[str] = ("noreply@*", "*@notifications.*"),
     multiple_open_items: str = "ask",
     store_url: str | None = None,
+    microsoft: Any = None,
 ) -> Path:
     """Write both files into `folder`; returns the config's path. Only endpoints differ from a
     real deployment's files: nothing in the product knows it talks to a sandbox."""
@@ -35,20 +36,28 @@ base_url = {json.dumps(pipedrive.url)}
 [gmail]
 api_endpoint = {json.dumps(google.api_endpoint)}
 
-[linking]
+{_microsoft_section(microsoft)}[linking]
 internal_domains = {json.dumps(list(internal_domains))}
 blocked = {json.dumps(list(blocked))}
 multiple_open_items = {json.dumps(multiple_open_items)}
 """
     )
-    (folder / "credentials.json").write_text(
-        json.dumps(
-            {
-                "google": google.client_config(),
-                "pipedrive": {"api_token": pipedrive.api_token},
-                "encryption_key": TokenCipher.generate_key(),
-            },
-            indent=2,
-        )
-    )
+    credentials: dict[str, Any] = {
+        "google": google.client_config(),
+        "pipedrive": {"api_token": pipedrive.api_token},
+        "encryption_key": TokenCipher.generate_key(),
+    }
+    if microsoft is not None:
+        credentials["microsoft"] = {"client_id": microsoft.client_id}
+    (folder / "credentials.json").write_text(json.dumps(credentials, indent=2))
     return config
+
+
+def _microsoft_section(microsoft: Any) -> str:
+    if microsoft is None:
+        return ""
+    return (
+        "[microsoft]\n"
+        f"authority = {json.dumps(microsoft.authority)}\n"
+        f"graph_url = {json.dumps(microsoft.graph_url)}\n\n"
+    )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 
 from maillink.linking.facts import Item, ItemRef, ItemStatus, Person
 from maillink.store.schema import crm_state, item_cache, person_cache
@@ -116,23 +116,34 @@ def put_items(
     )
 
 
+EXPIRED = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def forget(conn: Connection, *, emails: Iterable[str] = (), person_ids: Iterable[int] = ()) -> None:
-    """Drop cache entries that a CRM change made stale (webhook or polling)."""
+    """Expire cache entries that a CRM change made stale (webhook or polling).
+
+    Expired entries are read again from the CRM before the next decision; until then they still
+    name the items for `maillink explain` and `pending` (titles, statuses).
+    """
     email_list = sorted({e.lower() for e in emails})
     id_list = sorted(set(person_ids))
     for start in range(0, len(email_list), 500):
         conn.execute(
-            delete(person_cache).where(person_cache.c.email.in_(email_list[start : start + 500]))
+            update(person_cache)
+            .where(person_cache.c.email.in_(email_list[start : start + 500]))
+            .values(fetched_at=EXPIRED)
         )
     for start in range(0, len(id_list), 500):
         conn.execute(
-            delete(item_cache).where(item_cache.c.person_id.in_(id_list[start : start + 500]))
+            update(item_cache)
+            .where(item_cache.c.person_id.in_(id_list[start : start + 500]))
+            .values(fetched_at=EXPIRED)
         )
 
 
 def forget_all(conn: Connection) -> None:
-    conn.execute(delete(person_cache))
-    conn.execute(delete(item_cache))
+    conn.execute(update(person_cache).values(fetched_at=EXPIRED))
+    conn.execute(update(item_cache).values(fetched_at=EXPIRED))
 
 
 def get_state(conn: Connection, name: str) -> str | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from maillink.linking.facts import ItemRef
 from maillink.model import Address, Direction, Message
@@ -356,4 +356,33 @@ def save_thread_outcome(
             candidates=[str(c) for c in candidates],
             updated_at=datetime.now(UTC),
         )
+    )
+
+
+def thread_outcome_values(thread_id: int, outcome: Any) -> dict[str, Any]:
+    """One row of `save_thread_outcomes`, from a `ThreadOutcome`."""
+    return {
+        "b_id": thread_id,
+        "b_link": str(outcome.linked) if outcome.linked else None,
+        "b_link_source": outcome.link_source,
+        "b_waiting": outcome.waiting,
+        "b_candidates": [str(c) for c in outcome.candidates],
+    }
+
+
+def save_thread_outcomes(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """`save_thread_outcome` for many threads in one statement (executemany)."""
+    if not rows:
+        return
+    conn.execute(
+        update(threads)
+        .where(threads.c.id == bindparam("b_id"))
+        .values(
+            link=bindparam("b_link"),
+            link_source=bindparam("b_link_source"),
+            waiting=bindparam("b_waiting"),
+            candidates=bindparam("b_candidates"),
+            updated_at=datetime.now(UTC),
+        ),
+        list(rows),
     )

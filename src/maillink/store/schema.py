@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -185,7 +186,9 @@ web_users = Table(
     Column("id", Integer, primary_key=True),
     Column("email", String(320), nullable=False, unique=True),
     Column("is_admin", Boolean, nullable=False, default=False),
-    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex of the sign-in token
+    Column(
+        "token_hash", String(64), nullable=False, unique=True
+    ),  # sha256 hex of the sign-in token
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_sign_in_at", UTCDateTime, nullable=True),
 )
@@ -194,3 +197,26 @@ web_users = Table(
 # No ON DELETE clause: SQLite does not report one for a column added by ALTER TABLE, so the
 # migration could not be checked against this schema; removing a user clears it first.
 accounts.append_column(Column("owner_user_id", Integer, ForeignKey("web_users.id"), nullable=True))
+
+# -- leases and schedules (issue 5): which daemon works on a mailbox now, and when it is due next --
+# One row per mailbox. A daemon owns a mailbox while `owner` is its id and `expires_at` is ahead;
+# `generation` grows at every acquisition, and every write of the holder checks it (the fence), so
+# that a daemon which lost its lease cannot write. `next_run_at` is shared by every daemon.
+leases = Table(
+    "leases",
+    metadata,
+    Column(
+        "account_id",
+        Integer,
+        ForeignKey("accounts.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("owner", String(200), nullable=True),  # hostname-pid-random of the daemon; NULL: free
+    Column("generation", BigInteger, nullable=False, default=0),
+    Column("acquired_at", UTCDateTime, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("next_run_at", UTCDateTime, nullable=False),
+    Column("failures", Integer, nullable=False, default=0),  # failed rounds in a row (backoff)
+)
+Index("ix_leases_next_run_at", leases.c.next_run_at)

@@ -92,9 +92,7 @@ def by_token(conn: Connection, token: str) -> WebUser | None:
 
 def signed_in(conn: Connection, user_id: int) -> None:
     conn.execute(
-        update(web_users)
-        .where(web_users.c.id == user_id)
-        .values(last_sign_in_at=datetime.now(UTC))
+        update(web_users).where(web_users.c.id == user_id).values(last_sign_in_at=datetime.now(UTC))
     )
 
 
@@ -104,9 +102,7 @@ def get(conn: Connection, user_id: int) -> WebUser | None:
 
 
 def get_by_email(conn: Connection, email: str) -> WebUser | None:
-    row = conn.execute(
-        select(web_users).where(web_users.c.email == email.strip().lower())
-    ).first()
+    row = conn.execute(select(web_users).where(web_users.c.email == email.strip().lower())).first()
     return _user(row) if row else None
 
 
@@ -161,9 +157,7 @@ def owner_of(conn: Connection, account_id: int) -> int | None:
 
 
 def set_owner(conn: Connection, account_id: int, user_id: int | None) -> None:
-    conn.execute(
-        update(accounts).where(accounts.c.id == account_id).values(owner_user_id=user_id)
-    )
+    conn.execute(update(accounts).where(accounts.c.id == account_id).values(owner_user_id=user_id))
 
 
 def owner_emails(conn: Connection) -> dict[int, str]:

@@ -1,8 +1,5 @@
-"""The web app of `maillink serve`: sign in, connect mailboxes, choose the item of waiting threads."""
+"""The web app of `maillink serve`: sign in, connect mailboxes, choose the item of waiting threads.
 
-from __future__ import annotations
-
-from maillink.web.factory import create_app
-from maillink.web.settings import WebSettings
-
-__all__ = ["WebSettings", "create_app"]
+`maillink.web.factory.create_app` builds it; `maillink.web.commands` holds the CLI commands and
+imports nothing but click, so that registering them costs the other commands nothing.
+"""

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
-from flask import Blueprint, abort, current_app, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.wrappers import Response
 
 from maillink.store import users
@@ -81,21 +92,16 @@ def _local_path(target: str | None) -> str:
     return url_for("views.mailboxes")
 
 
-def _sign_in(token: str, target: str | None) -> Response | tuple[str, int]:
-    store = web_context().app.store
-    with store.transaction() as conn:
-        user = users.by_token(conn, token.strip())
-        if user is not None:
-            users.signed_in(conn, user.id)
-    if user is None:
-        return (
-            render_template(
-                "signin.html",
-                error="This sign-in link is not valid (a newer one may have replaced it): "
-                "ask your admin for a new one (maillink users add EMAIL).",
-            ),
-            403,
-        )
+INVALID_LINK = (
+    "This sign-in link is not valid (a newer one may have replaced it): "
+    "ask your admin for a new one (maillink users add EMAIL)."
+)
+CONFIRM_SECONDS = 300
+
+
+def _start_session(user: WebUser, target: str | None) -> Response:
+    with web_context().app.store.transaction() as conn:
+        users.signed_in(conn, user.id)
     session.clear()
     session.permanent = True
     session["uid"] = user.id
@@ -103,17 +109,42 @@ def _sign_in(token: str, target: str | None) -> Response | tuple[str, int]:
     return redirect(_local_path(target), code=303)
 
 
+def _sign_in(token: str, target: str | None, *, cross_site: bool = False) -> Any:
+    with web_context().app.store.engine.connect() as conn:
+        user = users.by_token(conn, token.strip())
+    if user is None:
+        return render_template("signin.html", error=INVALID_LINK), 403
+    if cross_site:
+        # A link followed from another site may be someone else's link (login CSRF): ask first.
+        session["confirm"] = {"uid": user.id, "mark": _mark(user), "at": int(time.time())}
+        return render_template("confirm.html", email=user.email, next=target or "")
+    return _start_session(user, target)
+
+
 @bp.get("/signin")
-def signin() -> Response | tuple[str, int] | str:
+def signin() -> Any:
     token = request.args.get("token")
     if token:
-        return _sign_in(token, request.args.get("next"))
+        cross_site = request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin")
+        return _sign_in(token, request.args.get("next"), cross_site=cross_site)
     return render_template("signin.html", next=request.args.get("next", ""))
 
 
 @bp.post("/signin")
-def signin_form() -> Response | tuple[str, int]:
+def signin_form() -> Any:
     return _sign_in(request.form.get("token", ""), request.form.get("next"))
+
+
+@bp.post("/signin/confirm")
+def signin_confirm() -> Any:
+    pending = session.pop("confirm", None)
+    user = None
+    if isinstance(pending, dict) and time.time() - int(pending.get("at", 0)) < CONFIRM_SECONDS:
+        with web_context().app.store.engine.connect() as conn:
+            user = users.get(conn, int(pending.get("uid", 0)))
+    if user is None or not hmac.compare_digest(str(pending and pending.get("mark")), _mark(user)):
+        return render_template("signin.html", error=INVALID_LINK), 403
+    return _start_session(user, request.form.get("next"))
 
 
 @bp.post("/signout")

@@ -24,7 +24,16 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from google.oauth2.credentials import Credentials as GoogleCredentials
 from werkzeug.wrappers import Response
 
@@ -136,7 +145,7 @@ def connect_google() -> Response | tuple[str, int]:
     try:
         _kind, client = google_client()
         auth_uri = check_endpoint(client["auth_uri"], "the Google auth_uri")
-    except (ConfigError, ProviderError, KeyError) as error:
+    except (ConfigError, ValueError, KeyError) as error:
         return _refuse(f"Google is not configured: {error}", 503)
     state = secrets.token_urlsafe(32)
     session[PENDING] = {"state": state, "at": int(time.time())}
@@ -205,7 +214,10 @@ def _exchange(code: str, verifier: str) -> ConnectedGoogleAccount:
     """Redeem the code (with the verifier and the same redirect URI), then read the address."""
     context = web_context()
     _kind, client = google_client()
-    token_uri = check_endpoint(client["token_uri"], "the Google token_uri")
+    try:
+        token_uri = check_endpoint(client["token_uri"], "the Google token_uri")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     api_endpoint = context.app.settings.gmail.api_endpoint
     try:
         answer = requests.post(
@@ -282,9 +294,7 @@ def store_gmail_account(connected: ConnectedGoogleAccount, owner_id: int) -> tup
     )
     with app.store.transaction() as conn:
         reconnected = accounts.get(conn, connected.email) is not None
-        account = accounts.upsert(
-            conn, connected.email, "gmail", token, " ".join(connected.scopes)
-        )
+        account = accounts.upsert(conn, connected.email, "gmail", token, " ".join(connected.scopes))
         if users.owner_of(conn, account.id) is None:
             users.set_owner(conn, account.id, owner_id)
     log.info("connected %s (gmail) from the web", account.email)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.wrappers import Response
 
 from maillink.errors import ConfigError
@@ -108,6 +108,15 @@ def create_app(app: Any, settings: WebSettings, *, testing: bool = False) -> Fla
     @web.errorhandler(ConfigError)
     def config_error(error: ConfigError) -> tuple[str, int]:
         return render_template("error.html", title="Configuration", message=str(error)), 503
+
+    @web.errorhandler(SecurityError)
+    def untrusted_host(error: SecurityError) -> tuple[str, int, dict[str, str]]:
+        # No page template here: URLs cannot be built for a host that is not ours.
+        return (
+            "maillink: this host name is not the one maillink serves\n",
+            400,
+            {"Content-Type": "text/plain; charset=utf-8"},
+        )
 
     @web.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[str, int]:

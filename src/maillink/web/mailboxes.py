@@ -13,7 +13,7 @@ from maillink.linking.facts import Reason
 from maillink.store import accounts as store_accounts
 from maillink.store import users
 from maillink.store.accounts import Account
-from maillink.store.schema import messages, threads
+from maillink.store.schema import item_cache, messages, threads
 from maillink.web.jobs import SyncJob
 
 STATES = {
@@ -150,3 +150,15 @@ def last_dates(conn: Connection, thread_ids: Sequence[int]) -> dict[int, datetim
         .group_by(messages.c.thread_id)
     )
     return {thread_id: latest for thread_id, latest in rows}
+
+
+def item_titles(conn: Connection, refs: Sequence[str]) -> dict[str, str]:
+    """The titles the CRM cache knows for these items (`deal:12` → "Renewal 2026")."""
+    wanted = set(refs)
+    titles: dict[str, str] = {}
+    if wanted:
+        for (items,) in conn.execute(select(item_cache.c["items"])):
+            for item in items:
+                if item.get("ref") in wanted and item.get("title"):
+                    titles[item["ref"]] = item["title"]
+    return titles

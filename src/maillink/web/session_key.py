@@ -2,8 +2,9 @@
 
 It lives in the `crm_state` table under `web.session_key`, encrypted with the tokens' key
 (credentials.json `encryption_key`), so every `maillink serve` process sharing the store signs
-alike. Each start re-encrypts it under the newest key, so it follows `maillink keys rotate`;
-if no configured key can read it any more, a new one is made (signed-in users sign in again).
+alike. Each start re-encrypts it under the newest key, and `rotate_session_key` does it for
+`maillink keys rotate`; if no configured key can read it any more, a new one is made (signed-in
+users sign in again), never a crash.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from maillink.errors import WrongKeyError
@@ -27,7 +28,9 @@ def session_key(store: Store, cipher: TokenCipher) -> str:
     """The session-signing key, made and stored on first use."""
     for _ in range(2):  # a second round only when another process stored one meanwhile
         with store.transaction() as conn:
-            stored = conn.execute(select(crm_state.c.value).where(crm_state.c.name == NAME)).scalar()
+            stored = conn.execute(
+                select(crm_state.c.value).where(crm_state.c.name == NAME)
+            ).scalar()
             if stored is not None:
                 try:
                     key = cipher.decrypt(stored)
@@ -50,3 +53,14 @@ def session_key(store: Store, cipher: TokenCipher) -> str:
         except IntegrityError:
             continue
     raise RuntimeError("could not store the web session key")  # pragma: no cover
+
+
+def rotate_session_key(conn: Connection, cipher: TokenCipher) -> bool:
+    """Re-encrypt the stored session key under the newest key; False when there is none."""
+    stored = conn.execute(select(crm_state.c.value).where(crm_state.c.name == NAME)).scalar()
+    if stored is None:
+        return False
+    conn.execute(
+        update(crm_state).where(crm_state.c.name == NAME).values(value=cipher.rotate(stored))
+    )
+    return True

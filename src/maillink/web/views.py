@@ -17,13 +17,13 @@ from maillink.crm.base import CRMError
 from maillink.errors import ConfigError
 from maillink.explain import explain, pending
 from maillink.linking.facts import ItemRef
+from maillink.store import accounts as store_accounts
 from maillink.store import mail, users
 from maillink.store.accounts import Account
-from maillink.store import accounts as store_accounts
 from maillink.web.auth import require_user, signed_in
 from maillink.web.connect import microsoft_problem
 from maillink.web.context import web_context
-from maillink.web.mailboxes import Mailbox, last_dates, summaries, visible_accounts
+from maillink.web.mailboxes import Mailbox, item_titles, last_dates, summaries, visible_accounts
 
 bp = Blueprint("views", __name__)
 log = logging.getLogger(__name__)
@@ -43,9 +43,7 @@ def mailboxes() -> str:
         shown = summaries(
             conn, visible_accounts(conn, user), context.jobs, with_owner=user.is_admin
         )
-    return render_template(
-        "mailboxes.html", mailboxes=shown, microsoft_problem=microsoft_problem()
-    )
+    return render_template("mailboxes.html", mailboxes=shown, microsoft_problem=microsoft_problem())
 
 
 def _visible_account(account_id: int) -> Account:
@@ -115,9 +113,10 @@ def thread(thread_id: int) -> str:
     found = _visible_thread(thread_id)
     with web_context().app.store.engine.connect() as conn:
         details = explain(conn, str(found.id), [found.account_id])
-    if details is None:
-        abort(404)
-    return render_template("thread.html", thread=details)
+        if details is None:
+            abort(404)
+        titles = item_titles(conn, [details["linked"]] if details["linked"] else [])
+    return render_template("thread.html", thread=details, titles=titles)
 
 
 def _back(thread_id: int) -> Response:

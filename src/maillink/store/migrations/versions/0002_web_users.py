@@ -34,8 +34,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("accounts", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "owner_user_id", sa.Integer(), sa.ForeignKey("web_users.id"), nullable=True
-            ),
+            sa.Column("owner_user_id", sa.Integer(), sa.ForeignKey("web_users.id"), nullable=True),
             inline_references=True,  # SQLite cannot add the constraint apart (needs alembic 1.18.2)
         )

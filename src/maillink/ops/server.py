@@ -1,0 +1,193 @@
+"""The daemon's HTTP endpoint: /healthz, /metrics, the Pipedrive webhook, the Gmail push.
+
+    GET  /healthz                 200 when the store answers and the daemon's loop is alive
+    GET  /metrics                 Prometheus text format
+    POST /webhooks/pipedrive      Pipedrive webhooks v2, HTTP basic auth (credentials.json webhook)
+    POST /push/gmail?token=…      Gmail Pub/Sub push (credentials.json gmail_push.token)
+
+Errors are short JSON bodies, never a traceback. Nothing is registered at Pipedrive or Google by
+maillink: the README says which URL to give them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from maillink.config import WebhookCredentials
+from maillink.ops.metrics import Metrics
+from maillink.ops.webhooks import BadPayload, forget, gmail_push, pipedrive_change
+from maillink.store import Store, accounts
+
+log = logging.getLogger("maillink.ops")
+
+
+@dataclass
+class OpsContext:
+    """What the endpoint needs from the daemon."""
+
+    store: Store
+    metrics: Metrics
+    webhook: WebhookCredentials | None = None
+    gmail_push_token: str | None = None
+    wake: Callable[[int], None] = lambda account_id: None  # make a mailbox due now
+    status: Callable[[], dict[str, Any]] = dict  # the daemon's own state for /healthz
+    alive: Callable[[], bool] = lambda: True  # False when the daemon's loop has stalled
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def _error(status: int, message: str, **headers: str) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+def create_ops_app(ctx: OpsContext) -> Flask:
+    app = Flask("maillink.ops")
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        body: dict[str, Any] = dict(ctx.status())
+        try:
+            with ctx.store.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            body["database"] = "ok"
+        except SQLAlchemyError:
+            body["database"] = "unreachable"
+        alive = ctx.alive()
+        body["loop"] = "ok" if alive else "stalled"
+        healthy = alive and body["database"] == "ok"
+        body["status"] = "ok" if healthy else "unhealthy"
+        response = jsonify(body)
+        response.status_code = 200 if healthy else 503
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(ctx.metrics.render(), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.post("/webhooks/pipedrive")
+    def pipedrive_webhook() -> Response:
+        if ctx.webhook is None:
+            return _error(404, "the Pipedrive webhook is not configured (credentials.json webhook)")
+        auth = request.authorization
+        if (
+            auth is None
+            or auth.type != "basic"
+            or not _same(auth.username or "", ctx.webhook.username)
+            or not _same(auth.password or "", ctx.webhook.password)
+        ):
+            return _error(401, "unauthorized", **{"WWW-Authenticate": 'Basic realm="maillink"'})
+        try:
+            change = pipedrive_change(request.get_json(force=True, silent=True))
+        except BadPayload as exc:
+            return _error(400, str(exc))
+        if change is None or change.empty:
+            return jsonify({"ok": True, "ignored": True})
+        with ctx.store.transaction() as conn:
+            forget(conn, change)
+        ctx.metrics.crm_changes.labels("webhook").inc()
+        log.info(
+            "pipedrive %s %s %s: cached facts forgotten",
+            change.entity,
+            change.action,
+            change.entity_id,
+            extra={
+                "event": "crm_change",
+                "persons": sorted(change.person_ids),
+                "all_items": change.everyone,
+            },
+        )
+        return jsonify(
+            {
+                "ok": True,
+                "persons": len(change.person_ids),
+                "emails": len(change.emails),
+                "all_items": change.everyone,
+            }
+        )
+
+    @app.post("/push/gmail")
+    def gmail_push_endpoint() -> Response:
+        if ctx.gmail_push_token is None:
+            return _error(404, "Gmail push is not configured (credentials.json gmail_push)")
+        if not _same(request.args.get("token", ""), ctx.gmail_push_token):
+            return _error(403, "forbidden")
+        try:
+            push = gmail_push(request.get_json(force=True, silent=True))
+        except BadPayload as exc:
+            return _error(400, str(exc))
+        with ctx.store.engine.connect() as conn:
+            account = accounts.get(conn, push.email)
+        if account is None or account.provider != "gmail":
+            log.info("gmail push for a mailbox not connected here: acknowledged, ignored")
+            return Response(status=204)
+        ctx.wake(account.id)
+        ctx.metrics.wakeups.labels("gmail").inc()
+        log.info(
+            "gmail push: mailbox due now",
+            extra={"event": "wake", "account_id": account.id, "history_id": push.history_id},
+        )
+        return Response(status=204)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return _error(error.code or 500, error.name)
+
+    @app.errorhandler(SQLAlchemyError)
+    def store_error(error: SQLAlchemyError) -> Response:
+        log.warning("ops endpoint: the store failed: %s", type(error).__name__)
+        return _error(503, "the store is unavailable; try again")
+
+    @app.errorhandler(Exception)
+    def internal_error(error: Exception) -> Response:
+        log.error("ops endpoint failed: %s", type(error).__name__, exc_info=error)
+        return _error(500, "internal error")
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug("ops %s " + message, type, *args)
+
+
+class OpsServer:
+    """Serves the ops app in a background thread; `url` is known once started."""
+
+    def __init__(self, app: Flask, host: str, port: int) -> None:
+        self._server: BaseWSGIServer = make_server(
+            host, port, app, threaded=True, request_handler=_QuietHandler
+        )
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self._server.server_port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="maillink-ops",
+            daemon=True,
+        )
+
+    def start(self) -> OpsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,144 @@
+"""What the pushed notifications mean: Pipedrive webhooks (v2) and Gmail Pub/Sub pushes.
+
+A Pipedrive change (a deal won, lost, deleted; a lead converted or archived; a person's addresses
+edited) makes the cached facts of the persons concerned stale: they are forgotten, so the next
+message of any of their threads is decided on fresh facts (rule 6). A Gmail push only says that a
+mailbox changed: it makes the mailbox due now; the history cursor stays the truth.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+
+from maillink.store import cache
+
+# Entities whose changes move items (rules 2 and 6), and persons (who has which address).
+ITEM_ENTITIES = frozenset({"deal", "lead", "project"})
+PERSON_ENTITY = "person"
+
+
+class BadPayload(ValueError):
+    """The body is not the notification it claims to be; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class CrmChange:
+    """The cache entries one Pipedrive event makes stale."""
+
+    entity: str
+    action: str
+    entity_id: str | None
+    person_ids: frozenset[int]
+    emails: frozenset[str]
+    # An item event whose person cannot be told (a delete without `previous`): forget every
+    # person's items rather than keep a stale one.
+    everyone: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.person_ids or self.emails or self.everyone)
+
+
+def _object(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadPayload(f"{where} must be an object or null")
+    return value
+
+
+def _person_id(value: Any) -> int | None:
+    if isinstance(value, dict):  # v1-style {"value": 3, "name": …}
+        value = value.get("value")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _emails(value: Any) -> set[str]:
+    found: set[str] = set()
+    for entry in value if isinstance(value, list) else []:
+        address = entry.get("value") if isinstance(entry, dict) else entry
+        if isinstance(address, str) and "@" in address:
+            found.add(address.strip().lower())
+    return found
+
+
+def pipedrive_change(payload: Any) -> CrmChange | None:
+    """The cache entries a Pipedrive v2 webhook makes stale; None for an entity that does not
+    concern linking (activities, notes, organizations…). `BadPayload` if it is not a v2 event."""
+    if not isinstance(payload, dict):
+        raise BadPayload("the body must be a JSON object")
+    meta = _object(payload.get("meta"), "meta")
+    if meta is None:
+        raise BadPayload("meta is missing (is this a Pipedrive webhook v2?)")
+    entity, action = meta.get("entity"), meta.get("action")
+    if not isinstance(entity, str) or not isinstance(action, str):
+        raise BadPayload("meta.entity and meta.action must be strings (Pipedrive webhooks v2)")
+    data = _object(payload.get("data"), "data")
+    previous = _object(payload.get("previous"), "previous")
+    raw_id = meta.get("entity_id")
+    entity_id = str(raw_id) if isinstance(raw_id, int | str) and raw_id != "" else None
+    states = [s for s in (data, previous) if s is not None]
+    if entity in ITEM_ENTITIES:
+        persons = {p for s in states if (p := _person_id(s.get("person_id"))) is not None}
+        return CrmChange(
+            entity, action, entity_id, frozenset(persons), frozenset(), everyone=not persons
+        )
+    if entity == PERSON_ENTITY:
+        persons = {p for s in states if (p := _person_id(s.get("id"))) is not None}
+        if entity_id is not None and entity_id.isdigit():
+            persons.add(int(entity_id))
+        emails = {e for s in states for e in _emails(s.get("emails") or s.get("email"))}
+        return CrmChange(entity, action, entity_id, frozenset(persons), frozenset(emails))
+    return None
+
+
+def forget(conn: Connection, change: CrmChange) -> None:
+    """Drop the cache entries `change` made stale."""
+    if change.everyone:
+        cache.forget_all(conn)
+        return
+    cache.forget(conn, emails=change.emails, person_ids=change.person_ids)
+
+
+@dataclass(frozen=True)
+class GmailPush:
+    email: str
+    history_id: str | None
+
+
+def gmail_push(envelope: Any) -> GmailPush:
+    """The mailbox a Pub/Sub push names: `message.data` is base64 JSON {emailAddress, historyId}."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
+        raise BadPayload("the body must be a Pub/Sub push envelope with a message")
+    data = envelope["message"].get("data")
+    if not isinstance(data, str) or not data:
+        raise BadPayload("message.data is missing")
+    padded = data + "=" * (-len(data) % 4)
+    decoded: Any = None
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            decoded = json.loads(decode(padded))
+            break
+        except (binascii.Error, ValueError):
+            continue
+    else:
+        raise BadPayload("message.data is not base64 JSON")
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("emailAddress"), str):
+        raise BadPayload("message.data has no emailAddress")
+    history = decoded.get("historyId")
+    return GmailPush(
+        email=decoded["emailAddress"].strip().lower(),
+        history_id=str(history) if isinstance(history, int | str) else None,
+    )

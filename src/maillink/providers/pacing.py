@@ -1,0 +1,104 @@
+"""Quota-aware pacing: each mailbox spends its provider quota at a steady rate, never in bursts
+that end in 429s (DESIGN.md §7).
+
+A `Pacer` is a token bucket of quota units (Gmail) or requests (Graph): it refills at the
+configured rate and holds at most `burst` units, so that the provider, which enforces its own
+moving window, never sees more than it allows. A call waits for its units before it is sent; a
+batch is cut so that no request costs more than the bucket holds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+# Gmail's quota units per method (DESIGN.md §7): Google's model until 2025, and the 2026 one.
+GMAIL_UNITS: Mapping[str, Mapping[str, int]] = {
+    "2025": {
+        "users.getProfile": 1,
+        "messages.list": 5,
+        "messages.get": 5,
+        "threads.get": 10,
+        "history.list": 2,
+    },
+    "2026": {
+        "users.getProfile": 1,
+        "messages.list": 5,
+        "messages.get": 20,
+        "threads.get": 40,
+        "history.list": 2,
+    },
+}
+GMAIL_QUOTA_PER_MINUTE = {"2025": 15_000, "2026": 6_000}  # per user
+GRAPH_REQUESTS_PER_10_MINUTES = 10_000  # per app and mailbox
+
+
+class Pacer:
+    """A token bucket: `rate` units a second, at most `burst` units saved up. Thread-safe.
+
+    `take(units)` waits until the bucket holds them (or is full, for a request that costs more
+    than a full bucket: it then goes into debt, which later calls wait out), so that over any
+    stretch of time no more than `burst + rate × seconds` units are spent.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not rate > 0 or not burst > 0:
+            raise ValueError("a pacer needs a positive rate and burst")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = burst
+        self._last = clock()
+        self.waited = 0.0  # seconds spent waiting, all calls together
+
+    @classmethod
+    def per_minute(cls, units: float, *, burst_seconds: float = 1.0, **kw: object) -> Pacer:
+        """`units` a minute, saving up at most `burst_seconds` of them."""
+        rate = units / 60.0
+        return cls(rate, rate * burst_seconds, **kw)  # type: ignore[arg-type]
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    def take(self, units: float) -> float:
+        """Wait until `units` may be spent, spend them; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                self._refill()
+                needed = min(units, self.burst)
+                if self._tokens >= needed:
+                    self._tokens -= units
+                    self.waited += waited
+                    return waited
+                pause = (needed - self._tokens) / self.rate
+            self._sleep(pause)
+            waited += pause
+
+
+class Pacers:
+    """One pacer per mailbox, kept for the life of the process (rounds come and go)."""
+
+    def __init__(self, make: Callable[[], Pacer]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._pacers: dict[str, Pacer] = {}
+
+    def for_mailbox(self, email: str) -> Pacer:
+        key = email.strip().lower()
+        with self._lock:
+            if key not in self._pacers:
+                self._pacers[key] = self._make()
+            return self._pacers[key]

@@ -1,0 +1,268 @@
+"""Leases: which daemon works on a mailbox now, and when the mailbox is due next.
+
+Several daemons (on several machines, one PostgreSQL database) divide the mailboxes among
+themselves. A daemon *acquires* due, free mailboxes (`SELECT … FOR UPDATE SKIP LOCKED` on
+PostgreSQL; a compare-and-set on SQLite), *renews* them while it works, and *releases* them with
+their next run. Every acquisition bumps the lease's `generation`; every write the holder makes
+checks owner and generation inside its own transaction (`fence`, done for each transaction by
+`FencedStore`), so a daemon that lost its lease — it stalled past the expiry and another took the
+mailbox — can no longer write: its transaction is rolled back with `LeaseLost`.
+
+Times come from the daemons' clocks (UTC); keep them in step (NTP) well within a lease's length.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import ColumnElement, Connection, and_, case, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from maillink.store import Store
+from maillink.store.accounts import ACTIVE
+from maillink.store.schema import accounts, leases
+
+
+class LeaseLost(Exception):
+    """The mailbox's lease is no longer this daemon's: stop working on it, write nothing."""
+
+
+def daemon_id() -> str:
+    """An id for this daemon process, unique across machines and restarts: hostname-pid-random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One mailbox held by one daemon, as acquired (`expires_at` moves on with each renewal)."""
+
+    account_id: int
+    owner: str
+    generation: int
+    acquired_at: datetime
+    failures: int  # failed rounds in a row before this one
+    previous_owner: str | None = None  # set when an expired lease of another daemon was taken
+
+    @property
+    def taken_over(self) -> bool:
+        return self.previous_owner is not None and self.previous_owner != self.owner
+
+
+def _holds(lease: Lease) -> ColumnElement[bool]:
+    return and_(
+        leases.c.account_id == lease.account_id,
+        leases.c.owner == lease.owner,
+        leases.c.generation == lease.generation,
+    )
+
+
+def ensure(conn: Connection, now: datetime) -> int:
+    """Give every mailbox without a lease row one, due now; returns how many were added.
+
+    Several daemons may do this at once: a row another one added meanwhile is left as it is.
+    """
+    missing = select(accounts.c.id).where(
+        ~select(leases.c.account_id).where(leases.c.account_id == accounts.c.id).exists()
+    )
+    ids = list(conn.execute(missing).scalars())
+    if not ids:
+        return 0
+    rows = [
+        {"account_id": i, "generation": 0, "failures": 0, "next_run_at": now, "owner": None}
+        for i in ids
+    ]
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        conn.execute(postgresql.insert(leases).on_conflict_do_nothing(), rows)
+    elif dialect == "sqlite":
+        conn.execute(sqlite.insert(leases).on_conflict_do_nothing(), rows)
+    else:  # pragma: no cover - maillink supports SQLite and PostgreSQL only
+        conn.execute(insert(leases), rows)
+    return len(ids)
+
+
+def acquire(
+    conn: Connection,
+    owner: str,
+    *,
+    now: datetime,
+    duration: timedelta,
+    limit: int,
+    exclude: Collection[int] = (),
+    due_only: bool = True,
+    account_ids: Collection[int] | None = None,
+) -> list[Lease]:
+    """Take up to `limit` free mailboxes (no owner, or an expired lease), the most overdue first.
+
+    Only active mailboxes are taken (paused and needs_reauth ones are skipped); with `due_only`,
+    only those whose `next_run_at` has come. Rows another transaction has locked are skipped, not
+    waited for (PostgreSQL); the update is a compare-and-set on the generation, so two daemons
+    can never both get the same generation (SQLite too).
+    """
+    if limit <= 0:
+        return []
+    query = (
+        select(leases.c.account_id, leases.c.owner, leases.c.generation, leases.c.failures)
+        .join(accounts, accounts.c.id == leases.c.account_id)
+        .where(
+            accounts.c.status == ACTIVE,
+            or_(
+                leases.c.owner.is_(None),
+                leases.c.expires_at.is_(None),
+                leases.c.expires_at <= now,
+            ),
+        )
+        .order_by(leases.c.next_run_at, leases.c.account_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=leases)
+    )
+    if due_only:
+        query = query.where(leases.c.next_run_at <= now)
+    if exclude:
+        query = query.where(leases.c.account_id.not_in(sorted(exclude)))
+    if account_ids is not None:
+        query = query.where(leases.c.account_id.in_(sorted(account_ids)))
+    taken: list[Lease] = []
+    for row in conn.execute(query).all():
+        generation = int(row.generation) + 1
+        changed = conn.execute(
+            update(leases)
+            .where(leases.c.account_id == row.account_id, leases.c.generation == row.generation)
+            .values(
+                owner=owner,
+                generation=generation,
+                acquired_at=now,
+                expires_at=now + duration,
+            )
+        ).rowcount
+        if changed == 1:
+            taken.append(
+                Lease(
+                    account_id=row.account_id,
+                    owner=owner,
+                    generation=generation,
+                    acquired_at=now,
+                    failures=int(row.failures),
+                    previous_owner=row.owner,
+                )
+            )
+    return taken
+
+
+def fence(conn: Connection, lease: Lease, now: datetime) -> None:
+    """Raise `LeaseLost` unless `lease` is still held (same owner and generation, not expired).
+
+    Run inside the transaction whose writes it guards, as its last statement: on PostgreSQL the
+    update locks the lease row until the commit, so no daemon can take the mailbox in between.
+    """
+    held = conn.execute(
+        update(leases).where(_holds(lease), leases.c.expires_at > now).values(owner=leases.c.owner)
+    ).rowcount
+    if held != 1:
+        raise LeaseLost(
+            f"account {lease.account_id}: lease generation {lease.generation} of {lease.owner} "
+            "is no longer held"
+        )
+
+
+def renew(conn: Connection, lease: Lease, *, now: datetime, duration: timedelta) -> None:
+    """Move the lease's expiry to `now + duration`; `LeaseLost` if it already expired or moved."""
+    held = conn.execute(
+        update(leases)
+        .where(_holds(lease), leases.c.expires_at > now)
+        .values(expires_at=now + duration)
+    ).rowcount
+    if held != 1:
+        raise LeaseLost(f"account {lease.account_id}: lease expired before it was renewed")
+
+
+def release(conn: Connection, lease: Lease, *, next_run_at: datetime, failures: int) -> bool:
+    """Give the mailbox back with its next run; False when the lease was no longer ours.
+
+    A wake-up that came while the mailbox was being synced (its `next_run_at` moved past the
+    acquisition) is kept: the mailbox is due again at once.
+    """
+    return (
+        conn.execute(
+            update(leases)
+            .where(_holds(lease))
+            .values(
+                owner=None,
+                expires_at=None,
+                failures=failures,
+                next_run_at=case(
+                    (leases.c.next_run_at > lease.acquired_at, leases.c.next_run_at),
+                    else_=next_run_at,
+                ),
+            )
+        ).rowcount
+        == 1
+    )
+
+
+def wake(conn: Connection, account_id: int, now: datetime) -> bool:
+    """Make the mailbox due now (a push notification); False when it has no lease row yet
+    (it is then due anyway: a new row is due at once)."""
+    return (
+        conn.execute(
+            update(leases).where(leases.c.account_id == account_id).values(next_run_at=now)
+        ).rowcount
+        == 1
+    )
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    account_id: int
+    owner: str | None
+    generation: int
+    expires_at: datetime | None
+    next_run_at: datetime
+    failures: int
+
+
+def states(conn: Connection) -> dict[int, LeaseState]:
+    """Every mailbox's lease and schedule, by account id (for operations and tests)."""
+    return {
+        row.account_id: LeaseState(
+            account_id=row.account_id,
+            owner=row.owner,
+            generation=int(row.generation),
+            expires_at=row.expires_at,
+            next_run_at=row.next_run_at,
+            failures=int(row.failures),
+        )
+        for row in conn.execute(select(leases))
+    }
+
+
+class FencedStore(Store):
+    """The store as the holder of one mailbox's lease sees it: every transaction it commits is
+    fenced (`fence` runs as its last statement), so nothing is written once the lease is lost.
+
+    Reads (`engine.connect()`) are not fenced: they write nothing.
+    """
+
+    def __init__(self, store: Store, lease: Lease, clock: Callable[[], datetime] = _now) -> None:
+        super().__init__(store.engine)
+        self.lease = lease
+        self.clock = clock
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.begin() as connection:
+            yield connection
+            fence(connection, self.lease, self.clock())
+
+    def close(self) -> None:
+        """The engine belongs to the store this one wraps."""

@@ -1,0 +1,7 @@
+"""The daemon tests use the end-to-end fixtures: the sandboxes, a workspace, an App."""
+
+from __future__ import annotations
+
+from tests.e2e.conftest import app, cli, config, google, pipedrive
+
+__all__ = ["app", "cli", "config", "google", "pipedrive"]

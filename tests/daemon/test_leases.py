@@ -1,0 +1,195 @@
+"""Leases on SQLite and PostgreSQL: one holder per mailbox, expiry, renewal, the generation fence."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from maillink.store import Store, accounts, leases
+from maillink.store.leases import FencedStore, LeaseLost
+from maillink.store.schema import cursors
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+def _mailboxes(store: Store, count: int, status: str = accounts.ACTIVE) -> list[int]:
+    ids = []
+    with store.transaction() as conn:
+        for i in range(count):
+            account = accounts.upsert(conn, f"rep{i}-{status}@acme.example", "gmail", "t", "s")
+            if status != accounts.ACTIVE:
+                accounts.set_status(conn, account.id, status)
+            ids.append(account.id)
+        leases.ensure(conn, T0)
+    return ids
+
+
+def _acquire(store: Store, owner: str, now: datetime = T0, limit: int = 10) -> list[leases.Lease]:
+    with store.transaction() as conn:
+        return leases.acquire(conn, owner, now=now, duration=LEASE, limit=limit)
+
+
+def test_a_due_mailbox_is_acquired_once_with_a_new_generation(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    (lease,) = _acquire(store, "daemon-a")
+    assert (lease.account_id, lease.owner, lease.generation) == (account_id, "daemon-a", 1)
+    assert not lease.taken_over
+    assert _acquire(store, "daemon-b") == []  # held: nobody else gets it
+    assert _acquire(store, "daemon-a") == []  # not even its holder, twice
+
+
+def test_a_mailbox_not_yet_due_is_left_alone(store: Store) -> None:
+    _mailboxes(store, 1)
+    (lease,) = _acquire(store, "daemon-a")
+    with store.transaction() as conn:
+        assert leases.release(conn, lease, next_run_at=T0 + timedelta(minutes=2), failures=0)
+    assert _acquire(store, "daemon-b", now=T0 + timedelta(minutes=1)) == []
+    (again,) = _acquire(store, "daemon-b", now=T0 + timedelta(minutes=2))
+    assert (again.owner, again.generation, again.taken_over) == ("daemon-b", 2, False)
+
+
+def test_an_expired_lease_is_taken_over_with_the_next_generation(store: Store) -> None:
+    _mailboxes(store, 1)
+    (dead,) = _acquire(store, "daemon-a")
+    assert _acquire(store, "daemon-b", now=T0 + LEASE - timedelta(seconds=1)) == []
+    (taken,) = _acquire(store, "daemon-b", now=T0 + LEASE)
+    assert taken.generation == dead.generation + 1
+    assert taken.taken_over and taken.previous_owner == "daemon-a"
+
+
+def test_paused_and_needs_reauth_mailboxes_are_skipped(store: Store) -> None:
+    active = _mailboxes(store, 2)
+    _mailboxes(store, 1, accounts.PAUSED)
+    _mailboxes(store, 1, accounts.NEEDS_REAUTH)
+    assert sorted(lease.account_id for lease in _acquire(store, "daemon-a")) == active
+
+
+def test_the_most_overdue_mailboxes_come_first_up_to_the_limit(store: Store) -> None:
+    ids = _mailboxes(store, 3)
+    with store.transaction() as conn:
+        for lease in leases.acquire(conn, "x", now=T0, duration=LEASE, limit=3):
+            late = {ids[0]: 3, ids[1]: 1, ids[2]: 2}[lease.account_id]
+            leases.release(conn, lease, next_run_at=T0 - timedelta(minutes=late), failures=0)
+    got = _acquire(store, "daemon-a", limit=2)
+    assert [lease.account_id for lease in got] == [ids[0], ids[2]]
+
+
+def test_the_fence_refuses_a_stale_generation_and_nothing_is_written(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    (stale,) = _acquire(store, "daemon-a")
+    _acquire(store, "daemon-b", now=T0 + LEASE)  # daemon-a stalled past its expiry
+    fenced = FencedStore(store, stale, clock=lambda: T0 + LEASE + timedelta(seconds=1))
+    with pytest.raises(LeaseLost), fenced.transaction() as conn:
+        accounts.set_cursor(conn, account_id, "history:42")
+    with store.engine.connect() as conn:
+        assert conn.execute(select(cursors)).all() == []
+
+
+def test_the_fence_lets_the_holder_write(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    (lease,) = _acquire(store, "daemon-a")
+    with FencedStore(store, lease, clock=lambda: T0 + timedelta(seconds=5)).transaction() as conn:
+        accounts.set_cursor(conn, account_id, "history:42")
+    with store.engine.connect() as conn:
+        assert accounts.get_cursor(conn, account_id) == "history:42"
+
+
+def test_an_expired_lease_fences_even_before_anyone_takes_it(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    (lease,) = _acquire(store, "daemon-a")
+    late = FencedStore(store, lease, clock=lambda: T0 + LEASE)
+    with pytest.raises(LeaseLost), late.transaction() as conn:
+        accounts.set_cursor(conn, account_id, "history:42")
+
+
+def test_renewal_extends_the_lease_and_fails_once_it_moved(store: Store) -> None:
+    _mailboxes(store, 1)
+    (lease,) = _acquire(store, "daemon-a")
+    with store.transaction() as conn:
+        leases.renew(conn, lease, now=T0 + timedelta(seconds=20), duration=LEASE)
+    assert _acquire(store, "daemon-b", now=T0 + LEASE) == []  # renewed until T0+50s
+    _acquire(store, "daemon-b", now=T0 + timedelta(seconds=50))
+    with pytest.raises(LeaseLost), store.transaction() as conn:
+        leases.renew(conn, lease, now=T0 + timedelta(seconds=51), duration=LEASE)
+
+
+def test_release_schedules_the_next_run_but_keeps_a_wake_up_that_came_meanwhile(
+    store: Store,
+) -> None:
+    (a, b) = _mailboxes(store, 2)
+    got = {lease.account_id: lease for lease in _acquire(store, "daemon-a")}
+    with store.transaction() as conn:
+        assert leases.wake(conn, b, T0 + timedelta(seconds=3))  # a push during b's round
+        for lease in got.values():
+            leases.release(conn, lease, next_run_at=T0 + timedelta(minutes=2), failures=1)
+        state = leases.states(conn)
+    assert state[a].next_run_at == T0 + timedelta(minutes=2)
+    assert state[b].next_run_at == T0 + timedelta(seconds=3)
+    assert state[a].owner is None and state[a].failures == 1
+
+
+def test_release_by_a_daemon_that_lost_the_lease_changes_nothing(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    (stale,) = _acquire(store, "daemon-a")
+    (fresh,) = _acquire(store, "daemon-b", now=T0 + LEASE)
+    with store.transaction() as conn:
+        assert not leases.release(conn, stale, next_run_at=T0, failures=0)
+        assert leases.states(conn)[account_id].owner == "daemon-b"
+
+
+def test_new_mailboxes_get_a_lease_row_due_at_once(store: Store) -> None:
+    _mailboxes(store, 1)
+    with store.transaction() as conn:
+        accounts.upsert(conn, "late@acme.example", "gmail", "t", "s")
+        assert leases.ensure(conn, T0) == 1
+        assert leases.ensure(conn, T0) == 0
+    assert len(_acquire(store, "daemon-a")) == 2
+
+
+def test_two_daemons_on_postgresql_never_hold_the_same_mailbox(pg_url: str) -> None:
+    first = Store.open(pg_url)
+    second = Store.open(pg_url, upgrade=False)
+    try:
+        ids = _mailboxes(first, 40)
+        got: dict[str, list[leases.Lease]] = {"a": [], "b": []}
+        start = threading.Barrier(2)
+
+        def grab(name: str, store: Store) -> None:
+            start.wait()
+            for _ in range(40):
+                with store.transaction() as conn:
+                    got[name] += leases.acquire(conn, name, now=T0, duration=LEASE, limit=3)
+
+        threads = [
+            threading.Thread(target=grab, args=(n, s)) for n, s in (("a", first), ("b", second))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        held = Counter(lease.account_id for lease in got["a"] + got["b"])
+        assert sorted(held) == sorted(ids)
+        assert set(held.values()) == {1}
+        assert got["a"] and got["b"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_row_locked_by_one_daemon_is_skipped_not_waited_for(pg_url: str) -> None:
+    first = Store.open(pg_url)
+    second = Store.open(pg_url, upgrade=False)
+    try:
+        ids = _mailboxes(first, 2)
+        with first.transaction() as conn:  # daemon-a is in the middle of acquiring
+            (mine,) = leases.acquire(conn, "daemon-a", now=T0, duration=LEASE, limit=1)
+            (theirs,) = _acquire(second, "daemon-b")  # returns at once, with the other one
+        assert {mine.account_id, theirs.account_id} == set(ids)
+    finally:
+        first.close()
+        second.close()
