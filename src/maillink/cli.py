@@ -89,9 +89,10 @@ class StopFlag:
 def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
     """Sync a sales team's mailboxes into the CRM, linked by Pipedrive's own rules."""
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # --debug opens maillink's own logs only: the OAuth libraries log token responses at DEBUG.
+    logging.getLogger("maillink").setLevel(logging.DEBUG if debug else logging.WARNING)
     ctx.obj = Obj(config, debug)
 
 

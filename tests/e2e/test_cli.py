@@ -323,3 +323,34 @@ def test_connect_microsoft_no_browser_then_backfill_through_graph(
         assert done.returncode == 0, done.stderr
         (activity,) = pipedrive.activities_with_key("graph-1@mail.example")
         assert activity["deal_id"] == deal
+
+
+def test_no_token_reaches_the_output_even_with_debug(
+    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+) -> None:
+    from maillink.app import App
+    from maillink.config import load_settings
+
+    google.add_mailbox(REP)
+    _seed(google, pipedrive)
+    google.consent_as = REP
+    env = dict(os.environ, MAILLINK_CONFIG=str(config))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maillink", "--debug", "connect", "gmail", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    follow_printed_url(process)
+    out, err = process.communicate(timeout=60)
+    synced = cli("--debug", "backfill")
+    app = App(load_settings(config))
+    tokens = app.tokens(app.account(REP))
+    app.close()
+    refresh = tokens["refresh_token"]
+    assert len(refresh) > 10
+    for text in (out, err, synced.out, synced.err):
+        assert refresh not in text
+    for stored in config.parent.glob("maillink.db*"):  # the database, its WAL and shm files
+        assert refresh.encode() not in stored.read_bytes()
