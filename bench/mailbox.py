@@ -88,7 +88,9 @@ def generate_mailbox(
     for i in range(pool):
         company = COMPANIES[i % len(COMPANIES)]
         customers.append(
-            Customer(f"contact{i}@{company}{i // 500}.example", f"Contact {i}", rng.paretovariate(3))
+            Customer(
+                f"contact{i}@{company}{i // 500}.example", f"Contact {i}", rng.paretovariate(3)
+            )
         )
     weights = [c.weight for c in customers]
     known = items = 0

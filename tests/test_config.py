@@ -627,3 +627,138 @@ def test_no_secret_value_in_the_credentials_repr(tmp_path: Path) -> None:
         {"pipedrive": {"client_id": "c", "client_secret": SECRET, "refresh_token": SECRET}},
     )
     assert SECRET not in repr(load_credentials(oauth, env={}))
+
+
+# --- the daemon: scheduling, leases, its ops endpoint (issue 5) -------------------------------
+
+
+def test_daemon_keys_have_documented_defaults(tmp_path: Path) -> None:
+    settings = load(tmp_path, MINIMAL)
+
+    assert settings.sync.jitter_seconds == 10
+    assert settings.sync.max_backoff_seconds == 3600
+    assert settings.sync.lease_seconds == 60
+    assert settings.sync.workers == 0  # 1 on SQLite, 4 on PostgreSQL
+    assert settings.daemon.ops_enabled is True
+    assert (settings.daemon.ops_host, settings.daemon.ops_port) == ("127.0.0.1", 8780)
+    assert settings.daemon.crm_poll_seconds == 300
+
+
+def test_daemon_keys_are_read(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        MINIMAL
+        + """
+        [sync]
+        jitter_seconds = 0
+        max_backoff_seconds = 900
+        lease_seconds = 20
+        workers = 3
+        [daemon]
+        ops_enabled = false
+        ops_host = "0.0.0.0"
+        ops_port = 0
+        crm_poll_seconds = 60
+        """,
+    )
+
+    sync = settings.sync
+    assert (sync.jitter_seconds, sync.max_backoff_seconds, sync.lease_seconds) == (0, 900, 20)
+    assert sync.workers == 3
+    assert settings.daemon.ops_enabled is False
+    assert (settings.daemon.ops_host, settings.daemon.ops_port) == ("0.0.0.0", 0)
+    assert settings.daemon.crm_poll_seconds == 60
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragments"),
+    [
+        ("[sync]\nlease_seconds = 1\n", ["[sync] lease_seconds", "at least 2"]),
+        ("[sync]\njitter_seconds = -1\n", ["[sync] jitter_seconds", "at least 0"]),
+        ('[sync]\nworkers = "4"\n', ["[sync] workers", "an integer"]),
+        ("[daemon]\nops_port = 70000\n", ["[daemon] ops_port", "65535"]),
+        ('[daemon]\nops_host = ""\n', ["[daemon] ops_host", "empty"]),
+        ('[daemon]\nops_enabled = "yes"\n', ["[daemon] ops_enabled", "true or false"]),
+        ("[daemon]\nops_prot = 1\n", ["[daemon] ops_prot", "unknown", "ops_port"]),
+        ("[deamon]\nops_port = 1\n", ["unknown section [deamon]", "did you mean [daemon]?"]),
+    ],
+)
+def test_bad_daemon_keys_are_refused_naming_the_key(
+    tmp_path: Path, toml: str, fragments: list[str]
+) -> None:
+    message = config_error(tmp_path, MINIMAL + toml)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_webhook_and_push_credentials_are_read_and_never_shown(tmp_path: Path) -> None:
+    path = write_credentials(
+        tmp_path,
+        {
+            "webhook": {"username": "pipedrive", "password": SECRET},
+            "gmail_push": {"token": SECRET},
+        },
+    )
+    credentials = load_credentials(path, env={})
+
+    assert credentials.webhook is not None
+    assert (credentials.webhook.username, credentials.webhook.password) == ("pipedrive", SECRET)
+    assert credentials.gmail_push_token == SECRET
+    assert SECRET not in repr(credentials)
+
+
+def test_without_webhook_credentials_the_endpoints_are_off(tmp_path: Path) -> None:
+    credentials = load_credentials(write_credentials(tmp_path, {}), env={})
+    assert credentials.webhook is None and credentials.gmail_push_token is None
+
+
+@pytest.mark.parametrize(
+    ("data", "fragments"),
+    [
+        ({"webhook": {"username": "p"}}, ["webhook.password", "missing"]),
+        ({"webhook": {"username": "p", "password": "short"}}, ["webhook.password", "16"]),
+        ({"webhook": {"user": "p", "password": SECRET}}, ["webhook.username", "missing"]),
+        ({"gmail_push": {"token": "short"}}, ["gmail_push.token", "16"]),
+        ({"gmail_push": "x"}, ["gmail_push", "an object"]),
+    ],
+)
+def test_bad_webhook_credentials_name_the_key(
+    tmp_path: Path, data: dict[str, Any], fragments: list[str]
+) -> None:
+    message = credentials_error(tmp_path, data)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+# --- pacing (issue 6) -------------------------------------------------------------------------
+
+
+def test_pacing_defaults_keep_a_tenth_of_the_quotas_spare(tmp_path: Path) -> None:
+    settings = load(tmp_path, MINIMAL)
+    assert settings.gmail.quota_units_per_minute == 13_500  # of Google's 15,000 a user
+    assert settings.gmail.quota_model == "2025"
+    assert settings.microsoft.requests_per_10_minutes == 9_000  # of Graph's 10,000
+
+
+def test_pacing_keys_are_read(tmp_path: Path) -> None:
+    settings = load(
+        tmp_path,
+        MINIMAL + '[gmail]\nquota_units_per_minute = 5400\nquota_model = "2026"\n'
+        "[microsoft]\nrequests_per_10_minutes = 0\n",
+    )
+    assert settings.gmail.quota_units_per_minute == 5400
+    assert settings.gmail.quota_model == "2026"
+    assert settings.microsoft.requests_per_10_minutes == 0  # pacing off
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ('[gmail]\nquota_model = "2024"\n', "[gmail] quota_model"),
+        ("[gmail]\nquota_units_per_minute = -1\n", "[gmail] quota_units_per_minute"),
+        ('[gmail]\nquota_units_per_minute = "lots"\n', "[gmail] quota_units_per_minute"),
+        ("[microsoft]\nrequests_per_10_minutes = 1.5\n", "[microsoft] requests_per_10_minutes"),
+    ],
+)
+def test_bad_pacing_keys_are_refused_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
+    assert named in config_error(tmp_path, MINIMAL + text)

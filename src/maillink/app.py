@@ -174,7 +174,18 @@ class App:
             folders=self.settings.microsoft.folders,
             aliases=account.aliases,
             policy=policy,
+            pacer=self.graph_pacers.for_mailbox(account.email) if self.graph_pacers else None,
         )
+
+    @cached_property
+    def graph_pacers(self) -> Pacers | None:
+        """Each Microsoft mailbox's request pacer (a minute's worth may go at once: Graph
+        counts over 10 minutes); None when pacing is off."""
+        per_10_minutes = self.settings.microsoft.requests_per_10_minutes
+        if not per_10_minutes:
+            return None
+        rate = per_10_minutes / 600.0
+        return Pacers(lambda: Pacer(rate, rate * 60))
 
     def _microsoft_client(self) -> Any:
         client = self.credentials.microsoft

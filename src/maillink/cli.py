@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -55,8 +56,9 @@ def _echo_json(data: Any) -> None:
 class StopFlag:
     """First SIGINT/SIGTERM: finish the page in hand, checkpoint, exit. Second: stop at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
         self.stopping = False
+        self.say = say or (lambda text: click.echo("\n" + text, err=True))
 
     def __call__(self) -> bool:
         return self.stopping
@@ -65,7 +67,7 @@ class StopFlag:
         if self.stopping:
             raise KeyboardInterrupt
         self.stopping = True
-        click.echo("\nmaillink: stopping after the page in hand (again to stop now)", err=True)
+        self.say("maillink: stopping after the page in hand (again to stop now)")
 
     @contextmanager
     def installed(self) -> Iterator[StopFlag]:
@@ -280,21 +282,37 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
         click.echo("no active mailbox to backfill: maillink connect gmail")
         return
     failed = False
+    from maillink.leased_round import HELD_ELSEWHERE, Holding, hold_mailbox
+    from maillink.sync import RoundResult
+
     with StopFlag().installed() as stop:
-        syncer = app.syncer()
         for account in targets:
             on_page, close = _progress(sys.stderr.isatty(), account.email)
+            # A dry run writes nothing: no need to hold the mailbox against the daemons.
+            hold = (
+                contextlib.nullcontext(Holding(account, app.syncer(), stop))
+                if dry_run
+                else hold_mailbox(app, account, should_stop=stop)
+            )
             try:
-                result = syncer.backfill(
-                    account,
-                    app.provider_for(account),
-                    since=since_at,
-                    dry_run=dry_run,
-                    on_page=on_page,
-                    should_stop=stop,
-                )
+                with hold as job:
+                    if job.syncer is None:
+                        job.result = RoundResult(
+                            account=account.email, error=HELD_ELSEWHERE, skipped=HELD_ELSEWHERE
+                        )
+                    else:
+                        job.result = job.syncer.backfill(
+                            account,
+                            app.provider_for(account),
+                            since=since_at,
+                            dry_run=dry_run,
+                            on_page=on_page,
+                            should_stop=job.should_stop,
+                        )
             finally:
                 close()
+            result = job.result
+            assert result is not None
             click.echo(("dry run: " if dry_run else "") + _summary(result, dry_run))
             failed |= result.error is not None
             if result.stopped:
@@ -345,7 +363,8 @@ def daemon(obj: Obj, log_format: str, ops_port: int | None, no_ops: bool) -> Non
 
     configure(log_format, debug=obj.debug)
     out = click.echo if log_format == "text" else None
-    with StopFlag().installed() as stop:
+    say = None if log_format == "text" else logging.getLogger("maillink.daemon").warning
+    with StopFlag(say).installed() as stop:
         run_daemon(
             obj.checked_app,
             should_stop=stop,

@@ -1,7 +1,8 @@
 """Rounds over the mailboxes: `sync --once` runs one, `daemon` runs them on a schedule.
 
 Every mailbox round runs under the mailbox's lease (`store/leases.py`): acquired from the store,
-renewed in the background while the round works, released with the mailbox's next run. With
+renewed in the background while the round works, released with the mailbox's next run
+(`leased_round.py`). With
 SQLite, one daemon does the work; with PostgreSQL, several daemons on several machines share the
 store and the mailboxes divide themselves among them. One mailbox's failure is recorded on it
 (`accounts.last_error`, then backoff) and never delays the others.
@@ -19,188 +20,37 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from maillink.crm.base import CRMError
 from maillink.errors import ConfigError
-from maillink.linking.linker import Linker
+from maillink.leased_round import (
+    HELD_ELSEWHERE,
+    LeaseKeeper,
+    either,
+    finish,
+    is_conflict,
+    schedule_of,
+    sync_mailbox,
+)
 from maillink.ops.metrics import Metrics, ObservedRetryPolicy, observe_requests_session
-from maillink.outbox import Outbox
 from maillink.providers.base import MailProvider
-from maillink.providers.retry import RetryPolicy
-from maillink.schedule import Schedule
 from maillink.store import Store, accounts, leases
 from maillink.store.accounts import Account
 from maillink.store.leases import FencedStore, Lease, LeaseLost
-from maillink.sync import RoundResult, Syncer, poll_crm_changes
+from maillink.sync import RoundResult, poll_crm_changes
 
 log = logging.getLogger("maillink.daemon")
 
 TICK_SECONDS = 0.5  # how often the daemon looks for due mailboxes
 ENSURE_EVERY_SECONDS = 5.0  # how often mailboxes connected meanwhile get a lease row
-HELD_ELSEWHERE = "another daemon is syncing it"
-CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+SERVICES = {"gmail": "gmail", "microsoft": "graph"}  # the API a mailbox's provider calls
 
-
-def is_conflict(exc: BaseException) -> bool:
-    """A write that lost a race with another daemon's (the same email reaching two mailboxes,
-    the same person cached twice): the round is worth running again at once, not backing off."""
-    if isinstance(exc, IntegrityError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
-    return False
+__all__ = ["Daemon", "run_daemon", "sync_round"]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def schedule_of(app: Any) -> Schedule:
-    sync = app.settings.sync
-    return Schedule(
-        interval=float(sync.interval_seconds),
-        jitter=float(sync.jitter_seconds),
-        max_backoff=float(sync.max_backoff_seconds),
-    )
-
-
-class LeaseKeeper:
-    """Renews the leases this daemon holds, in a background thread, every third of their length.
-
-    A lease that cannot be renewed (it expired, another daemon took it) has its `lost` event set:
-    the round working on it stops after the page in hand, and its writes are refused anyway.
-    """
-
-    def __init__(
-        self,
-        store: Store,
-        duration: timedelta,
-        *,
-        clock: Callable[[], datetime] = _now,
-        on_lost: Callable[[Lease], None] = lambda lease: None,
-    ) -> None:
-        self.store = store
-        self.duration = duration
-        self.clock = clock
-        self.on_lost = on_lost
-        self._held: dict[int, tuple[Lease, threading.Event]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="maillink-leases", daemon=True)
-
-    def start(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def hold(self, lease: Lease) -> threading.Event:
-        """Renew `lease` from now on; returns the event set when it is lost (the same event
-        when the lease is held already)."""
-        with self._lock:
-            held = self._held.get(lease.account_id)
-            if held is not None and held[0] == lease:
-                return held[1]
-            lost = threading.Event()
-            self._held[lease.account_id] = (lease, lost)
-            return lost
-
-    def drop(self, lease: Lease) -> None:
-        with self._lock:
-            held = self._held.get(lease.account_id)
-            if held is not None and held[0] == lease:
-                del self._held[lease.account_id]
-
-    def held(self) -> list[Lease]:
-        with self._lock:
-            return [lease for lease, _ in self._held.values()]
-
-    def renew_all(self) -> None:
-        with self._lock:
-            held = list(self._held.values())
-        for lease, lost in held:
-            if lost.is_set():
-                continue
-            try:
-                with self.store.transaction() as conn:
-                    leases.renew(conn, lease, now=self.clock(), duration=self.duration)
-            except LeaseLost:
-                with self._lock:
-                    still_held = self._held.get(lease.account_id, (None, None))[0] == lease
-                if still_held:  # not a lease its round released since the loop began
-                    lost.set()
-                    self.on_lost(lease)
-            except SQLAlchemyError as exc:  # the store is away: the lease may expire meanwhile
-                log.warning(
-                    "cannot renew a lease: %s",
-                    type(exc).__name__,
-                    extra={"account_id": lease.account_id},
-                )
-
-    def _run(self) -> None:
-        every = max(self.duration.total_seconds() / 3, 0.2)
-        while not self._stop.wait(every):
-            self.renew_all()
-
-
-def _either(should_stop: Callable[[], bool], lost: threading.Event) -> Callable[[], bool]:
-    return lambda: should_stop() or lost.is_set()
-
-
-def _observed_policy(metrics: Metrics | None) -> RetryPolicy | None:
-    return ObservedRetryPolicy(metrics=metrics) if metrics is not None else None
-
-
-def sync_mailbox(
-    app: Any,
-    account: Account,
-    lease: Lease,
-    *,
-    should_stop: Callable[[], bool],
-    provider: MailProvider | None = None,
-) -> RoundResult:
-    """One round of one mailbox, every write fenced by `lease` (`LeaseLost` once it is lost)."""
-    fenced = FencedStore(app.store, lease)
-    if provider is None:
-        try:
-            provider = app.provider_for(account)
-        except ConfigError as exc:
-            result = RoundResult(account=account.email, error=str(exc))
-            with fenced.transaction() as conn:
-                accounts.synced(conn, account.id, result.error)
-            return result
-    syncer = Syncer(fenced, Linker(fenced, app.facts, app.policy()), Outbox(fenced, app.crm))
-    return syncer.run(account, provider, should_stop=should_stop)
-
-
-def finish(
-    store: Store,
-    lease: Lease,
-    result: RoundResult | None,
-    schedule: Schedule,
-    *,
-    now: datetime,
-    rng: random.Random | None = None,
-    conflict: bool = False,
-) -> bool:
-    """Release the mailbox with its next run: the interval after a good round, backoff after an
-    error, at once after a round stopped halfway, not run (`result` None) or that lost a race
-    with another daemon's write (`conflict`)."""
-    failures = lease.failures
-    if result is None or result.stopped or conflict:
-        next_run = now
-    elif result.error is not None:
-        failures += 1
-        next_run = schedule.after_failure(now, failures, retry_after=result.retry_after, rng=rng)
-    else:
-        failures = 0
-        next_run = schedule.after_success(now, rng)
-    with store.transaction() as conn:
-        return leases.release(conn, lease, next_run_at=next_run, failures=failures)
 
 
 def sync_round(
@@ -247,7 +97,7 @@ def sync_round(
             lease = got[0]
             lost = keeper.hold(lease)
             try:
-                result = sync_mailbox(app, account, lease, should_stop=_either(should_stop, lost))
+                result = sync_mailbox(app, account, lease, should_stop=either(should_stop, lost))
             except LeaseLost:
                 results.append(RoundResult(account=account.email, skipped=HELD_ELSEWHERE))
                 continue
@@ -344,16 +194,14 @@ class Daemon:
             "daemon started",
             extra={"event": "start", "owner": self.owner, "workers": self.workers},
         )
-        try:
-            self._loop()
-        finally:
-            for _ in threads:
-                self._queue.put(None)
-            for thread in threads:
-                thread.join()
-            self.keeper.stop()
-            poller.join(timeout=5)
-            log.info("daemon stopped", extra={"event": "stop", "owner": self.owner})
+        self._loop()  # a second signal (KeyboardInterrupt) leaves at once, pages unfinished
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join()  # each worker finishes its page in hand and gives its mailbox back
+        self.keeper.stop()
+        poller.join(timeout=5)
+        log.info("daemon stopped", extra={"event": "stop", "owner": self.owner})
 
     def _loop(self) -> None:
         ensured_at = 0.0
@@ -432,9 +280,9 @@ class Daemon:
         cached = self._providers.get(account.id)
         if cached is not None and cached[0] == account.token:
             return cached[1]
-        provider: MailProvider = self.app.provider_for(
-            account, policy=_observed_policy(self.metrics)
-        )
+        service = SERVICES.get(account.provider, account.provider)
+        policy = ObservedRetryPolicy(metrics=self.metrics, service=service)
+        provider: MailProvider = self.app.provider_for(account, policy=policy)
         self._providers[account.id] = (account.token, provider)
         return provider
 
@@ -462,7 +310,7 @@ class Daemon:
                     account,
                     lease,
                     provider=provider,
-                    should_stop=_either(self.should_stop, lost),
+                    should_stop=either(self.should_stop, lost),
                 )
         except LeaseLost:
             self.metrics.rounds.labels("lease_lost").inc()

@@ -15,13 +15,15 @@ attempt count: of two processes about to create the same activity, only one goes
 from __future__ import annotations
 
 import contextlib
+import itertools
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from maillink.crm.activity import draft_from_json
@@ -50,6 +52,28 @@ class Delivery:
     errors: list[str] = field(default_factory=list)
 
 
+_CLAIM = (
+    update(activities)
+    .where(
+        activities.c.key == bindparam("b_key"),
+        activities.c.attempts == bindparam("b_attempts"),
+        activities.c.crm_id.is_(None),
+    )
+    .values(attempt_started_at=bindparam("b_started"), attempts=bindparam("b_next"))
+)
+_DELIVERED = (
+    update(activities)
+    .where(activities.c.key == bindparam("b_key"))
+    .values(
+        crm_id=bindparam("b_crm_id"),
+        delivered_version=bindparam("b_version"),
+        last_error=None,
+        next_attempt_at=None,
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
 def pending_count(conn: Connection) -> int:
     return int(
         conn.execute(
@@ -60,11 +84,29 @@ def pending_count(conn: Connection) -> int:
     )
 
 
+class _OneWriterAtATime:
+    """`store` whose transactions, from any thread of this process, run one at a time."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self._lock, self._store.transaction() as conn:
+            yield conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 class Outbox:
     def __init__(
         self, store: Store, crm: CRM, clock: Callable[[], datetime] = _now, workers: int = 4
     ):
-        self.store = store
+        # The workers' short transactions take turns here rather than in SQLite's busy handler,
+        # which sleeps in steps of milliseconds when writers collide.
+        self.store: Store = _OneWriterAtATime(store)  # type: ignore[assignment]
         self.crm = crm
         self.clock = clock
         self.workers = workers  # CRM writes in flight at once
@@ -116,30 +158,122 @@ class Outbox:
     def _deliver_window(
         self, rows: list[Any], result: Delivery
     ) -> Iterator[tuple[Any, Exception | None]]:
-        """Deliver `rows`, `workers` at a time (CRM round trips overlap); yields each row and
-        its error, window by window, so that the caller can stop after the window in hand."""
-        workers = max(1, self.workers)
+        """Deliver `rows` with up to `workers` CRM calls in flight (their round trips overlap);
+        yields each row and its error as it completes. When the caller stops (a full budget),
+        no new row is started and the ones in flight are let finish.
 
-        def one(row: Any) -> tuple[Delivery, Exception | None]:
+        Plain creates are claimed a few at a time in one transaction, and recorded as delivered
+        a few at a time: a crash in between only means a look-up by maillink-id next time.
+        """
+        workers = max(1, self.workers)
+        delivered: list[tuple[Any, str]] = []
+
+        def one(row: Any, claimed: bool) -> tuple[Delivery, Exception | None]:
             part = Delivery()
             try:
-                self._deliver_one(row, part)
+                if claimed:
+                    crm_id = self.crm.create_activity(draft_from_json(row["desired"]))
+                    part.created += 1
+                    delivered.append((row, crm_id))
+                else:
+                    self._deliver_one(row, part)
             except CRMAuthError:
                 raise
             except CRMError as exc:
                 return part, exc
             return part, None
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="maillink-outbox") as pool:
-            for start in range(0, len(rows), workers):
-                window = rows[start : start + workers]
-                answers = list(pool.map(one, window)) if workers > 1 else [one(window[0])]
-                for part, _ in answers:
-                    result.created += part.created
-                    result.updated += part.updated
-                    result.found_again += part.found_again
-                for row, (_, error) in zip(window, answers, strict=True):
-                    yield row, error
+        def merged(
+            row: Any, answer: tuple[Delivery, Exception | None]
+        ) -> tuple[Any, Exception | None]:
+            part, error = answer
+            result.created += part.created
+            result.updated += part.updated
+            result.found_again += part.found_again
+            if len(delivered) >= 4 * workers:
+                self._record_delivered(delivered)
+            return row, error
+
+        waiting = iter(rows)
+
+        def next_ones(count: int) -> tuple[list[tuple[Any, bool]], list[Any]]:
+            """The next rows to start, and those another process has claimed (left to it)."""
+            batch = list(itertools.islice(waiting, count))
+            plain = [r for r in batch if r["crm_id"] is None and r["attempt_started_at"] is None]
+            claimed = self._claim(plain)
+            start = [
+                (r, r["key"] in claimed) for r in batch if r not in plain or r["key"] in claimed
+            ]
+            return start, [r for r in plain if r["key"] not in claimed]
+
+        try:
+            if workers == 1:
+                while True:
+                    start, others = next_ones(1)
+                    if not start and not others:
+                        return
+                    for row in others:
+                        yield row, None
+                    for row, claimed in start:
+                        yield merged(row, one(row, claimed))
+            with ThreadPoolExecutor(workers, thread_name_prefix="maillink-outbox") as pool:
+                flying: dict[Any, Any] = {}
+                start, others = next_ones(workers)
+                while True:
+                    for row in others:
+                        yield row, None
+                    for row, claimed in start:
+                        flying[pool.submit(one, row, claimed)] = row
+                    if not flying:
+                        return
+                    done, _ = wait(flying, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield merged(flying.pop(future), future.result())
+                    start, others = next_ones(workers - len(flying))
+        finally:
+            self._record_delivered(delivered)
+
+    def _claim(self, rows: list[Any]) -> set[str]:
+        """Mark plain creates as attempted, in one commit, before they are sent; the keys this
+        process claimed (a compare-and-set on the attempt count: of two processes about to create
+        the same activity, only one goes on)."""
+        if not rows:
+            return set()
+        claimed: set[str] = set()
+        with self.store.transaction() as conn:
+            for row in rows:
+                count = conn.execute(
+                    _CLAIM,
+                    {
+                        "b_key": row["key"],
+                        "b_attempts": row["attempts"],
+                        "b_started": self.clock(),
+                        "b_next": row["attempts"] + 1,
+                    },
+                ).rowcount
+                if count == 1:
+                    claimed.add(row["key"])
+        return claimed
+
+    def _record_delivered(self, delivered: list[tuple[Any, str]]) -> None:
+        """Record the creates that went through, in one commit (executemany)."""
+        if not delivered:
+            return
+        done, delivered[:] = list(delivered), []
+        now = self.clock()
+        with self.store.transaction() as conn:
+            conn.execute(
+                _DELIVERED,
+                [
+                    {
+                        "b_key": row["key"],
+                        "b_crm_id": crm_id,
+                        "b_version": row["desired_version"],
+                        "b_now": now,
+                    }
+                    for row, crm_id in done
+                ],
+            )
 
     def _due(self, limit: int, exclude: set[str], account_id: int | None = None) -> list[Any]:
         now = self.clock()

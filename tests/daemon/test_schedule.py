@@ -15,7 +15,8 @@ from tests.e2e.support import DOMAIN, NOW, connect
 
 from maillink.app import App
 from maillink.config import load_settings
-from maillink.daemon import Daemon, finish, is_conflict
+from maillink.daemon import Daemon
+from maillink.leased_round import finish, is_conflict
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
 from maillink.sandbox.workspace import write_workspace

@@ -120,3 +120,19 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
     with pytest.raises(sa.exc.StatementError), store.transaction() as conn:
         account = accounts.upsert(conn, "rep@acme.example", "gmail", "t", "s")
         mail.save_messages(conn, account.id, [_message("m1", "t1", datetime(2026, 1, 1))], {})
+
+
+def test_caching_the_same_person_twice_replaces_it_on_both_databases(store: Store) -> None:
+    from maillink.linking.facts import Person
+    from maillink.store import cache
+
+    now = datetime.now(UTC)
+    with store.transaction() as conn:
+        cache.put_persons(conn, {"ann@x.example": [Person(1, "Ann")]}, now)
+    with store.transaction() as conn:
+        cache.put_persons(conn, {"ann@x.example": [Person(2, "Ann B")]}, now)
+        found = cache.fresh_persons(conn, ["ann@x.example"], now, timedelta(hours=1))
+    assert found == {"ann@x.example": [Person(2, "Ann B")]}
+    with store.transaction() as conn:
+        cache.forget(conn, emails=["ANN@x.example"])
+        assert cache.fresh_persons(conn, ["ann@x.example"], now, timedelta(hours=1)) == {}

@@ -22,9 +22,16 @@ from urllib.parse import urlsplit
 import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from maillink.crm.base import CRMAuthError, CRMError, CRMRateLimited, CRMUnavailable
+from maillink.crm.pipedrive_transport import (
+    Answer,
+    NeverSent,
+    NoAnswer,
+    RequestsTransport,
+    Transport,
+    Urllib3Transport,
+)
 
 # Operation -> tokens it costs (the specs' x-token-cost, December 2025).
 TOKEN_COSTS: dict[str, int] = {
@@ -148,14 +155,6 @@ def _check_base_url(base_url: str) -> str:
     )
 
 
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the request cannot have reached Pipedrive (no connection was made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, NewConnectionError | ConnectTimeoutError)
-
-
 def _seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
@@ -169,26 +168,11 @@ def _until_utc_midnight() -> float:
     return (tomorrow - now).total_seconds()
 
 
-class _Session(requests.Session):
-    """A session that reads the environment's proxy and CA settings once per host, not on every
-    request (requests scans every environment variable for each one otherwise)."""
+class _Observed:
+    """Where observers hook in (the daemon's metrics), as on a `requests.Session`."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def merge_environment_settings(
-        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
-    ) -> Any:
-        if proxies or stream is not None or verify is not None or cert is not None:
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        parts = urlsplit(url)
-        key = (parts.scheme, parts.netloc)
-        if key not in self._environment:
-            self._environment[key] = super().merge_environment_settings(
-                url, proxies, stream, verify, cert
-            )
-        return dict(self._environment[key])
+        self.hooks: dict[str, list[Callable[[Answer], Any]]] = {"response": []}
 
 
 class PipedriveHTTP:
@@ -212,7 +196,11 @@ class PipedriveHTTP:
         self._auth = (
             {"x-api-token": api_token} if api_token else {"Authorization": f"Bearer {oauth_token}"}
         )
-        self.session = session or _Session()
+        # `session.hooks["response"]` observers see every answer, as with a requests session.
+        self.session: Any = session if session is not None else _Observed()
+        self.transport: Transport = (
+            RequestsTransport(session) if session is not None else Urllib3Transport()
+        )
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_wait = max_wait
@@ -284,7 +272,7 @@ class PipedriveHTTP:
         where = f"{method} {path}"
         self._count(None)
         try:
-            response = self.session.request(
+            response = self.transport.request(
                 method,
                 self.base_url + path,
                 params=params,
@@ -292,13 +280,16 @@ class PipedriveHTTP:
                 headers=self._auth,
                 timeout=self.timeout,
             )
-        except (requests.ConnectionError, requests.Timeout) as exc:
-            if idempotent or _never_sent(exc):
+        except NeverSent as exc:
+            raise _Retry(CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")) from exc
+        except NoAnswer as exc:
+            if idempotent:
                 raise _Retry(CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")) from exc
             raise WriteOutcomeUnknown(f"no answer from Pipedrive to {where}: {exc}") from exc
-        except requests.RequestException as exc:
-            raise CRMError(f"cannot send {where} to Pipedrive: {exc}") from exc
 
+        if isinstance(self.session, _Observed):
+            for hook in self.session.hooks.get("response", ()):
+                hook(response)
         status = response.status_code
         action = action_for(status)
         if action not in (Action.AUTH, Action.RATE_LIMITED, Action.RETRY):
@@ -321,7 +312,7 @@ class PipedriveHTTP:
             raise PipedriveNotFound(message)
         raise CRMError(message)
 
-    def _rate_limited(self, response: requests.Response, message: str) -> Exception:
+    def _rate_limited(self, response: Answer, message: str) -> Exception:
         """A daily-budget 429 at once as CRMRateLimited(daily=True); a burst 429 to wait out."""
         headers = response.headers
         retry_after = _seconds(headers.get("Retry-After"))
@@ -337,7 +328,7 @@ class PipedriveHTTP:
         return _Retry(limited, wait)
 
     @staticmethod
-    def _envelope(response: requests.Response, where: str, idempotent: bool) -> dict[str, Any]:
+    def _envelope(response: Answer, where: str, idempotent: bool) -> dict[str, Any]:
         try:
             envelope = response.json()
         except ValueError:
@@ -357,7 +348,7 @@ def _raise_final(state: RetryCallState) -> Any:
     raise CRMUnavailable("Pipedrive call failed") from exc
 
 
-def _error_text(response: requests.Response) -> str:
+def _error_text(response: Answer) -> str:
     try:
         body = response.json()
     except ValueError:

@@ -327,9 +327,7 @@ class _ActivityClaims:
         owner, stored, version = existing
         if owner not in (None, row["id"]):
             found = self.conn.execute(
-                select(messages.c.account_id, messages.c.provider_id).where(
-                    messages.c.id == owner
-                )
+                select(messages.c.account_id, messages.c.provider_id).where(messages.c.id == owner)
             ).first()
             where = (
                 f"message {found.provider_id} of account {found.account_id}"

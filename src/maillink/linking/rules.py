@@ -335,7 +335,8 @@ class _Replay:
 
 def _persons(message: Message, external: Sequence[Address], facts: Facts) -> list[Person]:
     """Rule 1: every person of every external address, the primary first (the sender of an inbound
-    email, the first recipient of an outbound one), deduplicated by id."""
+    email, the first recipient of an outbound one), deduplicated by id. Several persons with one
+    address come by id, whatever order the CRM listed them in."""
     ordered = list(external)
     if message.direction is Direction.OUTBOUND:
         recipients = {address.email.lower() for address in message.to + message.cc + message.bcc}
@@ -343,7 +344,8 @@ def _persons(message: Message, external: Sequence[Address], facts: Facts) -> lis
     persons: list[Person] = []
     seen: set[int] = set()
     for address in ordered:
-        for person in facts.persons_by_email.get(address.email.strip().lower(), ()):
+        found = facts.persons_by_email.get(address.email.strip().lower(), ())
+        for person in sorted(found, key=lambda p: p.id):
             if person.id not in seen:
                 seen.add(person.id)
                 persons.append(person)

@@ -21,7 +21,7 @@ import httplib2
 from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import Credentials
 from googleapiclient.discovery import build
-from googleapiclient.errors import HttpError
+from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from maillink.providers.pacing import GMAIL_UNITS, Pacer
@@ -61,8 +61,19 @@ def check_endpoint(url: str, what: str) -> str:
     )
 
 
+class MalformedAnswer(Exception):
+    """Gmail answered 2xx with a body that is not the JSON object asked for (cut short, garbled).
+
+    Transient: taken as an empty answer, a listing would end early and a message be dropped.
+    """
+
+
 def classify(exc: BaseException) -> Failure | None:
     """What a Gmail call's exception is in the policy's terms; None for anything else (a bug)."""
+    if isinstance(exc, MalformedAnswer):
+        return Failure(None, TRANSIENT, detail=str(exc))
+    if isinstance(exc, BatchError) and getattr(exc, "resp", None) is None:
+        return Failure(None, TRANSIENT, detail=f"unreadable batch answer: {exc.reason}")
     if isinstance(exc, HttpError):
         reason, message = _error_fields(exc.content)
         retry_after = parse_retry_after(exc.resp.get("retry-after"))
@@ -157,6 +168,10 @@ class GmailApi:
             cache_discovery=False,
         )
         self._users = service.users()
+        # Built once: the client library makes a new resource object on every call otherwise.
+        self._messages = self._users.messages()
+        self._threads = self._users.threads()
+        self._history = self._users.history()
         self._batch_uri = api_endpoint.rstrip("/") + "/batch/gmail/v1"
         self._batch_size = batch_size
         self._policy = policy
@@ -182,10 +197,14 @@ class GmailApi:
                 self.quota_units += self._units[method]  # Gmail answered it: the call counts
                 raise
             self.quota_units += self._units[method]
+            if not isinstance(result, dict):
+                raise MalformedAnswer(f"gmail {method}: the answer is not a JSON object")
             return result
 
-        result = self._policy.call(attempt, classify=classify, call=call, what=f"gmail {method}")
-        return result if isinstance(result, dict) else {}
+        result: dict[str, Any] = self._policy.call(
+            attempt, classify=classify, call=call, what=f"gmail {method}"
+        )
+        return result
 
     def profile(self) -> dict[str, Any]:
         return self._call("users.getProfile", lambda: self._users.getProfile(userId="me"))
@@ -197,9 +216,7 @@ class GmailApi:
         (a 400 then means it is no longer valid: ResyncRequired)."""
         return self._call(
             "messages.list",
-            lambda: self._users.messages().list(
-                userId="me", maxResults=page_size, pageToken=page_token
-            ),
+            lambda: self._messages.list(userId="me", maxResults=page_size, pageToken=page_token),
             call="page" if resumed else None,
         )
 
@@ -207,7 +224,7 @@ class GmailApi:
         """A page of changes since `start`; a 404 (start too old) raises ResyncRequired."""
         return self._call(
             "history.list",
-            lambda: self._users.history().list(
+            lambda: self._history.list(
                 userId="me",
                 startHistoryId=start,
                 historyTypes=list(HISTORY_TYPES),
@@ -218,7 +235,7 @@ class GmailApi:
         )
 
     def _request(self, get: Get) -> Any:
-        resource = self._users.threads() if get.kind == "thread" else self._users.messages()
+        resource = self._threads if get.kind == "thread" else self._messages
         return resource.get(
             userId="me", id=get.id, format="metadata", metadataHeaders=list(METADATA_HEADERS)
         )
@@ -264,8 +281,10 @@ class GmailApi:
 
         def on_part(request_id: str, response: Any, exception: BaseException | None) -> None:
             get = parts[int(request_id)]
+            if exception is None and not isinstance(response, dict):
+                exception = MalformedAnswer(f"gmail {get.method}: the answer is not a JSON object")
             if exception is None:
-                results[get] = response if isinstance(response, dict) else {}
+                results[get] = response
             else:
                 failures[get] = classify(exception) or Failure(detail=type(exception).__name__)
 

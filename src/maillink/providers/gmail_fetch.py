@@ -33,10 +33,10 @@ def internal_date(raw: Mapping[str, Any]) -> datetime | None:
 
 def message_from_gmail(account: str, aliases: Iterable[str], raw: Mapping[str, Any]) -> Message:
     """A Gmail Message resource (format metadata) as a `model.Message`."""
-    payload = raw.get("payload") or {}
+    payload = _mapping(raw.get("payload"))
     headers = [
         (str(h.get("name", "")), str(h.get("value", "")))
-        for h in payload.get("headers") or ()
+        for h in _sequence(payload.get("headers"))
         if isinstance(h, dict)
     ]
     return message_from_headers(
@@ -45,10 +45,19 @@ def message_from_gmail(account: str, aliases: Iterable[str], raw: Mapping[str, A
         str(raw.get("threadId", "")),
         headers,
         internal_date=internal_date(raw),
-        labels=tuple(str(label) for label in raw.get("labelIds") or ()),
+        labels=tuple(str(label) for label in _sequence(raw.get("labelIds"))),
         snippet=html.unescape(str(raw.get("snippet", ""))),  # Gmail's snippet is HTML-escaped
         aliases=aliases,
     )
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """`value` if it is an object; a garbled answer's field reads as empty, never raises."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sequence(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, list | tuple) else ()
 
 
 def skipped(message: Message) -> bool:
@@ -182,7 +191,7 @@ class RoundFetcher:
         thread_id = str(raw.get("id", ""))
         messages = [
             message_from_gmail(self._account, self._aliases, item)
-            for item in raw.get("messages") or ()
+            for item in _sequence(raw.get("messages"))
             if isinstance(item, dict)
         ]
         exchanged = [m.date for m in messages if m.date is not None and "DRAFT" not in m.labels]

@@ -43,6 +43,7 @@ from maillink.providers.graph_messages import (
     parse_graph_date,
 )
 from maillink.providers.graph_threads import ThreadDates, ThreadKeys, _Bounded
+from maillink.providers.pacing import Pacer
 from maillink.providers.retry import ResyncRequired, RetryPolicy
 
 log = logging.getLogger("maillink.providers.graph")
@@ -76,6 +77,7 @@ class GraphProvider:
         http_timeout: float = 60.0,
         policy: RetryPolicy | None = None,
         ca_bundle: str | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         if not folders:
             raise ValueError("at least one folder must be tracked")
@@ -105,6 +107,7 @@ class GraphProvider:
             http_timeout=http_timeout,
             ca_bundle=ca_bundle,
             batch_size=batch_size,
+            pacer=pacer,
         )
         self._dates = ThreadDates(self._api, self._own, group=lookup_group)
 

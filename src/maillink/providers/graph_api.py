@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from maillink.providers.base import ProviderError
+from maillink.providers.pacing import Pacer
 from maillink.providers.retry import (
     CONNECTION,
     TIMEOUT,
@@ -196,6 +197,7 @@ class GraphApi:
         http_timeout: float = 60.0,
         ca_bundle: str | None = None,
         batch_size: int = MAX_BATCH,
+        pacer: Pacer | None = None,
     ) -> None:
         check_url(graph_url, "the Graph URL")
         self.root = graph_url.rstrip("/")
@@ -208,6 +210,7 @@ class GraphApi:
         self._prefer = f'odata.maxpagesize={page_size}, IdType="ImmutableId"'
         self._batch_size = batch_size
         self.gate = MailboxGate(max_concurrency)
+        self._pacer = pacer  # requests a mailbox may send (a $batch counts its parts)
         self._session = CABundleSession(ca_bundle, http_timeout)
         self._count_lock = threading.Lock()
         self.http_requests = 0
@@ -247,8 +250,12 @@ class GraphApi:
     ) -> dict[str, Any]:
         refreshed = False
 
+        cost = len(body["requests"]) if isinstance(body, dict) and "requests" in body else 1
+
         def attempt() -> dict[str, Any]:
             nonlocal refreshed
+            if self._pacer is not None:
+                self._pacer.take(cost)
             try:
                 return self._send(method, url, body, weight)
             except GraphHTTPError as error:

@@ -32,6 +32,7 @@ GMAIL_UNITS: Mapping[str, Mapping[str, int]] = {
 }
 GMAIL_QUOTA_PER_MINUTE = {"2025": 15_000, "2026": 6_000}  # per user
 GRAPH_REQUESTS_PER_10_MINUTES = 10_000  # per app and mailbox
+_SLACK = 1e-6  # units: float rounding must not leave a call waiting for a sliver forever
 
 
 class Pacer:
@@ -79,7 +80,7 @@ class Pacer:
             with self._lock:
                 self._refill()
                 needed = min(units, self.burst)
-                if self._tokens >= needed:
+                if self._tokens >= needed - _SLACK:
                     self._tokens -= units
                     self.waited += waited
                     return waited

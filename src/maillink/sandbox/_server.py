@@ -143,9 +143,6 @@ def install_faults(app: Flask, faults: FaultPlan, meter: Meter | None = None) ->
 
 
 class _QuietHandler(WSGIRequestHandler):
-    # Keep-alive, as the real services offer it: clients reuse their connections.
-    protocol_version = "HTTP/1.1"
-
     def log(self, type: str, message: str, *args: Any) -> None:
         return None
 

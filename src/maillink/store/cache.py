@@ -6,7 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink.linking.facts import Item, ItemRef, ItemStatus, Person
 from maillink.store.schema import crm_state, item_cache, person_cache
@@ -59,24 +60,25 @@ def fresh_persons(
     return found
 
 
+def _upsert(conn: Connection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace rows by their key in one statement: daemons caching the same person at
+    the same time do not collide (PostgreSQL and SQLite both have ON CONFLICT)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    excluded = {c.name: statement.excluded[c.name] for c in table.columns if c.name != key}
+    conn.execute(statement.on_conflict_do_update(index_elements=[key], set_=excluded), rows)
+
+
 def put_persons(
     conn: Connection, persons_by_email: Mapping[str, Sequence[Person]], now: datetime
 ) -> None:
     if not persons_by_email:
         return
-    emails = sorted(persons_by_email)
-    conn.execute(delete(person_cache).where(person_cache.c.email.in_(emails)))
-    conn.execute(
-        insert(person_cache),
-        [
-            {
-                "email": e,
-                "persons": [_person_json(p) for p in persons_by_email[e]],
-                "fetched_at": now,
-            }
-            for e in emails
-        ],
-    )
+    rows = [
+        {"email": e, "persons": [_person_json(p) for p in found], "fetched_at": now}
+        for e, found in sorted(persons_by_email.items())
+    ]
+    _upsert(conn, person_cache, "email", rows)
 
 
 def fresh_items(
@@ -101,19 +103,11 @@ def put_items(
 ) -> None:
     if not items_by_person:
         return
-    ids = sorted(items_by_person)
-    conn.execute(delete(item_cache).where(item_cache.c.person_id.in_(ids)))
-    conn.execute(
-        insert(item_cache),
-        [
-            {
-                "person_id": p,
-                "items": [_item_json(i) for i in items_by_person[p]],
-                "fetched_at": now,
-            }
-            for p in ids
-        ],
-    )
+    rows = [
+        {"person_id": p, "items": [_item_json(i) for i in found], "fetched_at": now}
+        for p, found in sorted(items_by_person.items())
+    ]
+    _upsert(conn, item_cache, "person_id", rows)
 
 
 EXPIRED = datetime(1970, 1, 1, tzinfo=UTC)
