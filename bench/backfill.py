@@ -86,10 +86,16 @@ class Figures:
 
 
 def _workspace(
-    folder: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox, gmail_keys: str
+    folder: Path,
+    google: GoogleSandbox,
+    pipedrive: PipedriveSandbox,
+    gmail_keys: str,
+    microsoft: Any = None,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    config = write_workspace(folder, google, pipedrive, internal_domains=[DOMAIN])
+    config = write_workspace(
+        folder, google, pipedrive, internal_domains=[DOMAIN], microsoft=microsoft
+    )
     text = config.read_text().replace("[gmail]\n", f"[gmail]\n{gmail_keys}\n", 1)
     config.write_text(text)
     return config
@@ -107,7 +113,10 @@ def _connect(config: Path, google: GoogleSandbox, email: str) -> None:
 
 
 def _run(command: Sequence[str], config: Path, log: Path) -> tuple[float, float]:
-    """Run `command` to its end; (seconds, the process's peak RSS in MB)."""
+    """Run `command` (`python -m MODULE …`) to its end; (seconds, its peak RSS in MB)."""
+    peak = log.with_suffix(".peak")
+    if command[:2] == [sys.executable, "-m"]:
+        command = [sys.executable, "-m", "bench._peak", str(peak), *command[2:]]
     env = dict(os.environ, MAILLINK_CONFIG=str(config), PYTHONPATH=os.getcwd())
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
@@ -124,7 +133,7 @@ def _run(command: Sequence[str], config: Path, log: Path) -> tuple[float, float]
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{log.read_text()[-3000:]}")
-    return seconds, usage.ru_maxrss / 1024
+    return seconds, float(peak.read_text()) if peak.exists() else usage.ru_maxrss / 1024
 
 
 def _measure(
@@ -134,8 +143,10 @@ def _measure(
     google: GoogleSandbox,
     pipedrive: PipedriveSandbox,
     generated: Generated,
+    mail_meter: Any = None,
 ) -> Figures:
-    google.meter.reset()
+    mail = mail_meter or google.meter
+    mail.reset()
     pipedrive.meter.reset()
     seconds, rss = _run(command, config, config.with_name(f"{name}.log"))
     app = App(load_settings(config))
@@ -148,12 +159,12 @@ def _measure(
         messages=generated.messages,
         seconds=seconds,
         peak_rss_mb=rss,
-        gmail_units=google.meter.total_units,
-        gmail_http=google.meter.requests["http"],
+        gmail_units=mail.total_units,
+        gmail_http=mail.requests["http"],
         pipedrive_http=pipedrive.meter.requests["http"],
         pipedrive_reads=sum(pipedrive.meter.requests[op] for op in READS),
         pipedrive_tokens=pipedrive.meter.total_units,
-        throttled=google.meter.statuses[429] + pipedrive.meter.statuses[429],
+        throttled=mail.statuses[429] + pipedrive.meter.statuses[429],
         stored=stored,
         outbox_pending=pending,
     )
@@ -188,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quota", type=float, default=250.0, help="sandbox units/s per mailbox")
     parser.add_argument("--quota-messages", type=int, default=5000, help="0: skip the quota run")
     parser.add_argument("--pace-share", type=float, default=0.95)
+    parser.add_argument(
+        "--graph-messages", type=int, default=10_000, help="an Outlook mailbox; 0: skip it"
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile maillink's backfill")
     parser.add_argument("--runner", metavar="SCRIPT", help=argparse.SUPPRESS)  # development
     args = parser.parse_args(argv)
@@ -217,7 +231,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if args.profile:
                 maillink[1:1] = ["-m", "cProfile", "-o", os.path.abspath(args.profile)]
             if args.runner:
-                maillink = [args.runner] if args.runner.endswith(".sh") else [sys.executable, args.runner]
+                maillink = (
+                    [args.runner] if args.runner.endswith(".sh") else [sys.executable, args.runner]
+                )
             runs.append(_measure("maillink", maillink, config, google, pipedrive, generated))
             print(_summary(runs[-1]))
             if not args.no_naive:
@@ -236,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         _table(runs)
         if args.quota_messages:
             _quota_run(args, root / "quota")
+        if args.graph_messages:
+            _graph_run(args, root / "graph")
 
 
 def _summary(run: Figures) -> str:
@@ -269,6 +287,80 @@ def _quota_run(args: argparse.Namespace, folder: Path) -> None:
         f"{pace} units/min): {run.messages} messages in {run.seconds:.1f}s, "
         f"{run.gmail_units / run.seconds:.0f} units/s = {used:.1%} of the quota used, "
         f"{run.throttled} 429s; {_summary(run)}"
+    )
+
+
+class _Outlook:
+    """The Microsoft sandbox behind the Google sandbox's seeding calls (bench/mailbox.py):
+    a rep's own mail is filed in sentitems, the rest in inbox, one conversation a thread."""
+
+    def __init__(self, microsoft: Any) -> None:
+        self.microsoft = microsoft
+        self._conversations: dict[str, str] = {}
+
+    def add_mailbox(self, email: str) -> None:
+        self.microsoft.add_mailbox(email, email.split("@")[0].title())
+
+    def add_message(
+        self,
+        email: str,
+        *,
+        headers: list[tuple[str, str]],
+        internal_date: Any,
+        thread_id: str | None,
+        label_ids: tuple[str, ...],
+        snippet: str,
+    ) -> str:
+        from maillink.sandbox.microsoft_mailbox import new_conversation_id
+
+        conversation = (
+            self._conversations[thread_id]
+            if thread_id is not None
+            else new_conversation_id(f"bench/{len(self._conversations)}")
+        )
+        folder = "sentitems" if "SENT" in label_ids else "inbox"
+        added: str = self.microsoft.add_message_from_headers(
+            email, folder, headers, received=internal_date, conversation_id=conversation
+        )
+        if thread_id is None:
+            self._conversations[added] = conversation
+        return added
+
+
+def _graph_run(args: argparse.Namespace, folder: Path) -> None:
+    """`maillink backfill` of an Outlook mailbox, through Graph delta."""
+    from maillink.sandbox.browser import ConsentingBrowser
+    from maillink.sandbox.microsoft import MicrosoftSandbox
+
+    rep = f"carol@{DOMAIN}"
+    with (
+        GoogleSandbox() as google,
+        PipedriveSandbox() as pipedrive,
+        MicrosoftSandbox() as microsoft,
+    ):
+        generated = generate_mailbox(
+            _Outlook(microsoft),
+            pipedrive,
+            messages=args.graph_messages,
+            rep=rep,
+            seed=args.seed + 2,
+            messages_per_contact=args.messages_per_contact,
+            known_share=args.known_share,
+        )
+        config = _workspace(folder, google, pipedrive, "", microsoft=microsoft)
+        os.environ["REQUESTS_CA_BUNDLE"] = microsoft.ca_bundle  # the sandbox's throwaway CA
+        app = App(load_settings(config))
+        microsoft.consent_as = rep
+        app.connect_microsoft(open_browser=False, out=ConsentingBrowser(microsoft.ca_bundle))
+        app.close()
+        command = [sys.executable, "-m", "maillink", "backfill"]
+        run = _measure("graph", command, config, google, pipedrive, generated, microsoft.meter)
+    print(
+        f"\nOutlook (Graph): {run.messages} messages in {run.seconds:.1f}s ({run.rate:.0f}/s), "
+        f"{run.gmail_http} Graph HTTP requests = {run.per(run.gmail_http):.4f} per message, "
+        f"Pipedrive {run.per(run.pipedrive_tokens):.2f} tokens and "
+        f"{run.per(run.pipedrive_reads):.3f} reads per message, {run.throttled} 429s, "
+        f"peak RSS {run.peak_rss_mb:.0f} MB; {_summary(run)}"
     )
 
 

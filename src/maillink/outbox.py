@@ -168,25 +168,26 @@ class Outbox:
         workers = max(1, self.workers)
         delivered: list[tuple[Any, str]] = []
 
-        def one(row: Any, claimed: bool) -> tuple[Delivery, Exception | None]:
+        def one(row: Any, claimed: bool) -> tuple[Delivery, Exception | None, str | None]:
             part = Delivery()
             try:
                 if claimed:
                     crm_id = self.crm.create_activity(draft_from_json(row["desired"]))
                     part.created += 1
-                    delivered.append((row, crm_id))
-                else:
-                    self._deliver_one(row, part)
+                    return part, None, crm_id
+                self._deliver_one(row, part)
             except CRMAuthError:
                 raise
             except CRMError as exc:
-                return part, exc
-            return part, None
+                return part, exc, None
+            return part, None, None
 
         def merged(
-            row: Any, answer: tuple[Delivery, Exception | None]
+            row: Any, answer: tuple[Delivery, Exception | None, str | None]
         ) -> tuple[Any, Exception | None]:
-            part, error = answer
+            part, error, created = answer
+            if created is not None:
+                delivered.append((row, created))  # only this thread touches `delivered`
             result.created += part.created
             result.updated += part.updated
             result.found_again += part.found_again
@@ -201,11 +202,12 @@ class Outbox:
             batch = list(itertools.islice(waiting, count))
             plain = [r for r in batch if r["crm_id"] is None and r["attempt_started_at"] is None]
             claimed = self._claim(plain)
-            start = [
-                (r, r["key"] in claimed) for r in batch if r not in plain or r["key"] in claimed
-            ]
+            is_plain = {id(r) for r in plain}
+            start = [(r, r["key"] in claimed) for r in batch]
+            start = [(r, mine) for r, mine in start if mine or id(r) not in is_plain]
             return start, [r for r in plain if r["key"] not in claimed]
 
+        flying: dict[Any, Any] = {}
         try:
             if workers == 1:
                 while True:
@@ -217,7 +219,6 @@ class Outbox:
                     for row, claimed in start:
                         yield merged(row, one(row, claimed))
             with ThreadPoolExecutor(workers, thread_name_prefix="maillink-outbox") as pool:
-                flying: dict[Any, Any] = {}
                 start, others = next_ones(workers)
                 while True:
                     for row in others:
@@ -231,6 +232,13 @@ class Outbox:
                         yield merged(flying.pop(future), future.result())
                     start, others = next_ones(workers - len(flying))
         finally:
+            # The caller stopped: creates still in flight then have finished (the pool waited
+            # for them); record the ones that went through, so that none is looked up again.
+            for future, row in flying.items():
+                if future.done() and future.exception() is None:
+                    created = future.result()[2]
+                    if created is not None:
+                        delivered.append((row, created))
             self._record_delivered(delivered)
 
     def _claim(self, rows: list[Any]) -> set[str]:

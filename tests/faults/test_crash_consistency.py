@@ -71,9 +71,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
             connect(app, google, rep)
         app.close()
         # Slow the sandboxes a little so that kills land mid-page, mid-batch and mid-delivery.
-        google.faults.add(Fault(path=r"/batch", action="delay", seconds=0.03, times=10**9))
+        google.faults.add(Fault(path=r"/batch", action="delay", seconds=0.05, times=10**9))
         pipedrive.faults.add(
-            Fault(path=r"/activities", method="POST", action="delay", seconds=0.004, times=10**9)
+            Fault(path=r"/activities", method="POST", action="delay", seconds=0.01, times=10**9)
         )
 
         backfilled = False
@@ -85,7 +85,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
             if backfilled:
                 _new_mail(mail, pipedrive, team, arrivals)
             command = ("sync", "--once") if backfilled else ("backfill",)
-            delay = rng.uniform(0.4, 3.0)
+            delay = rng.uniform(0.3, 2.2)
             code = _run(config, *command, kill_after=delay)
             print(
                 f"trial {trial}: seed {seed}, {' '.join(command)}, kill after {delay:.2f}s: "
@@ -115,13 +115,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_duplicates_nothing(tmp_path
             f"{kills} of {TRIALS} runs killed; {len(pipedrive.activities())} activities; "
             f"{time.monotonic() - started:.0f}s"
         )
-        assert kills >= TRIALS // 2
+        assert kills >= TRIALS // 3
 
 
 def _new_mail(mail: TeamMail, pipedrive: PipedriveSandbox, team: Team, rng: random.Random) -> None:
     """Replies arrive in a few threads; now and then a deal is won."""
     threads = team.threads
-    for _ in range(rng.randint(3, 8)):
+    for _ in range(rng.randint(8, 20)):
         index = rng.randrange(len(threads))
         thread = threads[index]
         last = thread.messages[-1]

@@ -63,10 +63,18 @@ class Pacer:
         self.waited = 0.0  # seconds spent waiting, all calls together
 
     @classmethod
-    def per_minute(cls, units: float, *, burst_seconds: float = 1.0, **kw: object) -> Pacer:
-        """`units` a minute, saving up at most `burst_seconds` of them."""
+    def per_minute(
+        cls,
+        units: float,
+        *,
+        burst_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> Pacer:
+        """`units` a minute, saving up at most `burst_seconds` of them (Google enforces its
+        per-minute quota per second too: 250 units/s a user)."""
         rate = units / 60.0
-        return cls(rate, rate * burst_seconds, **kw)  # type: ignore[arg-type]
+        return cls(rate, rate * burst_seconds, clock=clock, sleep=sleep)
 
     def _refill(self) -> None:
         now = self._clock()
