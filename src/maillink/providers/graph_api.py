@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import requests
 
 from maillink.providers.base import ProviderError
+from maillink.providers.gmail_api import check_endpoint
 from maillink.providers.pacing import Pacer
 from maillink.providers.retry import (
     CONNECTION,
@@ -37,27 +38,12 @@ from maillink.providers.retry import (
 
 log = logging.getLogger("maillink.providers.graph")
 
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 OUTLOOK_PARALLEL = 4  # Outlook runs up to 4 requests of a $batch at once (throttling-limits)
 MAX_BATCH = 20  # JSON batching: at most 20 requests in one $batch
 PAUSE_STATUSES = frozenset({429, 503, 504})
 
 
-def check_url(url: str, what: str) -> str:
-    """`url` if it is https, or plain http to a loopback host (the sandbox, a test double)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        parts, host = None, None
-    if parts is not None and host and parts.scheme == "https":
-        return url
-    if parts is not None and parts.scheme == "http" and host in LOOPBACK_HOSTS:
-        return url
-    raise ValueError(
-        f"{what} {url!r} is refused: use https (plain http only for a loopback host: "
-        "127.0.0.1, ::1 or localhost)"
-    )
+check_url = check_endpoint  # the same rule as every provider endpoint (DESIGN §5)
 
 
 class CABundleSession(requests.Session):
