@@ -1,7 +1,7 @@
-"""Hold request and response bodies against Pipedrive's published OpenAPI specs (DESIGN.md §6).
+"""Hold request and response bodies against Pipedrive's published OpenAPI specs.
 
-The specs are found through `MAILLINK_REFERENCE_DIR`, else in `../shared/reference` beside the
-repository. They are parsed once per session (the v1 file is 2.7 MB of YAML): the parsed dict is
+The specs are vendored in `tests/reference/` (see its README.md); a missing file fails the tests
+that need it. They are parsed once per session (the v1 file is 2.7 MB of YAML): the parsed dict is
 pickled in the temp directory, keyed by the file's mtime and size.
 
 The check is stricter than the specs on one side and looser on another, on purpose:
@@ -24,45 +24,27 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator, OAS31Validator
 
-REFERENCE_ENV = "MAILLINK_REFERENCE_DIR"
 SPEC_FILES = {"v1": "pipedrive-openapi-v1.yaml", "v2": "pipedrive-openapi-v2.yaml"}
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 # Pipedrive's generic error body, as the v1 spec describes it for a missing lead.
 ERROR_SHAPE_AT = ("v1", "/leads/{id}", "get", "404")
 
 
-def reference_dir() -> Path | None:
-    """Where the two spec files are, or None."""
-    candidates = []
-    if os.environ.get(REFERENCE_ENV):
-        candidates.append(Path(os.environ[REFERENCE_ENV]))
-    candidates.append(REPO_ROOT / ".." / "shared" / "reference")
-    for folder in candidates:
-        if all((folder / name).is_file() for name in SPEC_FILES.values()):
-            return folder.resolve()
-    return None
-
-
-requires_specs = pytest.mark.skipif(
-    reference_dir() is None,
-    reason=(
-        f"Pipedrive's OpenAPI specs ({', '.join(SPEC_FILES.values())}) not found: "
-        f"set {REFERENCE_ENV} or put them in ../shared/reference beside the repository"
-    ),
-)
+def spec_path(version: str) -> Path:
+    """The vendored spec file of that version; an AssertionError names it when it is missing."""
+    source = REFERENCE_DIR / SPEC_FILES[version]
+    if not source.is_file():
+        raise AssertionError(f"{source} is missing: the tests need Pipedrive's vendored spec there")
+    return source
 
 
 @functools.cache
 def spec(version: str) -> dict[str, Any]:
     """The parsed spec ("v1" or "v2"), from the pickle cache when the file has not changed."""
-    folder = reference_dir()
-    if folder is None:
-        pytest.skip("Pipedrive's OpenAPI specs not found")
-    source = folder / SPEC_FILES[version]
+    source = spec_path(version)
     stat = source.stat()
     cache = Path(tempfile.gettempdir()) / "maillink-openapi-cache"
     cached = cache / f"{source.stem}-{stat.st_mtime_ns}-{stat.st_size}.pickle"

@@ -1,4 +1,4 @@
-"""ruff (lint and format) and mypy are part of the test command (CONVENTIONS.md)."""
+"""ruff (lint and format) and mypy are part of the test command, and keep the code clean."""
 
 from __future__ import annotations
 

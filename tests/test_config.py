@@ -209,6 +209,7 @@ def test_missing_base_url_says_what_to_write(tmp_path: Path) -> None:
         ("[sync]\ninterval_seconds = 1.5\n" + MINIMAL, ["[sync] interval_seconds", "integer"]),
         ("[sync]\ninterval_seconds = true\n" + MINIMAL, ["[sync] interval_seconds", "integer"]),
         ("[sync]\npage_size = 2024-01-01\n" + MINIMAL, ["[sync] page_size", "date"]),
+        ("[sync]\npage_size = 501\n" + MINIMAL, ["[sync] page_size", "at most 500"]),
         ("[cache]\nitems_ttl_seconds = [1]\n" + MINIMAL, ["[cache] items_ttl_seconds", "integer"]),
     ],
 )

@@ -84,7 +84,7 @@ class App:
 
     @cached_property
     def outbox(self) -> Outbox:
-        return Outbox(self.store, self.crm)
+        return Outbox(self.store, self.crm, redecide=lambda ids: self.linker().redecide(ids))
 
     def syncer(self) -> Syncer:
         return Syncer(self.store, self.linker(), self.outbox)
@@ -197,7 +197,13 @@ class App:
         return client
 
     def connect_microsoft(
-        self, *, open_browser: bool, device_code: bool = False, port: int = 0, out: Any = None
+        self,
+        *,
+        open_browser: bool,
+        device_code: bool = False,
+        port: int = 0,
+        out: Any = None,
+        announce: Any = None,
     ) -> Account:
         """OAuth onboarding of one Microsoft 365 mailbox (MSAL, PKCE); its token cache is stored
         encrypted."""
@@ -212,6 +218,7 @@ class App:
             open_browser=open_browser,
             device_code=device_code,
             port=port,
+            announce=announce,
             **({"out": out} if out is not None else {}),
         )
         token = self.cipher.encrypt(
@@ -240,7 +247,9 @@ class App:
             found = accounts.all_accounts(conn)
         return [a for a in found if a.status == accounts.ACTIVE or not active_only]
 
-    def connect_gmail(self, *, open_browser: bool, port: int = 0, out: Any = None) -> Account:
+    def connect_gmail(
+        self, *, open_browser: bool, port: int = 0, out: Any = None, announce: Any = None
+    ) -> Account:
         """OAuth onboarding of one Gmail mailbox; its refresh token is stored encrypted."""
         from maillink.onboarding.google import connect_google
 
@@ -249,6 +258,7 @@ class App:
             api_endpoint=self.settings.gmail.api_endpoint,
             open_browser=open_browser,
             port=port,
+            announce=announce,
             **({"out": out} if out is not None else {}),
         )
         token = self.cipher.encrypt(

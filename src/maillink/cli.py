@@ -1,4 +1,4 @@
-"""`maillink` command line (DESIGN.md §5). Errors are one line; exit 0 done, 1 failed, 2 usage/config."""
+"""`maillink` command line (docs/cli.md). Errors are one line; exit 0 done, 1 failed, 2 usage/config."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from maillink.errors import ConfigError
+from maillink.errors import ConfigError, ConnectError
 
 log = logging.getLogger("maillink")
 
@@ -144,6 +144,7 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
         return
     from sqlalchemy import func, select
 
+    from maillink.outbox import failed_count
     from maillink.store import accounts as store_accounts
     from maillink.store.schema import messages, threads
 
@@ -166,6 +167,7 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
                     "status": a.status,
                     "messages": count,
                     "waiting": waiting,
+                    "failed_deliveries": failed_count(conn, a.id),
                     "last_sync_at": a.last_sync_at.isoformat() if a.last_sync_at else None,
                     "last_error": a.last_error,
                 }
@@ -179,6 +181,8 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         last = r["last_sync_at"] or "never"
         line = f"{r['email']:<36} {r['provider']:<9} {r['status']:<13} {r['messages']:>7} messages  {r['waiting']:>4} waiting  last sync {last}"
+        if r["failed_deliveries"]:
+            line += f"  {r['failed_deliveries']} failed CRM writes (maillink outbox list)"
         click.echo(line + (f"  error: {r['last_error']}" if r["last_error"] else ""))
 
 
@@ -240,20 +244,9 @@ def _targets(app: Any, email: str | None) -> list[Any]:
 
 
 def _summary(result: Any, dry_run: bool = False) -> str:
-    if getattr(result, "skipped", None):
-        return f"{result.account}: skipped, {result.skipped}"
-    reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.reasons.items())) or "none"
-    d = result.delivery
-    text = f"{result.account}: {result.messages} new messages over {result.pages} pages; decisions: {reasons}"
-    if not dry_run:
-        text += f"; activities created {d.created}, updated {d.updated}"
-        if d.failed:
-            text += f", failed {d.failed}"
-        if d.parked_until:
-            text += f"; CRM writes parked until {d.parked_until.isoformat()}"
-    if result.error:
-        text += f"; error: {result.error}"
-    return text
+    from maillink.sync_report import mailbox_line
+
+    return mailbox_line(result, dry_run)
 
 
 def _progress(enabled: bool, desc: str) -> tuple[Callable[[Any, Any], None], Callable[[], None]]:
@@ -282,8 +275,8 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
         click.echo("no active mailbox to backfill: maillink connect gmail")
         return
     failed = False
-    from maillink.leased_round import HELD_ELSEWHERE, Holding, hold_mailbox
-    from maillink.sync import RoundResult
+    from maillink.leased_round import HELD_ELSEWHERE, Holding, held_elsewhere, hold_mailbox
+    from maillink.sync_report import skip_line
 
     with StopFlag().installed() as stop:
         for account in targets:
@@ -297,9 +290,10 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
             try:
                 with hold as job:
                     if job.syncer is None:
-                        job.result = RoundResult(
-                            account=account.email, error=HELD_ELSEWHERE, skipped=HELD_ELSEWHERE
-                        )
+                        # The backfill did not happen: say who holds the mailbox, and fail.
+                        job.result = held_elsewhere(app.store, account)
+                        job.result.error = HELD_ELSEWHERE
+                        click.echo(skip_line(job.result), err=True)
                     else:
                         job.result = job.syncer.backfill(
                             account,
@@ -325,17 +319,32 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
 
 @cli.command()
 @click.option("--once", is_flag=True, help="One incremental round over every active mailbox.")
+@click.option("--json", "as_json", is_flag=True, help="Print the round's outcome as JSON.")
 @pass_obj
-def sync(obj: Obj, once: bool) -> None:
-    """One incremental round over every active mailbox (for a schedule, use `maillink daemon`)."""
+def sync(obj: Obj, once: bool, as_json: bool) -> None:
+    """One incremental round over every active mailbox (for a schedule, use `maillink daemon`).
+
+    Transient CRM failures are retried a few times within the run; a mailbox another running
+    process holds is skipped and said on stderr (exit 0)."""
     if not once:
         raise click.UsageError("use `maillink sync --once`, or `maillink daemon` to keep syncing")
     from maillink.daemon import sync_round
+    from maillink.sync import CrmRetry
+    from maillink.sync_report import round_json, skip_line, takeover_line, totals_line
 
     with StopFlag().installed() as stop:
-        results = sync_round(obj.checked_app, should_stop=stop)
+        results = sync_round(obj.checked_app, should_stop=stop, retry=CrmRetry())
     for result in results:
-        click.echo(_summary(result))
+        if result.skipped:
+            click.echo(skip_line(result), err=True)
+        elif result.taken_over_from:
+            click.echo(takeover_line(result), err=True)
+    if as_json:
+        _echo_json(round_json(results))
+    else:
+        for result in results:
+            click.echo(_summary(result))
+        click.echo(totals_line(results))
     if any(r.error for r in results):
         sys.exit(1)
 
@@ -408,11 +417,10 @@ def pending(obj: Obj, as_json: bool) -> None:
 @pass_obj
 def choose(obj: Obj, thread_id: int, item: str) -> None:
     """Link a thread to ITEM (deal:ID, lead:ID or project:ID); earlier messages follow (rule 5)."""
-    from maillink.choices import choose_item
-    from maillink.linking.facts import ItemRef
+    from maillink.choices import choose_item, parse_item
 
     try:
-        ref = ItemRef.parse(item)
+        ref = parse_item(item)  # well-formed ids only; choose_item checks the thread's persons
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     outcome = choose_item(obj.checked_app, thread_id, ref)
@@ -449,6 +457,9 @@ def explain(obj: Obj, target: str, as_json: bool) -> None:
         click.echo(f" {mark}{m['date']} {m['direction']:<8} {m['reason']:<27} → {items}")
         if m["detail"]:
             click.echo(f"      {m['detail']}")
+        delivery = m.get("delivery") or {}
+        if delivery.get("crm_answer"):
+            click.echo(f"      CRM write {delivery['state']}: {delivery['crm_answer']}")
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -468,15 +479,22 @@ def generate() -> None:
 @keys.command()
 @pass_obj
 def rotate(obj: Obj) -> None:
-    """Re-encrypt every stored token under the first (newest) key."""
+    """Re-encrypt every stored token under the first (newest) key; web sessions end."""
+    from maillink.web.commands import end_web_sessions
+
     count = obj.app.rotate_keys()
     click.echo(f"re-encrypted {count} stored token(s) under the newest key")
+    end_web_sessions(obj.app)
 
 
 from maillink.web.commands import serve, users  # noqa: E402  (click only: cheap to import)
 
 cli.add_command(serve)
 cli.add_command(users)
+
+from maillink.cli_outbox import outbox  # noqa: E402  (click only: cheap to import)
+
+cli.add_command(outbox)
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -501,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
     except ConfigError as exc:
         _fail(str(exc), 2)
-    except (CRMError, ProviderError) as exc:
+    except (CRMError, ProviderError, ConnectError) as exc:
         _fail(str(exc) or type(exc).__name__, 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -1,4 +1,4 @@
-"""maillink.toml and credentials.json → typed, checked settings (DESIGN.md §5).
+"""maillink.toml and credentials.json → typed, checked settings (docs/configuration.md).
 
 Every problem is a `ConfigError` whose one-line message names the file and the key and says what
 to fix. Unknown keys are refused (typos would otherwise be silently ignored). Every endpoint comes
@@ -34,7 +34,7 @@ PIPEDRIVE_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"
 GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 LOOPBACK_NAMES = frozenset({"localhost"})
-QUOTA_MODELS = ("2025", "2026")  # Gmail's quota unit costs (DESIGN §7)
+QUOTA_MODELS = ("2025", "2026")  # Gmail's quota unit costs ([gmail] quota_model)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class CrmSettings:
 @dataclass(frozen=True)
 class GmailSettings:
     api_endpoint: str = "https://gmail.googleapis.com"
-    # Pacing (DESIGN §7): quota units a mailbox may spend a minute, under the unit costs of
+    # Pacing (docs/configuration.md): quota units a mailbox may spend a minute, under the unit costs of
     # Google's quota model ("2025": messages.get 5, threads.get 10; "2026": 20, 40).
     # 0 turns pacing off. The default keeps 10% of Google's 15,000 units/min per user spare.
     quota_units_per_minute: int = 13_500
@@ -88,6 +88,16 @@ class DaemonSettings:
     ops_host: str = "127.0.0.1"
     ops_port: int = 8780  # 0: any free port (printed when the daemon starts)
     crm_poll_seconds: int = 300  # the fallback poll of CRM changes (webhooks come at once)
+
+
+MAX_LINK_HOURS = 720
+
+
+@dataclass(frozen=True)
+class WebAppSettings:
+    """`[web]`: the web app of `maillink serve` (issue 9)."""
+
+    link_hours: int = 24  # how long a sign-in link of `maillink users add|link` is valid
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class Settings:
     credentials_path: Path
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    web: WebAppSettings = field(default_factory=WebAppSettings)
 
     def credentials(self) -> Credentials:
         """Read and check credentials.json now (it is only needed by some commands)."""
@@ -310,13 +321,17 @@ class _Table:
             raise ConfigError(f"{self.label(key)} {state}{example}")
         return value
 
-    def integer(self, key: str, default: int, minimum: int, hint: str = "") -> int:
+    def integer(
+        self, key: str, default: int, minimum: int, hint: str = "", maximum: int | None = None
+    ) -> int:
         if key not in self._data:
             self.seen.add(key)
             return default
         value: int = self.checked(key, "an integer", _is_int, hint)
         if value < minimum:
             raise ConfigError(f"{self.label(key)} must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{self.label(key)} must be at most {maximum}")
         return value
 
     def flag(self, key: str, default: bool) -> bool:
@@ -354,7 +369,7 @@ class _Table:
 # ---------------------------------------------------------------------------------------------
 # maillink.toml
 
-_SECTIONS = ("store", "crm", "gmail", "microsoft", "linking", "sync", "cache", "daemon")
+_SECTIONS = ("store", "crm", "gmail", "microsoft", "linking", "sync", "cache", "daemon", "web")
 
 
 def load_settings(
@@ -417,6 +432,7 @@ def _parse_settings(
         credentials_path=_beside(folder, credentials),
         env=env,
         daemon=_daemon(sections["daemon"]),
+        web=_web(sections["web"]),
     )
     return settings
 
@@ -549,7 +565,7 @@ def _sync(t: _Table) -> SyncSettings:
     d = SyncSettings()
     settings = SyncSettings(
         interval_seconds=t.integer("interval_seconds", 120, 1, "interval_seconds = 120"),
-        page_size=t.integer("page_size", 500, 1, "page_size = 500"),
+        page_size=t.integer("page_size", 500, 1, "page_size = 500", maximum=500),
         jitter_seconds=t.integer("jitter_seconds", d.jitter_seconds, 0, "jitter_seconds = 10"),
         max_backoff_seconds=t.integer(
             "max_backoff_seconds", d.max_backoff_seconds, 1, "max_backoff_seconds = 3600"
@@ -581,6 +597,15 @@ def _daemon(t: _Table) -> DaemonSettings:
     return settings
 
 
+def _web(t: _Table) -> WebAppSettings:
+    hours = t.integer("link_hours", 24, 1, "link_hours = 24")
+    if hours > MAX_LINK_HOURS:
+        raise ConfigError(f"{t.label('link_hours')} must be at most {MAX_LINK_HOURS} (30 days)")
+    settings = WebAppSettings(link_hours=hours)
+    t.finish()
+    return settings
+
+
 def _cache(t: _Table) -> CacheSettings:
     settings = CacheSettings(
         person_ttl_seconds=t.integer("person_ttl_seconds", 3600, 0, "person_ttl_seconds = 3600"),
@@ -597,6 +622,7 @@ def linking_policy(settings: Settings, own_addresses: Iterable[str]) -> LinkingP
         internal_domains=frozenset(settings.linking.internal_domains),
         blocked=settings.linking.blocked,
         multiple_open_items=settings.linking.multiple_open_items,
+        create_persons=settings.linking.create_persons,
     )
 
 

@@ -25,10 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from maillink.crm.base import CRMError
 from maillink.errors import ConfigError
 from maillink.leased_round import (
-    HELD_ELSEWHERE,
     LeaseKeeper,
     either,
     finish,
+    held_elsewhere,
     is_conflict,
     schedule_of,
     sync_mailbox,
@@ -38,7 +38,7 @@ from maillink.providers.base import MailProvider
 from maillink.store import Store, accounts, leases
 from maillink.store.accounts import Account
 from maillink.store.leases import FencedStore, Lease, LeaseLost
-from maillink.sync import RoundResult, poll_crm_changes
+from maillink.sync import CrmRetry, RoundResult, poll_crm_changes
 
 log = logging.getLogger("maillink.daemon")
 
@@ -58,10 +58,13 @@ def sync_round(
     *,
     should_stop: Callable[[], bool] = lambda: False,
     owner: str | None = None,
+    retry: CrmRetry | None = None,
 ) -> list[RoundResult]:
     """Poll the CRM's changes once, then one incremental round per active mailbox, now.
 
-    Each mailbox is synced under its lease; one a running daemon holds is skipped (`skipped`).
+    Each mailbox is synced under its lease; one a running process holds is skipped (`skipped`,
+    with `held_by` and `held_until`); one held by a process of this host that is gone is taken
+    over at once. With `retry`, each round tries transient CRM failures again (`CrmRetry`).
     One mailbox's failure (revoked grant, provider outage, a token the key cannot decrypt) is
     recorded on that mailbox and never stops the others.
     """
@@ -92,17 +95,27 @@ def sync_round(
                     account_ids=[account.id],
                 )
             if not got:
-                results.append(RoundResult(account=account.email, skipped=HELD_ELSEWHERE))
+                results.append(held_elsewhere(store, account))
                 continue
             lease = got[0]
+            if lease.taken_over:
+                log.info(
+                    "mailbox taken over from %s (its process is gone or its lease expired)",
+                    lease.previous_owner,
+                    extra={"event": "takeover", "account_id": lease.account_id},
+                )
             lost = keeper.hold(lease)
             try:
-                result = sync_mailbox(app, account, lease, should_stop=either(should_stop, lost))
+                result = sync_mailbox(
+                    app, account, lease, should_stop=either(should_stop, lost), retry=retry
+                )
             except LeaseLost:
-                results.append(RoundResult(account=account.email, skipped=HELD_ELSEWHERE))
+                results.append(held_elsewhere(store, account))
                 continue
             finally:
                 keeper.drop(lease)
+            if lease.taken_over:
+                result.taken_over_from = lease.previous_owner
             finish(store, lease, result, schedule, now=_now())
             results.append(result)
     finally:
@@ -241,7 +254,7 @@ class Daemon:
             if lease.taken_over:
                 self.metrics.lease_takeovers.inc()
                 log.info(
-                    "mailbox taken over from %s (its lease expired)",
+                    "mailbox taken over from %s (its process is gone or its lease expired)",
                     lease.previous_owner,
                     extra={"event": "takeover", "account_id": lease.account_id},
                 )

@@ -40,7 +40,7 @@ from maillink.store.schema import messages
 @contextmanager
 def _trusting(ca_bundle: str) -> Iterator[None]:
     """Trust the Microsoft sandbox's throwaway CA for this run, as REQUESTS_CA_BUNDLE does for a
-    deployment behind its own CA (DESIGN §5)."""
+    deployment behind its own CA (docs/configuration.md)."""
     previous = os.environ.get("REQUESTS_CA_BUNDLE")
     os.environ["REQUESTS_CA_BUNDLE"] = ca_bundle
     try:
@@ -97,15 +97,18 @@ def run_demo(
         )
         app = App(load_settings(config))
         try:
-            # 1. onboarding, through the real OAuth code (PKCE, state, loopback redirect)
+            # 1. onboarding, through the real OAuth code (PKCE, state, loopback redirect); the
+            # demo's own browser takes the authorization URL and consents as the rep
             for rep in team.reps:
                 browser = ConsentingBrowser()
+                provider = "microsoft" if rep in outlook else "gmail"
+                out(f"connecting {rep} ({provider}): the demo grants the consent itself")
                 if rep in outlook:
                     microsoft.consent_as = rep
-                    account = app.connect_microsoft(open_browser=False, out=browser)
+                    account = app.connect_microsoft(open_browser=False, announce=browser.open)
                 else:
                     google.consent_as = rep
-                    account = app.connect_gmail(open_browser=False, out=browser)
+                    account = app.connect_gmail(open_browser=False, announce=browser.open)
                 out(f"connected {account.email} ({account.provider}) through OAuth: PKCE, state")
 
             # 2. backfill

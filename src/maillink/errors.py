@@ -1,6 +1,6 @@
 """Errors the user fixes by changing a file or a variable, not by retrying.
 
-The CLI turns a `ConfigError` into its message on stderr and exit status 2 (DESIGN.md §5).
+The CLI turns a `ConfigError` into its message on stderr and exit status 2 (docs/cli.md).
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ class WrongKeyError(ConfigError):
             or "a stored token cannot be decrypted with the configured encryption key(s): "
             "was the key changed? add the old key after the new one in encryption_key"
         )
+
+
+class ConnectError(Exception):
+    """A mailbox connection (OAuth consent) did not complete; the message says why and what to do.
+
+    The CLI prints it on one line and exits 1."""
 
 
 def _one_line(message: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, or_, select
 
 from maillink.store import mail
+from maillink.store.outbox import delivery_state
 from maillink.store.schema import accounts, decision_log, item_cache, messages, threads
 
 
@@ -29,7 +30,7 @@ def _describe(ref: str, titles: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _message(row: Any, log: list[Any]) -> dict[str, Any]:
+def _message(row: Any, log: list[Any], delivery: dict[str, Any] | None) -> dict[str, Any]:
     headers = row["headers"]
     return {
         "message": row["provider_id"],
@@ -44,6 +45,8 @@ def _message(row: Any, log: list[Any]) -> dict[str, Any]:
         "candidates": list(row["candidates"]),
         "detail": row["detail"],
         "problems": list(row["problems"]),
+        # Its activity in the CRM: delivered, pending, retrying or failed, with the CRM's answer.
+        "delivery": delivery,
         "history": [
             {
                 "reason": entry.reason,
@@ -81,7 +84,9 @@ def _thread(conn: Connection, thread: mail.StoredThread) -> dict[str, Any]:
         "choice": str(thread.choice) if thread.choice else None,
         "waiting": thread.waiting,
         "candidates": [_describe(str(c), titles) for c in thread.candidates],
-        "messages": [_message(row, logs[row["id"]]) for row in rows],
+        "messages": [
+            _message(row, logs[row["id"]], delivery_state(conn, row["key"])) for row in rows
+        ],
     }
 
 

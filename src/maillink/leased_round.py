@@ -1,5 +1,5 @@
 """One mailbox round under its lease: renewed in the background while the round works, every
-write fenced, the mailbox released with its next run (DESIGN §1: the lease in the state store).
+write fenced, the mailbox released with its next run (docs/how-it-works.md, "Leases and the schedule").
 
 `daemon.py` decides which mailboxes to take and when; this module is what holding one means.
 """
@@ -26,7 +26,7 @@ from maillink.schedule import Schedule
 from maillink.store import Store, accounts, leases
 from maillink.store.accounts import Account
 from maillink.store.leases import FencedStore, Lease, LeaseLost
-from maillink.sync import RoundResult, Syncer
+from maillink.sync import CrmRetry, RoundResult, Syncer
 
 log = logging.getLogger("maillink.daemon")
 
@@ -151,8 +151,10 @@ def sync_mailbox(
     *,
     should_stop: Callable[[], bool],
     provider: MailProvider | None = None,
+    retry: CrmRetry | None = None,
 ) -> RoundResult:
-    """One round of one mailbox, every write fenced by `lease` (`LeaseLost` once it is lost)."""
+    """One round of one mailbox, every write fenced by `lease` (`LeaseLost` once it is lost);
+    with `retry`, transient CRM failures are tried again within the round."""
     fenced = FencedStore(app.store, lease)
     if provider is None:
         try:
@@ -162,8 +164,21 @@ def sync_mailbox(
             with fenced.transaction() as conn:
                 accounts.synced(conn, account.id, result.error)
             return result
-    syncer = Syncer(fenced, Linker(fenced, app.facts, app.policy()), Outbox(fenced, app.crm))
-    return syncer.run(account, provider, should_stop=should_stop)
+    linker = Linker(fenced, app.facts, app.policy())
+    syncer = Syncer(fenced, linker, Outbox(fenced, app.crm, redecide=linker.redecide))
+    return syncer.run(account, provider, should_stop=should_stop, retry=retry)
+
+
+def held_elsewhere(store: Store, account: Account) -> RoundResult:
+    """The result of a mailbox skipped because a live process holds it: who, until when."""
+    with store.engine.connect() as conn:
+        state = leases.state(conn, account.id)
+    return RoundResult(
+        account=account.email,
+        skipped=HELD_ELSEWHERE,
+        held_by=state.owner if state is not None else None,
+        held_until=state.expires_at if state is not None else None,
+    )
 
 
 def finish(
@@ -245,7 +260,8 @@ def hold_mailbox(
     keeper = LeaseKeeper(store, duration).start()
     lost = keeper.hold(lease)
     fenced = FencedStore(store, lease)
-    syncer = Syncer(fenced, Linker(fenced, app.facts, app.policy()), Outbox(fenced, app.crm))
+    linker = Linker(fenced, app.facts, app.policy())
+    syncer = Syncer(fenced, linker, Outbox(fenced, app.crm, redecide=linker.redecide))
     holding = Holding(account, syncer, either(should_stop, lost))
     try:
         yield holding

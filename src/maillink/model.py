@@ -1,4 +1,4 @@
-"""The common thread model: plain frozen dataclasses, no I/O (DESIGN.md §1)."""
+"""The common thread model: plain frozen dataclasses, no I/O (docs/how-it-works.md)."""
 
 from __future__ import annotations
 

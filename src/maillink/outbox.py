@@ -10,6 +10,16 @@ Several daemons share the outbox: each delivers the rows of the mailboxes it hol
 transactions are fenced by that mailbox's lease (`store.leases.FencedStore`), so a daemon that
 lost the mailbox writes no outbox state. Marking a row as attempted is a compare-and-set on its
 attempt count: of two processes about to create the same activity, only one goes on.
+
+What the CRM's answers mean for a row (docs/crm-writes.md says it for users):
+- transient (5xx, timeouts, a burst 429): retried later with backoff; a spent daily budget parks
+  every write until the reset;
+- a refusal because a person or item the write names is gone (deleted, merged, archived since
+  the decision): the caches of the thread's persons are expired, the thread is decided again and
+  the new decision is delivered. Once per desired version: the same refusal of the same version
+  again is a permanent failure;
+- any other permanent refusal (a 4xx other than 401/403/429): the row is marked failed with the
+  CRM's answer (`failed_at`, `last_error`) and not retried until `maillink outbox retry`.
 """
 
 from __future__ import annotations
@@ -17,19 +27,32 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from maillink.crm.activity import draft_from_json
-from maillink.crm.base import CRM, CRMAuthError, CRMError, CRMRateLimited, CRMUnavailable
+from maillink.crm.base import (
+    CRM,
+    CRMActivityGone,
+    CRMAuthError,
+    CRMError,
+    CRMRateLimited,
+    CRMRecordGone,
+    CRMRefused,
+    CRMUnavailable,
+)
 from maillink.store import Store, cache
+from maillink.store import outbox as outbox_rows
+from maillink.store.outbox import failed_count, pending_count
 from maillink.store.schema import activities, messages
+
+__all__ = ["Delivery", "Outbox", "failed_count", "pending_count"]
 
 PARKED_UNTIL = "outbox_parked_until"  # crm_state: the daily budget is spent until then
 
@@ -47,9 +70,15 @@ class Delivery:
     created: int = 0
     updated: int = 0
     found_again: int = 0  # created before an unknown outcome, found by maillink-id
-    failed: int = 0
+    failed: int = 0  # transient failures: retried later
     parked_until: datetime | None = None
     errors: list[str] = field(default_factory=list)
+    refused: int = 0  # refused for good: parked as failed until `maillink outbox retry`
+    redecided: int = 0  # refused because a person or item was gone: the thread decided again
+
+
+# Decides the given threads again (fresh CRM facts) and records the new decisions and writes.
+Redecide = Callable[[Sequence[int]], object]
 
 
 _CLAIM = (
@@ -74,16 +103,6 @@ _DELIVERED = (
 )
 
 
-def pending_count(conn: Connection) -> int:
-    return int(
-        conn.execute(
-            select(func.count())
-            .select_from(activities)
-            .where(activities.c.delivered_version < activities.c.desired_version)
-        ).scalar_one()
-    )
-
-
 class _OneWriterAtATime:
     """`store` whose transactions, from any thread of this process, run one at a time."""
 
@@ -102,7 +121,12 @@ class _OneWriterAtATime:
 
 class Outbox:
     def __init__(
-        self, store: Store, crm: CRM, clock: Callable[[], datetime] = _now, workers: int = 4
+        self,
+        store: Store,
+        crm: CRM,
+        clock: Callable[[], datetime] = _now,
+        workers: int = 4,
+        redecide: Redecide | None = None,
     ):
         # The workers' short transactions take turns here rather than in SQLite's busy handler,
         # which sleeps in steps of milliseconds when writers collide.
@@ -110,6 +134,9 @@ class Outbox:
         self.crm = crm
         self.clock = clock
         self.workers = workers  # CRM writes in flight at once
+        # Decides threads again after a refusal naming a gone record (`Linker.redecide`).
+        # Without it, the thread's messages are left undecided: the next round decides them.
+        self.redecide = redecide
 
     def parked_until(self) -> datetime | None:
         with self.store.transaction() as conn:
@@ -119,10 +146,14 @@ class Outbox:
         until = datetime.fromisoformat(value)
         return until if until > self.clock() else None
 
-    def deliver(self, *, batch: int = 200, account_id: int | None = None) -> Delivery:
+    def deliver(
+        self, *, batch: int = 200, account_id: int | None = None, due_by: datetime | None = None
+    ) -> Delivery:
         """Deliver what is due, oldest first, until nothing is due or the CRM says stop.
 
-        With `account_id`, only the rows whose email was stored first from that mailbox.
+        With `account_id`, only the rows whose email was stored first from that mailbox. With
+        `due_by`, rows whose retry backoff ends by then are due too (the in-run retries of
+        `sync --once`, `sync.CrmRetry`).
         """
         result = Delivery()
         parked = self.parked_until()
@@ -131,7 +162,7 @@ class Outbox:
             return result
         done: set[str] = set()
         while True:
-            rows = self._due(batch, exclude=done, account_id=account_id)
+            rows = self._due(batch, exclude=done, account_id=account_id, due_by=due_by)
             if not rows:
                 return result
             for row, error in self._deliver_window(rows, result):
@@ -152,8 +183,22 @@ class Outbox:
                     return result
                 except CRMAuthError:
                     raise
+                except CRMRecordGone as exc:
+                    if self._gone(row, exc, result):
+                        done.discard(row["key"])  # decided again: its new write is due now
+                        break  # the rows in hand may be stale now: read them again
+                except CRMActivityGone as exc:
+                    why = " (deleted in the CRM: `maillink outbox retry` creates it again)"
+                    self._refused(row, exc, result, why, activity_gone=True)
+                except CRMRefused as exc:
+                    self._refused(row, exc, result)
                 except (CRMUnavailable, CRMError) as exc:
                     self._failed(row, str(exc), result)
+
+    def retry(self, keys: Sequence[str] | None = None) -> int:
+        """Make failed writes due again (all of them without `keys`); how many were."""
+        with self.store.transaction() as conn:
+            return outbox_rows.make_failed_due(conn, keys)
 
     def _deliver_window(
         self, rows: list[Any], result: Delivery
@@ -283,21 +328,31 @@ class Outbox:
                 ],
             )
 
-    def _due(self, limit: int, exclude: set[str], account_id: int | None = None) -> list[Any]:
-        now = self.clock()
+    def _due(
+        self,
+        limit: int,
+        exclude: set[str],
+        account_id: int | None = None,
+        due_by: datetime | None = None,
+    ) -> list[Any]:
+        now = max(self.clock(), due_by) if due_by is not None else self.clock()
         query = (
             select(activities)
+            .select_from(
+                activities.outerjoin(messages, messages.c.id == activities.c.owner_message_id)
+            )
             .where(
                 activities.c.delivered_version < activities.c.desired_version,
                 or_(activities.c.next_attempt_at.is_(None), activities.c.next_attempt_at <= now),
+                activities.c.failed_at.is_(None),
+                # An email waiting to be decided again (after a refusal) waits for its decision.
+                or_(activities.c.owner_message_id.is_(None), messages.c.reason.is_not(None)),
             )
             .order_by(activities.c.updated_at, activities.c.key)
             .limit(limit + len(exclude))
         )
         if account_id is not None:
-            query = query.join(messages, messages.c.id == activities.c.owner_message_id).where(
-                messages.c.account_id == account_id
-            )
+            query = query.where(messages.c.account_id == account_id)
         with self.store.engine.connect() as conn:
             rows = conn.execute(query)
             return [row._mapping for row in rows if row.key not in exclude][:limit]
@@ -347,6 +402,63 @@ class Outbox:
                     updated_at=self.clock(),
                 )
             )
+
+    def _refused(
+        self,
+        row: Any,
+        exc: CRMRefused,
+        result: Delivery,
+        why: str = "",
+        *,
+        activity_gone: bool = False,
+    ) -> None:
+        """Refused for good: kept with the CRM's answer, not retried until `outbox retry`."""
+        result.refused += 1
+        result.errors.append(f"{row['key']}: {exc}{why}")
+        with self.store.transaction() as conn:
+            outbox_rows.mark_failed(
+                conn,
+                row["key"],
+                row["attempts"] + 1,
+                f"{exc}{why}",
+                self.clock(),
+                activity_gone=activity_gone,
+            )
+
+    def _gone(self, row: Any, exc: CRMRecordGone, result: Delivery) -> bool:
+        """The write names a person or item the CRM no longer has: expire what the caches say
+        about the thread's persons, and decide the thread again. True when it was decided again
+        now (its new write is due); a second such refusal of the same version fails for good."""
+        with self.store.engine.connect() as conn:
+            now = outbox_rows.versions(conn, row["key"])
+        if now is not None and now.desired_version != row["desired_version"]:
+            return True  # decided again meanwhile (another email's refusal): the new write is due
+        if row["redecided_version"] == row["desired_version"] or (
+            now is not None and now.redecided_version == row["desired_version"]
+        ):
+            self._refused(row, exc, result, " (again after deciding the thread again)")
+            return False
+        result.redecided += 1
+        draft = draft_from_json(row["desired"])
+        gone = exc.record_id or ""
+        gone_person = [int(gone)] if exc.kind == "person" and gone.isdigit() else []
+        with self.store.transaction() as conn:
+            owner = outbox_rows.to_decide_again(
+                conn, row, [*draft.person_ids, *gone_person], str(exc)
+            )
+        forget = getattr(self.crm, "forget_cached", None)
+        if callable(forget):
+            forget()
+        if self.redecide is None or owner is None:
+            return False
+        try:
+            self.redecide([owner])
+        except CRMAuthError:
+            raise
+        except CRMError as again:
+            result.errors.append(f"{row['key']}: deciding again postponed: {again}")
+            return False
+        return True
 
     def _failed(self, row: Any, error: str, result: Delivery) -> None:
         result.failed += 1

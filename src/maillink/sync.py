@@ -3,16 +3,23 @@
 The daemon hands the `Syncer` a store fenced by the mailbox's lease (`store.leases.FencedStore`):
 each page and its cursor, each decision and each outbox write commit only while the lease is this
 daemon's; `LeaseLost` then ends the round, with nothing more written.
+
+Given a `CrmRetry` (`sync --once` does), a round that the CRM failed transiently (5xx, timeouts,
+a lost answer) tries the undelivered writes and the undecided messages again a few times after
+short pauses, so that one run delivers everything unless the CRM stays down; a create whose
+outcome was unknown is looked up by its maillink-id first, as always. What is still left is
+counted on the result (`crm_writes_left`, `undecided_left`).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from maillink.crm.base import CRM, CRMAuthError, CRMRateLimited, CRMUnavailable
@@ -22,7 +29,7 @@ from maillink.providers.base import MailProvider, NeedsReauth, Page, ProviderErr
 from maillink.providers.retry import Throttled
 from maillink.store import Store, accounts, cache, mail
 from maillink.store.accounts import Account
-from maillink.store.schema import crm_state
+from maillink.store.schema import activities, crm_state, messages
 
 CHANGES_SINCE = "crm_changes_since"
 MAILBOX = "mailbox"  # the incremental cursor of a mailbox
@@ -59,6 +66,53 @@ class RoundResult:
     stopped: bool = False
     retry_after: float | None = None  # the provider asked for this pause (seconds)
     skipped: str | None = None  # why the mailbox was not synced (another daemon holds it)
+    held_by: str | None = None  # skipped: the lease's holder (`maillink.holders` id)
+    held_until: datetime | None = None  # skipped: when its lease expires unless renewed
+    taken_over_from: str | None = None  # the holder whose lease this round took (gone, expired)
+    crm_retries: int = 0  # in-run retry passes made after transient CRM failures
+    crm_writes_left: int = 0  # this mailbox's CRM writes not delivered when the round ended
+    undecided_left: int = 0  # its messages still undecided (the CRM was unreachable)
+
+
+@dataclass(frozen=True)
+class CrmRetry:
+    """How a one-off run retries what the CRM failed transiently: `attempts` more passes, the
+    first after `backoff` seconds, each pause `factor` times the one before (0.5 + 1 + 2 s by
+    default). `sleep` is injectable for tests."""
+
+    attempts: int = 3
+    backoff: float = 0.5
+    factor: float = 2.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def pauses(self) -> list[float]:
+        return [self.backoff * self.factor**n for n in range(max(self.attempts, 0))]
+
+
+RETRY_WINDOW = timedelta(hours=1)  # the outbox's longest backoff: in-run retries ignore it
+
+
+def left_for_later(conn: Connection, account_id: int) -> tuple[int, int]:
+    """This mailbox's CRM writes not yet delivered, and its messages not yet decided.
+
+    Writes the CRM refused for good (`failed_at`) wait for a person, not for a later run: they
+    are counted apart (`maillink outbox list`)."""
+    writes = conn.execute(
+        select(func.count())
+        .select_from(activities)
+        .join(messages, messages.c.id == activities.c.owner_message_id)
+        .where(
+            messages.c.account_id == account_id,
+            activities.c.delivered_version < activities.c.desired_version,
+            activities.c.failed_at.is_(None),
+        )
+    ).scalar_one()
+    undecided = conn.execute(
+        select(func.count())
+        .select_from(messages)
+        .where(messages.c.account_id == account_id, messages.c.reason.is_(None))
+    ).scalar_one()
+    return int(writes), int(undecided)
 
 
 def _merge(total: Delivery, part: Delivery) -> None:
@@ -66,6 +120,8 @@ def _merge(total: Delivery, part: Delivery) -> None:
     total.updated += part.updated
     total.found_again += part.found_again
     total.failed += part.failed
+    total.refused += part.refused
+    total.redecided += part.redecided
     total.errors.extend(part.errors)
     total.parked_until = part.parked_until or total.parked_until
 
@@ -115,8 +171,11 @@ class Syncer:
         on_page: Callable[[Page, RoundResult], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         cursor_name: str = MAILBOX,
+        retry: CrmRetry | None = None,
     ) -> RoundResult:
-        """Pull every page since the stored cursor; each page is committed with its cursor."""
+        """Pull every page since the stored cursor; each page is committed with its cursor.
+
+        With `retry`, what the CRM failed transiently is tried again within the round."""
         result = RoundResult(account=account.email)
         try:
             if dry_run:
@@ -127,6 +186,8 @@ class Syncer:
                 if not result.stopped:
                     # What earlier rounds left (a CRM outage, a write to retry) is due as well.
                     _merge(result.delivery, self.outbox.deliver(account_id=account.id))
+                if retry is not None and not result.stopped:
+                    self._retry_crm(account, result, retry, should_stop)
         except NeedsReauth as exc:
             result.status = accounts.NEEDS_REAUTH
             result.error = f"needs re-authorisation: {exc}"
@@ -139,9 +200,35 @@ class Syncer:
         except (ProviderError, CRMAuthError) as exc:
             result.error = str(exc)
         if not dry_run:
+            with self.store.engine.connect() as conn:
+                result.crm_writes_left, result.undecided_left = left_for_later(conn, account.id)
             with self.store.transaction() as conn:
                 accounts.synced(conn, account.id, result.error)
         return result
+
+    def _retry_crm(
+        self,
+        account: Account,
+        result: RoundResult,
+        retry: CrmRetry,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        """Try the undecided messages and undelivered writes again, without waiting for their
+        backoff, until none is left, the CRM parks writes (its daily budget) or the attempts run
+        out; a short pause comes first once the CRM has failed in this run."""
+        for pause in retry.pauses():
+            with self.store.engine.connect() as conn:
+                writes, undecided = left_for_later(conn, account.id)
+            if not (writes or undecided) or result.delivery.parked_until or should_stop():
+                return
+            if result.delivery.failed or result.undecided:
+                retry.sleep(pause)
+            result.crm_retries += 1
+            if undecided:
+                result.error = None  # only linking sets it here; set again if it fails again
+                self._catch_up(account, result)
+            due_by = datetime.now(UTC) + RETRY_WINDOW
+            _merge(result.delivery, self.outbox.deliver(account_id=account.id, due_by=due_by))
 
     def backfill(
         self,
@@ -178,6 +265,10 @@ class Syncer:
             # Mail keeps syncing; the messages stay undecided and are decided next round.
             result.undecided += 1
             result.error = f"CRM unavailable, linking postponed: {exc}"
+            if isinstance(exc, CRMRateLimited) and exc.daily and not result.delivery.parked_until:
+                # The day's budget is spent: no retry within this run can help.
+                until = datetime.now(UTC) + timedelta(seconds=max(exc.retry_after, 60))
+                result.delivery.parked_until = until
 
     def _catch_up(self, account: Account, result: RoundResult) -> None:
         with self.store.engine.connect() as conn:

@@ -271,7 +271,6 @@ def test_update_moving_an_activity_to_another_kind_of_item_clears_the_old_link(
     assert links() == (None, None, None)
 
 
-@openapi_check.requires_specs
 def test_request_bodies_and_query_parameters_are_those_of_the_spec(
     sandbox: PipedriveSandbox, crm: PipedriveCRM
 ) -> None:
@@ -480,7 +479,6 @@ def test_paginator_refuses_a_repeated_cursor_or_a_standing_offset() -> None:
 # -- accounting --------------------------------------------------------------------------------
 
 
-@openapi_check.requires_specs
 def test_token_costs_are_the_specs() -> None:
     paths = {
         "persons.search": ("/api/v2/persons/search", "GET"),
@@ -494,6 +492,7 @@ def test_token_costs_are_the_specs() -> None:
         "activities.list": ("/api/v2/activities", "GET"),
         "activities.create": ("/api/v2/activities", "POST"),
         "activities.update": ("/api/v2/activities/1", "PATCH"),
+        "persons.create": ("/api/v2/persons", "POST"),
     }
     assert set(TOKEN_COSTS) == set(paths)
     for operation, (path, method) in paths.items():

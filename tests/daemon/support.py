@@ -103,7 +103,9 @@ def write_daemon_config(
     max_backoff: int = 2,
     crm_poll: int = 60,
     ops: bool = True,
+    page_size: int | None = None,
 ) -> None:
+    sized = "" if page_size is None else f"page_size = {page_size}\n"
     config.write_text(
         config.read_text()
         + f"""
@@ -113,7 +115,7 @@ jitter_seconds = 0
 lease_seconds = {lease}
 max_backoff_seconds = {max_backoff}
 workers = {workers}
-
+{sized}
 [daemon]
 ops_enabled = {"true" if ops else "false"}
 ops_port = 0

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from maillink import holders
 from maillink.store import Store, accounts, leases
 from maillink.store.leases import FencedStore, LeaseLost
 from maillink.store.schema import cursors
@@ -193,3 +199,110 @@ def test_a_row_locked_by_one_daemon_is_skipped_not_waited_for(pg_url: str) -> No
     finally:
         first.close()
         second.close()
+
+
+# -- holders that are gone: a process of this host that no longer runs --------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process of this host that has ended (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+needs_proc = pytest.mark.skipif(
+    holders.start_time(os.getpid()) is None, reason="no /proc: holders are never judged"
+)
+
+
+@needs_proc
+def test_the_holder_id_names_this_host_pid_and_start_time() -> None:
+    holder = holders.parse(leases.daemon_id())
+    assert holder.host == socket.gethostname()[: holders.HOST_CHARS]
+    assert holder.pid == os.getpid()
+    assert holder.start == holders.start_time(os.getpid())
+    assert not holders.is_gone(holder.raw)  # this very process
+
+
+@needs_proc
+def test_a_lease_held_by_a_dead_process_of_this_host_is_free_at_once(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    dead = holders.holder_id(pid=_dead_pid(), start=12345)
+    (crashed,) = _acquire(store, dead)
+    (taken,) = _acquire(store, "daemon-b", now=T0 + timedelta(seconds=1))  # long before expiry
+    assert (taken.account_id, taken.generation) == (account_id, crashed.generation + 1)
+    assert taken.taken_over and taken.previous_owner == dead
+    # The generation fence still applies: the dead holder's generation can write nothing.
+    with pytest.raises(LeaseLost), FencedStore(store, crashed, clock=lambda: T0).transaction() as c:
+        accounts.set_cursor(c, account_id, "history:42")
+
+
+@needs_proc
+def test_a_reused_pid_with_another_start_time_is_free_and_the_right_one_is_held(
+    store: Store,
+) -> None:
+    _mailboxes(store, 1)
+    me, started = os.getpid(), holders.start_time(os.getpid())
+    assert started is not None
+    reused = holders.holder_id(pid=me, start=started + 1)  # the pid runs, but not that process
+    assert holders.is_gone(reused)
+    (first,) = _acquire(store, reused)
+    (second,) = _acquire(store, "daemon-b", now=T0 + timedelta(seconds=1))
+    assert second.previous_owner == reused
+
+    alive = holders.holder_id(pid=me, start=started)
+    assert not holders.is_gone(alive)
+    with store.transaction() as conn:
+        assert leases.release(conn, second, next_run_at=T0, failures=0)
+    (held,) = _acquire(store, alive, now=T0 + timedelta(seconds=2))
+    assert _acquire(store, "daemon-c", now=T0 + timedelta(seconds=3)) == []
+    assert held.owner == alive and first.generation < held.generation
+
+
+@needs_proc
+def test_holders_of_other_hosts_and_older_ids_are_never_judged_by_pid(store: Store) -> None:
+    _mailboxes(store, 3)
+    pid = _dead_pid()
+    mine = holders.holder_id(pid=pid, start=1)
+    other_host = mine.replace(socket.gethostname()[: holders.HOST_CHARS], "elsewhere", 1)
+    other_kernel = mine[:-8] + ("0" * 8 if not mine.endswith("0" * 8) else "1" * 8)
+    older = f"{socket.gethostname()}-{pid}-abcdef"  # written by an earlier version
+    for owner in (other_host, other_kernel, older):
+        assert not holders.is_gone(owner), owner
+        assert len(_acquire(store, owner, limit=1)) == 1
+    assert _acquire(store, "daemon-b", now=T0 + timedelta(seconds=1)) == []
+    assert len(_acquire(store, "daemon-b", now=T0 + LEASE)) == 3  # they expire as before
+
+
+def test_a_zombie_or_a_missing_proc_entry_is_judged_only_on_this_host(tmp_path: Path) -> None:
+    """`/proc` as a folder: a zombie (state Z) is gone; an unreadable stat means alive."""
+    proc = tmp_path / "proc"
+    (proc / "sys/kernel/random").mkdir(parents=True)
+    (proc / "sys/kernel/random/boot_id").write_text("boot\n")
+    (proc / "1").mkdir()
+    (proc / "1/stat").write_text("1 (init) S" + " 0" * 40)
+    (proc / "self/ns").mkdir(parents=True)
+    (proc / "self/ns/pid").write_text("")
+    key = holders._key(proc)
+    assert key is not None
+    host = socket.gethostname()[: holders.HOST_CHARS]
+
+    def stat(pid: int, state: str, start: int) -> None:
+        fields = [state] + ["0"] * 18 + [str(start)] + ["0"] * 10
+        (proc / str(pid)).mkdir()
+        (proc / str(pid) / "stat").write_text(f"{pid} (a (b) c) " + " ".join(fields))
+
+    stat(10, "Z", 500)
+    stat(11, "S", 500)
+    (proc / "12").mkdir()
+    (proc / "12/stat").mkdir()  # unreadable as a file: cannot tell
+
+    def holder(pid: int) -> str:
+        return f"{host}-{pid}-abcdef-t500-{key}"
+
+    assert holders.is_gone(holder(10), proc)  # a zombie
+    assert not holders.is_gone(holder(11), proc)  # running with that start time
+    assert not holders.is_gone(holder(12), proc)  # cannot tell: alive
+    assert holders.is_gone(holder(13), proc)  # no such pid
+    assert not holders.is_gone(f"elsewhere-13-abcdef-t500-{key}", proc)  # another host

@@ -4,11 +4,15 @@ the Gmail push wake-up."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -362,3 +366,91 @@ def test_a_wake_makes_the_mailbox_due_now(sqlite_store: Store) -> None:
         assert leases.acquire(conn, "me", now=T0, duration=timedelta(seconds=30), limit=1) == []
         assert leases.wake(conn, account.id, T0)
         assert len(leases.acquire(conn, "me", now=T0, duration=timedelta(seconds=30), limit=1)) == 1
+
+
+# -- issue 9 §5: bodies are capped, deep JSON is refused (through HTTP, against the ops server) ---
+
+
+@pytest.fixture
+def ops_url(sqlite_store: Store, calls: Calls) -> Iterator[str]:
+    from maillink.ops.server import OpsServer
+
+    ctx = OpsContext(
+        store=sqlite_store,
+        metrics=Metrics(),
+        webhook=WebhookCredentials(USER, PASSWORD),
+        gmail_push_token=PUSH_TOKEN,
+        wake=calls.woken.append,
+    )
+    server = OpsServer(create_ops_app(ctx), "127.0.0.1", 0).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+PATHS = {"pipedrive": "/webhooks/pipedrive", "gmail": f"/push/gmail?token={PUSH_TOKEN}"}
+
+
+@pytest.mark.parametrize("endpoint", sorted(PATHS))
+@pytest.mark.parametrize("depth", [100, 5000, 100_000])
+def test_deeply_nested_json_is_400_not_500(ops_url: str, endpoint: str, depth: int) -> None:
+    body = "[" * depth + "]" * depth
+    answer = requests.post(
+        ops_url + PATHS[endpoint],
+        data=body,
+        headers={**_auth(), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]
+
+
+def test_deep_json_inside_a_gmail_push_is_400(ops_url: str, calls: Calls) -> None:
+    data = base64.b64encode(("[" * 5000 + "]" * 5000).encode()).decode()
+    answer = requests.post(ops_url + PATHS["gmail"], json={"message": {"data": data}}, timeout=30)
+    assert answer.status_code == 400 and calls.woken == []
+
+
+@pytest.mark.parametrize("endpoint", sorted(PATHS))
+def test_a_body_declared_too_large_is_413_before_it_is_read(ops_url: str, endpoint: str) -> None:
+    parts = urlsplit(ops_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        conn.putrequest("POST", PATHS[endpoint])
+        for name, value in {**_auth(), "Content-Type": "application/json"}.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(10**9))  # nothing of it is ever sent
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 413
+        assert "larger than" in json.loads(answer.read())["error"]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("endpoint", sorted(PATHS))
+def test_a_chunked_body_is_cut_at_the_cap_and_413(ops_url: str, endpoint: str) -> None:
+    chunk = b" " * 16384
+    count = 20  # 320 KB of JSON whitespace, over the 256 KB cap, with no Content-Length
+
+    def body() -> Iterator[bytes]:
+        yield b"{"
+        for _ in range(count):
+            yield chunk
+        yield b"}"
+
+    answer = requests.post(
+        ops_url + PATHS[endpoint],
+        data=body(),
+        headers={**_auth(), "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 413, answer.text
+
+
+def test_a_webhook_under_the_cap_still_works(ops_url: str, sqlite_store: Store) -> None:
+    event = _event("deal", "change", {"id": 7, "person_id": 1, "status": "won"})
+    event["padding"] = "x" * 100_000  # large but under the cap
+    answer = requests.post(ops_url + PATHS["pipedrive"], json=event, headers=_auth(), timeout=30)
+    assert answer.status_code == 200 and answer.json()["ok"]

@@ -1,4 +1,4 @@
-"""Every command of DESIGN §5 as a user runs it: a subprocess, real files, the sandboxes."""
+"""Every command of docs/cli.md as a user runs it: a subprocess, real files, the sandboxes."""
 
 from __future__ import annotations
 
@@ -118,6 +118,28 @@ def test_connect_then_backfill_pending_choose_explain_and_sync(
     assert len(pipedrive.activities()) == 3  # nothing written twice
 
 
+def test_a_denied_consent_is_one_line_without_a_class_name_and_exit_1(
+    config: Path, google: GoogleSandbox
+) -> None:
+    google.add_mailbox(REP)
+    env = dict(os.environ, MAILLINK_CONFIG=str(config))
+    google.consent_as = None  # the user clicks "Cancel" on Google's consent page
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maillink", "connect", "gmail", "--no-browser"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    follow_printed_url(process)
+    _, err = process.communicate(timeout=60)
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]  # after the "Open this address…" prompt
+    assert process.returncode == 1
+    assert line.startswith("maillink: error: ") and "access_denied" in line
+    assert "ConnectError" not in line and "--debug" not in line
+
+
 def test_pause_resume_and_remove_a_mailbox(
     cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
 ) -> None:
@@ -217,6 +239,16 @@ def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path) -> 
     assert "sync --once again: 0 new messages, 0 activities created" in done.stdout
     assert "outbox pending: 0" in done.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+    # the demo grants each consent itself: it says so, and no prompt is left without its address
+    assert done.stdout.count(": the demo grants the consent itself") == 3
+    for stream in (done.stdout, done.stderr):
+        lines = stream.splitlines() + [""]
+        dangling = [
+            line
+            for line, after in zip(lines, lines[1:], strict=False)
+            if line.endswith(":") and not after.startswith(("  ", "http"))
+        ]
+        assert dangling == [], dangling
 
 
 def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(

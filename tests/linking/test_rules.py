@@ -1,4 +1,4 @@
-"""The linking rules of DESIGN.md §3, case by case: each case names the behaviour it pins."""
+"""The linking rules of docs/linking-rules.md, case by case: each case names the behaviour it pins."""
 
 from __future__ import annotations
 
@@ -141,6 +141,8 @@ class Case:
     unlinked: bool = False
     created_at: datetime | None = None  # default: the first dated message's date
     persons: tuple[Person, ...] = field(default=PERSONS)
+    # (provider_id, item): the CRM already has that message's activity linked to the item
+    delivered: tuple[tuple[str, str], ...] = ()
 
 
 def run(case: Case) -> ThreadOutcome:
@@ -153,7 +155,12 @@ def run(case: Case) -> ThreadOutcome:
         choice=None if case.choice is None else ref(case.choice),
         unlinked=case.unlinked,
     )
-    return decide_thread(thread, facts(case.items, case.persons), case.policy)
+    keys = {m.provider_id: m.key for m in case.messages}
+    delivered: dict[str, frozenset[ItemRef]] = {}
+    for pid, text in case.delivered:
+        delivered[keys[pid]] = delivered.get(keys[pid], frozenset()) | {ref(text)}
+    known = replace(facts(case.items, case.persons), delivered=delivered)
+    return decide_thread(thread, known, case.policy)
 
 
 def summary(decision: Decision) -> tuple[str, Reason, tuple[str, ...]]:
@@ -449,13 +456,96 @@ CASES: dict[str, Case] = {
         link_source="auto",
         candidates=("deal:6",),
     ),
+    # Rule 6 for a deleted item: an email whose activity the CRM already has linked to it, and
+    # exchanged before the deletion, keeps the link; later emails go to their persons only.
     "rule6_deleted_item_with_a_date_stops_collecting_after_it": Case(
         messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
         expected=(("m1", SINGLE, ("deal:6",)), ("m2", CLOSED, ())),
         items=(item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5),),
+        delivered=(("m1", "deal:6"),),
         linked="deal:6",
         link_source="auto",
         candidates=("deal:6",),
+    ),
+    "rule6_deleted_item_without_a_date_keeps_a_delivered_link_only": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", SINGLE, ("deal:6",)), ("m2", CLOSED, ())),
+        items=(item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED),),
+        delivered=(("m1", "deal:6"),),
+        linked="deal:6",
+        link_source="auto",
+        candidates=("deal:6",),
+    ),
+    # An email the CRM does not have yet is never linked to a deleted item, even one exchanged
+    # before the deletion: that would be a new write naming it.
+    "rule6_undelivered_earlier_message_is_not_linked_to_a_deleted_item": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 3, A), inbound("m3", 7, A)),
+        expected=(("m1", CLOSED, ()), ("m2", SINGLE, ("deal:6",)), ("m3", CLOSED, ())),
+        items=(item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5),),
+        delivered=(("m2", "deal:6"),),
+        linked="deal:6",
+        link_source="auto",
+        candidates=("deal:6",),
+    ),
+    "rule6_delivered_link_to_another_item_does_not_keep_a_deleted_one": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", CLOSED, ()), ("m2", CLOSED, ())),
+        items=(
+            item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5),
+            item("deal:8", "Lost", (ALICE,), -9, ItemStatus.LOST, 0),
+        ),
+        delivered=(("m1", "deal:8"),),
+    ),
+    # A deleted lead (or a deal deleted long ago) is no longer listed at all: the email whose
+    # activity carries it keeps the link, as for a deleted item of unknown date.
+    "rule6_delivered_link_to_an_item_no_longer_listed_is_kept": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", SINGLE, ("lead:9",)), ("m2", CLOSED, ())),
+        delivered=(("m1", "lead:9"),),
+        linked="lead:9",
+        link_source="auto",
+        candidates=("lead:9",),
+    ),
+    "rule5_chosen_item_no_longer_listed_keeps_a_delivered_link": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", USER, ("lead:9",)), ("m2", NOT_OPEN, ())),
+        delivered=(("m1", "lead:9"),),
+        choice="lead:9",
+        linked="lead:9",
+        link_source="user",
+    ),
+    "rule5_chosen_item_deleted_later_keeps_a_delivered_link": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 3, A), inbound("m3", 7, A)),
+        expected=(("m1", USER, ("deal:6",)), ("m2", CLOSED, ()), ("m3", CLOSED, ())),
+        items=(item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5),),
+        delivered=(("m1", "deal:6"),),
+        choice="deal:6",
+        linked="deal:6",
+        link_source="user",
+    ),
+    # Issue 9: a deleted item is never a candidate, not even for messages exchanged before its
+    # deletion, unless the CRM already has the email linked to it (above): a new write naming it
+    # is refused. With nothing delivered, the thread is replayed without it.
+    "rule6_deleted_item_is_never_linked_not_even_before_its_deletion": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", CLOSED, ()), ("m2", CLOSED, ())),
+        items=(item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5),),
+    ),
+    "rule6_thread_whose_item_was_deleted_goes_to_its_other_item": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", SINGLE, ("deal:1",)), ("m2", LINKED, ("deal:1",))),
+        items=(DEAL1, item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5)),
+        linked="deal:1",
+        link_source="auto",
+        candidates=("deal:1",),
+    ),
+    "rule5_chosen_item_deleted_links_nothing": Case(
+        messages=(inbound("m1", 1, A), inbound("m2", 7, A)),
+        expected=(("m1", CLOSED, ()), ("m2", CLOSED, ())),
+        items=(item("deal:6", "Deleted", (ALICE,), -9, ItemStatus.DELETED, 5),),
+        choice="deal:6",
+        linked="deal:6",
+        link_source="user",
     ),
     "rule6_closed_thread_item_is_not_replaced_by_another_open_item": Case(
         messages=(inbound("m1", 1, A), outbound("m2", 7, A, C)),
@@ -682,6 +772,21 @@ def test_mixed_exclusion_detail_lists_each_item_and_why() -> None:
     assert "deal:5 'Late deal' was created on " + day(5).isoformat() in decision.detail
     assert "deal:6 'Lost' was lost on " + day(-2).isoformat() in decision.detail
     assert "lead:2 'Gone' was deleted" in decision.detail
+
+
+def test_kept_link_to_a_deleted_item_says_why() -> None:
+    case = CASES["rule6_deleted_item_with_a_date_stops_collecting_after_it"]
+    first, second = run(case).decisions
+    assert (
+        "deal:6 'Deleted' was deleted on 2024-03-06T09:00:00+00:00: this email was linked to it "
+        "before (its activity in the CRM carries it), so it keeps the link" in first.detail
+    )
+    assert "deal:6 'Deleted' was deleted on 2024-03-06T09:00:00+00:00" in second.detail
+    assert "keeps the link" not in second.detail
+    unknown = run(CASES["rule6_deleted_item_without_a_date_keeps_a_delivered_link_only"])
+    assert "was deleted (date unknown): this email was linked to it before" in (
+        unknown.decisions[0].detail
+    )
 
 
 def test_unknown_choice_detail_says_the_crm_does_not_know_it() -> None:

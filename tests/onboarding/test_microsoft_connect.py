@@ -190,7 +190,7 @@ def test_the_connected_cache_feeds_the_graph_provider(ms: MicrosoftSandbox) -> N
 def test_the_sandbox_ca_can_come_from_requests_ca_bundle(
     ms: MicrosoftSandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """DESIGN §5: extra CAs come from REQUESTS_CA_BUNDLE; no ca_bundle argument anywhere."""
+    """docs/configuration.md: extra CAs come from REQUESTS_CA_BUNDLE; no ca_bundle argument anywhere."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", ms.ca_bundle)
     terminal = Terminal()
     browser = Browser(terminal, follow(ms))

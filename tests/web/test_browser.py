@@ -207,3 +207,44 @@ def test_a_rep_signs_in_connects_gmail_and_chooses_the_deal_of_a_waiting_thread(
         "06-thread-linked-to-the-deal.png",
     ):
         assert (shots / name).stat().st_size > 5000, name
+
+
+def test_after_sign_out_a_saved_session_cookie_does_not_sign_in(
+    team: Team, app: App, browser: Any, server: tuple[str, subprocess.Popen[str]]
+) -> None:
+    """Issue 9: signing out ends the session on the server, not only the browser's cookie; and
+    the sign-in link, once used, does not sign in again."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _process = server
+    wait = WebDriverWait(browser, WAIT)
+    added = CliRunner().invoke(
+        users_group, ["add", ANN, "--public-url", url], obj=Obj(str(team.config), False)
+    )
+    assert added.exit_code == 0, added.output
+    link = added.stdout.strip()
+    browser.get(link)
+    wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Mailboxes"))
+    saved = browser.get_cookie("maillink_session")
+    assert saved is not None and saved["httpOnly"]
+
+    browser.find_element(By.XPATH, "//button[text()='Sign out']").click()
+    wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign in"))
+
+    # the saved cookie, put back as it was: the server no longer knows its session
+    browser.delete_all_cookies()
+    browser.add_cookie(
+        {k: saved[k] for k in ("name", "value", "path", "httpOnly", "sameSite") if k in saved}
+    )
+    browser.get(f"{url}/mailboxes")
+    wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign in"))
+    assert ANN not in browser.page_source
+
+    # nor does the link a second time
+    browser.get(link)
+    wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign in"))
+    assert "already used" in browser.page_source
+    browser.get(f"{url}/mailboxes")
+    wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Sign in"))

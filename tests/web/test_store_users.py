@@ -100,3 +100,71 @@ def _message() -> Message:
         to=(Address("ann@acme.example"),),
         subject="Quote",
     )
+
+
+def test_upgrading_to_0005_spends_used_links_and_gives_old_ones_a_day(url: str) -> None:
+    """Links issued before sign-in links expired: a used one is spent, an unused one lasts a day
+    from its user's creation; sessions from before have no row, so they end."""
+    from datetime import timedelta
+
+    from sqlalchemy import column, table
+
+    old = Store.open(url, upgrade=False)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    legacy = table(  # web_users as 0004 left it
+        "web_users",
+        column("email"),
+        column("is_admin"),
+        column("token_hash"),
+        column("created_at", schema.UTCDateTime()),
+        column("last_sign_in_at", schema.UTCDateTime()),
+    )
+    with old.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0004")
+        for email, created, signed_in in (
+            ("used@acme.example", now - timedelta(hours=2), now - timedelta(hours=1)),
+            ("fresh@acme.example", now - timedelta(hours=2), None),
+            ("stale@acme.example", now - timedelta(days=3), None),
+        ):
+            connection.execute(
+                insert(legacy).values(
+                    email=email,
+                    is_admin=False,
+                    token_hash=users.hash_token(email),
+                    created_at=created.replace(tzinfo=UTC),
+                    last_sign_in_at=signed_in.replace(tzinfo=UTC) if signed_in else None,
+                )
+            )
+    old.close()
+
+    upgraded = Store.open(url)
+    at = datetime.now(UTC)
+    with upgraded.transaction() as conn:
+        states = {u.email: users.link_state(u, at) for u in users.all_users(conn)}
+        fresh = users.by_token(conn, "fresh@acme.example")
+        assert fresh is not None and users.use_link(conn, fresh, at)
+        assert not users.use_link(conn, fresh, at)  # once
+    assert states == {
+        "used@acme.example": users.LinkState.USED,
+        "fresh@acme.example": users.LinkState.VALID,
+        "stale@acme.example": users.LinkState.EXPIRED,
+    }
+    upgraded.close()
+
+
+def test_sessions_end_with_their_user_and_expire(store: Store) -> None:
+    from datetime import timedelta
+
+    at = datetime.now(UTC)
+    with store.transaction() as conn:
+        ann, _ = users.issue(conn, "ann@acme.example", is_admin=False)
+        live = users.start_session(conn, ann.id, now=at)
+        old = users.start_session(conn, ann.id, now=at - timedelta(hours=13))
+        assert users.session_user(conn, live, at) == ann
+        assert users.session_user(conn, old, at) is None  # past its 12 hours
+        assert users.session_user(conn, "made-up", at) is None
+        assert users.remove(conn, ann.email)
+        assert users.session_user(conn, live, at) is None

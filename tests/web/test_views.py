@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from tests.web.support import (
@@ -214,3 +215,146 @@ def test_no_token_or_secret_is_ever_rendered(web: Flask, app: App, team: Team) -
         body = text(boss.get(path))
         for name, value in secrets.items():
             assert value and value not in body, f"{name} rendered on {path}"
+
+
+# -- issue 9 §5: ids out of range, and what "Link to another item" accepts ----------------------
+
+
+@pytest.mark.parametrize("big", [2**31, 2**63, 2**64, 10**30])
+def test_ids_out_of_range_are_404_in_every_route(web: Flask, app: App, big: int) -> None:
+    client = sign_in(web, app, ADMIN, admin=True)
+    token = csrf(client)
+    for path in (f"/threads/{big}", f"/mailboxes/{big}", f"/mailboxes/{big}/progress"):
+        assert client.get(path).status_code == 404, path
+    for path in (f"/threads/{big}/choose", f"/threads/{big}/unlink"):
+        answer = client.post(path, data={"csrf_token": token, "item": "deal:1"})
+        assert answer.status_code == 404, path
+        assert "There is nothing here" in text(answer)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "deal:abc",
+        "deal:-3",
+        "deal:1e3",
+        "deal:0",
+        "deal:123456789012345678901234567890",
+        "project:x1",
+        "lead:12",
+        "lead:not-a-uuid",
+        "deal:<script>",
+    ],
+)
+def test_an_ill_formed_item_id_is_refused_with_a_message(
+    web: Flask, app: App, team: Team, item: str
+) -> None:
+    ann, _bob = _team_connected(web, app, team)
+    tid = thread_id(app, RENEWAL)
+    answer = ann.post(
+        f"/threads/{tid}/choose",
+        data={"csrf_token": csrf(ann), "item": item, "back": "thread"},
+        follow_redirects=True,
+    )
+    assert answer.status_code == 200
+    assert "is not an item" in text(answer)
+    assert "<script>" not in text(answer)
+    assert _thread(app, tid)["waiting"] and _thread(app, tid)["linked"] is None
+
+
+def test_an_item_of_other_persons_is_refused_and_its_title_never_shown(
+    web: Flask, app: App, team: Team
+) -> None:
+    ann, _bob = _team_connected(web, app, team)
+    tid = thread_id(app, RENEWAL)  # carol's thread
+    daves_deal = team.deals["dave"]  # "Other Inc pilot": bob's customer, nothing to do with carol
+    missing = 987654
+    for item in (f"deal:{daves_deal}", f"lead:{team.leads['dave']}", f"deal:{missing}"):
+        answer = ann.post(
+            f"/threads/{tid}/choose",
+            data={"csrf_token": csrf(ann), "item": item, "back": "thread"},
+            follow_redirects=True,
+        )
+        page = text(answer)
+        assert "is not a deal, lead or project of this thread&#39;s persons" in page, item
+        assert "Other Inc" not in page
+        found = _thread(app, tid)
+        assert found["waiting"] and found["linked"] is None
+    assert all(a["deal_id"] is None for a in _activities(team, "Renewal quote"))
+    page = text(ann.get(f"/threads/{tid}"))
+    assert "Other Inc" not in page and "Another deal, lead or project of this thread" in page
+
+
+def test_another_item_of_the_threads_persons_is_accepted_even_if_new(
+    web: Flask, app: App, team: Team
+) -> None:
+    """An item made in the CRM after the cache was read is found in the CRM itself."""
+    from datetime import timedelta
+
+    from tests.web.support import T0
+
+    ann, _bob = _team_connected(web, app, team)
+    tid = thread_id(app, RENEWAL)
+    (carol,) = [p.id for p in app.crm.search_persons("carol@customer.example")]
+    fresh = team.pipedrive.add_deal("Carol: new site", carol, add_time=T0 - timedelta(days=40))
+    answer = ann.post(
+        f"/threads/{tid}/choose",
+        data={"csrf_token": csrf(ann), "item": f"deal:{fresh}", "back": "thread"},
+    )
+    assert answer.status_code == 303
+    page = text(ann.get(f"/threads/{tid}"))
+    assert f"linked to deal:{fresh}" in page
+    assert _thread(app, tid)["linked"] == f"deal:{fresh}"
+
+
+def test_maillink_choose_refuses_an_item_of_other_persons(web: Flask, app: App, team: Team) -> None:
+    from click.testing import CliRunner
+
+    from maillink.cli import cli
+    from maillink.errors import ConfigError
+
+    _team_connected(web, app, team)
+    tid = thread_id(app, RENEWAL)
+    runner = CliRunner()
+    refused = runner.invoke(
+        cli, ["--config", str(team.config), "choose", str(tid), f"deal:{team.deals['dave']}"]
+    )
+    assert isinstance(refused.exception, ConfigError)
+    assert "not a deal, lead or project of this thread's persons" in str(refused.exception)
+    ill = runner.invoke(cli, ["--config", str(team.config), "choose", str(tid), "lead:12"])
+    assert ill.exit_code == 2 and "is not an item" in ill.output
+    assert _thread(app, tid)["waiting"]
+    chosen = runner.invoke(
+        cli, ["--config", str(team.config), "choose", str(tid), f"deal:{team.deals['carol']}"]
+    )
+    assert chosen.exit_code == 0, chosen.output
+    assert f"linked to deal:{team.deals['carol']}: 2 message(s) linked" in chosen.output
+
+
+def test_ids_out_of_range_are_404_on_postgresql_too(team: Team, pg_url: str) -> None:
+    """PostgreSQL's Integer ids end at 2^31 - 1: a larger one is no route, not a DataError."""
+    from tests.web.support import PUBLIC_URL
+
+    from maillink.config import load_settings
+    from maillink.web.factory import create_app
+    from maillink.web.settings import WebSettings
+
+    lines = team.config.read_text().splitlines()
+    config = team.folder / "maillink-pg.toml"
+    config.write_text(
+        "\n".join(f'url = "{pg_url}"' if line.startswith("url =") else line for line in lines)
+    )
+    on_pg = App(load_settings(str(config)))
+    web = create_app(on_pg, WebSettings.build("127.0.0.1", 8080, PUBLIC_URL), testing=True)
+    try:
+        client = sign_in(web, on_pg, ADMIN, admin=True)
+        token = csrf(client)
+        for big in (2**31, 2**63):
+            assert client.get(f"/threads/{big}").status_code == 404
+            assert client.get(f"/mailboxes/{big}/progress").status_code == 404
+            answer = client.post(f"/threads/{big}/unlink", data={"csrf_token": token})
+            assert answer.status_code == 404
+        assert client.get(f"/threads/{2**31 - 1}").status_code == 404  # in range, no such thread
+    finally:
+        web.extensions["maillink"].jobs.stop()
+        on_pg.close()

@@ -21,6 +21,39 @@ class CRMUnavailable(CRMError):
     """The CRM could not be reached or answered 5xx after the retries: try again later."""
 
 
+class CRMRefused(CRMError):
+    """The CRM refused this write for good (a 4xx other than 401/403/429): sending the same
+    write again will not help. `status` is the HTTP status, `answer` the CRM's own words."""
+
+    def __init__(self, message: str, status: int = 400, answer: str = ""):
+        super().__init__(message)
+        self.status = status
+        self.answer = answer or message
+
+
+class CRMRecordGone(CRMRefused):
+    """The write names a person or item the CRM no longer has (deleted, merged, archived since
+    the decision): refresh the facts and decide again. `kind` is "person", "deal", "lead" or
+    "project" and `record_id` its id, when the CRM's answer says which."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        answer: str = "",
+        kind: str | None = None,
+        record_id: str | None = None,
+    ):
+        super().__init__(message, status, answer)
+        self.kind = kind
+        self.record_id = record_id
+
+
+class CRMActivityGone(CRMRefused):
+    """The activity to update is no longer in the CRM (deleted there, by a person or with its
+    item): nothing is updated; creating it again is a person's call (`outbox retry`)."""
+
+
 class CRMAuthError(CRMError):
     """The CRM refused the credentials: the configuration must change."""
 
@@ -91,4 +124,13 @@ class CRM(Protocol):
 
     def find_activity(self, key: str, person_id: int | None) -> str | None:
         """The id of the activity whose note carries `maillink-id: <key>`, if one exists."""
+        ...
+
+    def create_person(self, name: str, email: str) -> Person:
+        """Create a person with this name and address (`[linking] create_persons`); returns it."""
+        ...
+
+    def forget_cached(self) -> None:
+        """Drop what the adapter keeps in memory (lists it reads company-wide), so that the next
+        reads see the CRM as it is now."""
         ...

@@ -1,4 +1,4 @@
-"""Pipedrive behind maillink's CRM interface (DESIGN.md §4).
+"""Pipedrive behind maillink's CRM interface (docs/crm-writes.md).
 
 API v2 where Pipedrive has it (persons search, persons, deals, activities), v1 where it has only v1
 (leads, projects, activity types). Transport, retries and paging live in `pipedrive_http`; how
@@ -7,7 +7,9 @@ records become `Person`s and `Item`s in `pipedrive_items`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +18,14 @@ from typing import Any
 
 import requests
 
-from maillink.crm.base import ActivityDraft, Changes, CRMError
+from maillink.crm.base import (
+    ActivityDraft,
+    Changes,
+    CRMActivityGone,
+    CRMError,
+    CRMRecordGone,
+    CRMRefused,
+)
 from maillink.crm.pipedrive_http import (
     TOKEN_COSTS,
     PipedriveHTTP,
@@ -41,6 +50,13 @@ DEAL_STATUSES = "open,won,lost,deleted"  # deleted ones: those deleted in the la
 PROJECT_STATUSES = "open,completed,canceled,deleted"
 CHANGES_OVERLAP = timedelta(minutes=1)  # polling windows overlap: clocks differ a little
 _LINK_FIELDS = {ItemKind.DEAL: "deal_id", ItemKind.LEAD: "lead_id", ItemKind.PROJECT: "project_id"}
+# How Pipedrive says that a record an activity names is gone: "Deal with id 12 not found",
+# "Person not found", "deal_id 12 does not exist"…
+_GONE = re.compile(
+    r"\b(?P<kind>deal|lead|project|person)(?:_id)?\b(?:\s+with\s+id)?\s*(?P<id>[\w-]*)\s+"
+    r"(?:was\s+|is\s+)?(?:not\s+found|does\s+not\s+exist|deleted|merged|archived)",
+    re.IGNORECASE,
+)
 
 __all__ = ["TOKEN_COSTS", "PipedriveCRM", "PipedriveNotFound", "WriteOutcomeUnknown"]
 
@@ -197,9 +213,20 @@ class PipedriveCRM:
                 self._activity_type = _email_type(envelope.get("data") or [])
             return self._activity_type
 
+    def create_person(self, name: str, email: str) -> Person:
+        """POST /api/v2/persons with the name and the (primary) address."""
+        body = {"name": name, "emails": [{"value": email, "primary": True}]}
+        envelope = self.http.call("persons.create", "POST", "/api/v2/persons", json=body)
+        data = envelope.get("data") or {}
+        if not isinstance(data.get("id"), int):
+            raise WriteOutcomeUnknown("Pipedrive created a person but did not say its id")
+        emails = tuple(person_emails(data)) or (email,)
+        return Person(id=data["id"], name=str(data.get("name") or name), emails=emails)
+
     def create_activity(self, draft: ActivityDraft) -> str:
         body = self._activity_body(draft, clear_links=False)
-        envelope = self.http.call("activities.create", "POST", "/api/v2/activities", json=body)
+        with _gone_records():
+            envelope = self.http.call("activities.create", "POST", "/api/v2/activities", json=body)
         activity_id = (envelope.get("data") or {}).get("id")
         if activity_id is None:
             raise WriteOutcomeUnknown("Pipedrive created an activity but did not say its id")
@@ -209,7 +236,17 @@ class PipedriveCRM:
         """Rewrite the activity; the link fields of the kinds not in the draft are set to null."""
         body = self._activity_body(draft, clear_links=True)
         path = f"/api/v2/activities/{int(activity_id)}"
-        self.http.call("activities.update", "PATCH", path, json=body)
+        try:
+            with _gone_records():
+                self.http.call("activities.update", "PATCH", path, json=body)
+        except PipedriveNotFound as exc:  # the activity itself (the records it names: 400)
+            raise CRMActivityGone(str(exc), exc.status, exc.answer) from exc
+
+    def forget_cached(self) -> None:
+        """Read the company's projects (and its email activity type) again next time."""
+        with self._lock:
+            self._projects = None
+            self._activity_type = None
 
     def find_activity(self, key: str, person_id: int | None) -> str | None:
         """The activity whose note has `maillink-id: <key>`: among the primary person's newest
@@ -254,6 +291,25 @@ class PipedriveCRM:
                 links[name] = ref.id if ref.kind is ItemKind.LEAD else int(ref.id)
         body.update(links if clear_links else {k: v for k, v in links.items() if v is not None})
         return body
+
+
+@contextlib.contextmanager
+def _gone_records() -> Iterator[None]:
+    """A write refused because a person, deal, lead or project it names is gone becomes
+    `CRMRecordGone`; other refusals pass as they are."""
+    try:
+        yield
+    except CRMRecordGone:
+        raise
+    except CRMRefused as exc:
+        if exc.status not in (400, 404, 410, 422):
+            raise
+        found = _GONE.search(exc.answer)
+        if found is None:
+            raise
+        kind = found.group("kind").lower()
+        ident = found.group("id") or None
+        raise CRMRecordGone(str(exc), exc.status, exc.answer, kind, ident) from exc
 
 
 def _unique(records: list[Item | None]) -> list[Item]:

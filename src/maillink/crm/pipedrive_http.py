@@ -23,7 +23,13 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from maillink.crm.base import CRMAuthError, CRMError, CRMRateLimited, CRMUnavailable
+from maillink.crm.base import (
+    CRMAuthError,
+    CRMError,
+    CRMRateLimited,
+    CRMRefused,
+    CRMUnavailable,
+)
 from maillink.crm.pipedrive_transport import (
     Answer,
     NeverSent,
@@ -46,6 +52,7 @@ TOKEN_COSTS: dict[str, int] = {
     "activities.list": 10,
     "activities.create": 5,
     "activities.update": 5,
+    "persons.create": 5,
 }
 
 BURST_WINDOW = 2.0  # seconds: Pipedrive's rolling burst window, the wait when it names none
@@ -53,8 +60,8 @@ DAILY_REMAINING = "x-daily-ratelimit-token-remaining"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
 
 
-class PipedriveNotFound(CRMError):
-    """404: the record is gone (deleted in Pipedrive) or never existed."""
+class PipedriveNotFound(CRMRefused):
+    """404 or 410: the record is gone (deleted in Pipedrive) or never existed."""
 
 
 class WriteOutcomeUnknown(CRMUnavailable):
@@ -296,7 +303,8 @@ class PipedriveHTTP:
             self._count(operation)
         if action is Action.SUCCESS:
             return self._envelope(response, where, idempotent)
-        message = f"Pipedrive answered {status} to {where}: {_error_text(response)}"
+        answer = _error_text(response)
+        message = f"Pipedrive answered {status} to {where}: {answer}"
         if action is Action.RETRY:
             if not idempotent:
                 raise WriteOutcomeUnknown(message)
@@ -309,8 +317,8 @@ class PipedriveHTTP:
         if action is Action.AUTH:
             raise CRMAuthError(message)
         if action is Action.NOT_FOUND:
-            raise PipedriveNotFound(message)
-        raise CRMError(message)
+            raise PipedriveNotFound(message, status, answer)
+        raise CRMRefused(message, status, answer)
 
     def _rate_limited(self, response: Answer, message: str) -> Exception:
         """A daily-budget 429 at once as CRMRateLimited(daily=True); a burst 429 to wait out."""

@@ -1,1 +1,1 @@
-"""Linking: the pure rules of DESIGN.md §3 and the linker that gathers facts and records decisions."""
+"""Linking: the pure rules of docs/linking-rules.md and the linker that gathers facts and records decisions."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from maillink.model import Message
 
@@ -63,7 +63,10 @@ class Item:
     """A lead, deal or project, with the dates the rules need.
 
     `closed_at` is when it was won, lost, closed or deleted; None while open (or when the CRM does
-    not say when it was deleted).
+    not say when it was deleted). A deleted item is never a candidate (rule 2): the CRM no longer
+    has it, so no new write may name it. The one exception is rule 6's: an email whose activity
+    the CRM already has linked to the item (`delivered`) and that was exchanged before the
+    deletion (or the deletion date is unknown) keeps that link, so nothing is rewritten.
     """
 
     ref: ItemRef
@@ -73,12 +76,29 @@ class Item:
     status: ItemStatus = ItemStatus.OPEN
     closed_at: datetime | None = None
 
-    def open_at(self, when: datetime) -> bool:
-        """Was the item open at `when`? Open now, or won/lost/closed/deleted after `when`."""
+    @classmethod
+    def gone(cls, ref: ItemRef) -> Item:
+        """An item an email's activity carries in the CRM (`Facts.delivered`) that the CRM no
+        longer lists among the email's persons' items (a deleted lead, a deal deleted long
+        ago): deleted, date unknown."""
+        return cls(
+            ref=ref,
+            title="(no longer listed in the CRM)",
+            person_ids=frozenset(),
+            created_at=datetime.min.replace(tzinfo=UTC),
+            status=ItemStatus.DELETED,
+        )
+
+    def open_at(self, when: datetime, *, delivered: bool = False) -> bool:
+        """Was the item open at `when`? Open now, or won/lost/closed after `when`. A deleted item
+        only for an email whose activity the CRM already has linked to it (`delivered`), when
+        the email was exchanged before the deletion (or the deletion date is unknown)."""
         if when < self.created_at:
             return False
         if self.status is ItemStatus.OPEN:
             return True
+        if self.status is ItemStatus.DELETED:
+            return delivered and (self.closed_at is None or self.closed_at > when)
         return self.closed_at is not None and self.closed_at > when
 
 
@@ -158,6 +178,7 @@ class LinkingPolicy:
     internal_domains: frozenset[str] = frozenset()
     blocked: tuple[str, ...] = ()
     multiple_open_items: MultipleOpenItems = MultipleOpenItems.ASK
+    create_persons: bool = False  # the linker creates persons for unknown external addresses
 
 
 @dataclass(frozen=True)
@@ -165,11 +186,19 @@ class Facts:
     """What the CRM says, gathered by the linker (through its caches) before deciding.
 
     `persons_by_email` maps a lower-cased address to its persons (empty: no such person);
-    `items_by_person` maps a person id to all of their items, open or not.
+    `items_by_person` maps a person id to all of their items, open or not. `delivered` maps an
+    email's key (`Message.key`) to the items its activity already carries in the CRM (only
+    emails whose activity was created there and whose latest version was delivered): rule 6
+    keeps those links when an item is deleted later.
     """
 
     persons_by_email: Mapping[str, Sequence[Person]] = field(default_factory=dict)
     items_by_person: Mapping[int, Sequence[Item]] = field(default_factory=dict)
+    delivered: Mapping[str, frozenset[ItemRef]] = field(default_factory=dict)
+
+    def carries(self, message: Message, ref: ItemRef) -> bool:
+        """Does the CRM already have this email's activity linked to `ref`?"""
+        return ref in self.delivered.get(message.key, frozenset())
 
 
 @dataclass(frozen=True)

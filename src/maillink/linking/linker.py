@@ -7,15 +7,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from maillink.crm.activity import draft_for, draft_to_json
 from maillink.crm.base import CRM
-from maillink.linking.facts import Decision, Facts, Item, LinkingPolicy, Person, Reason, ThreadInput
+from maillink.linking.activity_claims import claim_activities
+from maillink.linking.facts import (
+    Decision,
+    Facts,
+    Item,
+    ItemRef,
+    LinkingPolicy,
+    Person,
+    ThreadInput,
+)
+from maillink.linking.new_persons import PersonCreator, unknown_addresses
 from maillink.linking.rules import decide_thread, external_participants
 from maillink.model import Message
 from maillink.store import Store, cache, mail
@@ -89,6 +98,37 @@ class FactGatherer:
         return Facts(persons_by_email=facts.persons_by_email, items_by_person=items)
 
 
+def _message_keys(
+    account: Account,
+    rows_by_thread: Mapping[int, Sequence[Any]],
+    threads: Mapping[int, mail.StoredThread],
+) -> list[str]:
+    return [
+        mail.message_from_row(account.email, threads[tid].key, row).key
+        for tid, rows in rows_by_thread.items()
+        if tid in threads
+        for row in rows
+    ]
+
+
+def _delivered_links(conn: Connection, keys: Iterable[str]) -> dict[str, frozenset[ItemRef]]:
+    """The items each of these emails' activities already carries in the CRM: those created
+    there whose latest version was delivered (a pending version's items are not the CRM's yet).
+    """
+    wanted = sorted(set(keys))
+    found: dict[str, frozenset[ItemRef]] = {}
+    for start in range(0, len(wanted), 500):
+        for key, desired in conn.execute(
+            select(activities.c.key, activities.c.desired).where(
+                activities.c.key.in_(wanted[start : start + 500]),
+                activities.c.crm_id.is_not(None),
+                activities.c.delivered_version >= activities.c.desired_version,
+            )
+        ):
+            found[key] = frozenset(ItemRef.parse(ref) for ref in desired.get("items", ()))
+    return found
+
+
 def _stored_decision(row: Mapping[str, Any]) -> tuple[Any, ...]:
     return (
         row["reason"],
@@ -153,14 +193,51 @@ class Linker:
         with reader as read:
             threads = mail.threads_by_id(read, ids)
             rows = mail.messages_of_threads(read, ids)
+            delivered = _delivered_links(read, _message_keys(account, rows, threads))
         facts = self.facts.gather(self._addresses(account, rows, threads), remember=conn is None)
+        if self.policy.create_persons and conn is None:  # never in a dry run
+            facts = self._with_new_persons(account, rows, threads, facts)
         unseen = self._persons_with_unseen_items(account, rows, threads, facts)
         if unseen:
             facts = self.facts.with_archived(facts, unseen, remember=conn is None)
+        facts = replace(facts, delivered=delivered)
         if conn is not None:
             return self._record(conn, account, ids, facts, cause)
         with self.store.transaction() as write:
             return self._record(write, account, ids, facts, cause)
+
+    def redecide(self, thread_ids: Iterable[int], *, cause: str = "crm_refusal") -> Counter[str]:
+        """Decide these threads (of any mailboxes) again: the outbox calls it when the CRM
+        refused a write because a person or item it names is gone (the caches were expired)."""
+        from maillink.store.accounts import get_by_id
+
+        with self.store.engine.connect() as read:
+            found = mail.threads_by_id(read, sorted(set(thread_ids)))
+            owners = {tid: get_by_id(read, t.account_id) for tid, t in found.items()}
+        counted: Counter[str] = Counter()
+        for account_id in sorted({t.account_id for t in found.values()}):
+            ids = [tid for tid, t in found.items() if t.account_id == account_id]
+            account = owners[ids[0]]
+            if account is not None:
+                counted.update(self.decide(account, ids, cause=cause))
+        return counted
+
+    def _with_new_persons(
+        self,
+        account: Account,
+        rows_by_thread: Mapping[int, Sequence[Any]],
+        threads: Mapping[int, mail.StoredThread],
+        facts: Facts,
+    ) -> Facts:
+        """`facts` plus the CRM persons created for the threads' unknown external addresses."""
+        messages = (
+            mail.message_from_row(account.email, threads[tid].key, row)
+            for tid, rows in rows_by_thread.items()
+            for row in rows
+        )
+        wanted = unknown_addresses(messages, self.policy, facts)
+        creator = PersonCreator(self.store, self.facts.crm, clock=self.facts.clock)
+        return creator.add_to(facts, wanted)
 
     def _persons_with_unseen_items(
         self,
@@ -226,10 +303,9 @@ class Linker:
                 pid = decision.provider_id
                 replayed.append((by_provider_id[pid], by_id[pid], decision))
         mail.save_thread_outcomes(conn, outcomes)
-        claims = _ActivityClaims(conn, [m.key for _, m, d in replayed if d.reason.writes_activity])
+        claimed = claim_activities(conn, replayed, now)
         changed: list[dict[str, Any]] = []
-        for row, message, decision in replayed:
-            decision = claims.claim(row, message, decision, now)
+        for (row, _message, _wanted), decision in zip(replayed, claimed, strict=True):
             counted[decision.reason.value] += 1
             values = _decision_values(decision)
             if row["reason"] is not None and _stored_decision(row) == values:
@@ -245,7 +321,6 @@ class Linker:
                     "b_detail": detail,
                 }
             )
-        claims.write()
         if changed:
             conn.execute(
                 update(messages)
@@ -276,99 +351,3 @@ class Linker:
                 ],
             )
         return counted
-
-
-class _ActivityClaims:
-    """The outbox rows of one recording: read at once, changed in memory, written at once.
-
-    One activity per email, team-wide: the first mailbox that stored an email owns its
-    activity; the same email in another connected mailbox is recorded as a duplicate and writes
-    nothing.
-    """
-
-    def __init__(self, conn: Connection, keys: Sequence[str]) -> None:
-        self.conn = conn
-        self.existing: dict[str, tuple[int | None, Any, int]] = {}
-        wanted = sorted(set(keys))
-        for start in range(0, len(wanted), 500):
-            for key, owner, desired, version in conn.execute(
-                select(
-                    activities.c.key,
-                    activities.c.owner_message_id,
-                    activities.c.desired,
-                    activities.c.desired_version,
-                ).where(activities.c.key.in_(wanted[start : start + 500]))
-            ):
-                self.existing[key] = (owner, desired, version)
-        self.inserts: dict[str, dict[str, Any]] = {}
-        self.updates: dict[str, dict[str, Any]] = {}
-
-    def claim(
-        self, row: Mapping[str, Any], message: Message, decision: Decision, now: datetime
-    ) -> Decision:
-        """Put the activity this decision wants in the outbox (or say whose it is)."""
-        if not decision.reason.writes_activity:
-            return decision
-        key = message.key
-        desired = draft_to_json(draft_for(message, decision))
-        existing = self.existing.get(key)
-        if existing is None:
-            self.inserts[key] = {
-                "key": key,
-                "owner_message_id": row["id"],
-                "desired": desired,
-                "desired_version": 1,
-                "delivered_version": 0,
-                "attempts": 0,
-                "updated_at": now,
-            }
-            self.existing[key] = (row["id"], desired, 1)
-            return decision
-        owner, stored, version = existing
-        if owner not in (None, row["id"]):
-            found = self.conn.execute(
-                select(messages.c.account_id, messages.c.provider_id).where(messages.c.id == owner)
-            ).first()
-            where = (
-                f"message {found.provider_id} of account {found.account_id}"
-                if found
-                else "another mailbox"
-            )
-            return Decision(
-                provider_id=decision.provider_id,
-                reason=Reason.DUPLICATE_MESSAGE,
-                person_ids=decision.person_ids,
-                detail=f"the same email ({key}) was stored first as {where}, "
-                f"whose decision writes its one activity",
-            )
-        if stored != desired:
-            if key in self.inserts:  # created by this recording: still its first version
-                self.inserts[key].update(owner_message_id=row["id"], desired=desired)
-                self.existing[key] = (row["id"], desired, version)
-                return decision
-            self.updates[key] = {
-                "b_key": key,
-                "b_owner": row["id"],
-                "b_desired": desired,
-                "b_version": version + 1,
-                "b_updated_at": now,
-            }
-            self.existing[key] = (row["id"], desired, version + 1)
-        return decision
-
-    def write(self) -> None:
-        if self.inserts:
-            self.conn.execute(insert(activities), list(self.inserts.values()))
-        if self.updates:
-            self.conn.execute(
-                update(activities)
-                .where(activities.c.key == bindparam("b_key"))
-                .values(
-                    owner_message_id=bindparam("b_owner"),
-                    desired=bindparam("b_desired"),
-                    desired_version=bindparam("b_version"),
-                    next_attempt_at=None,
-                    updated_at=bindparam("b_updated_at"),
-                ),
-                list(self.updates.values()),
-            )

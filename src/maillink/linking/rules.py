@@ -1,7 +1,7 @@
-"""The linking rules of DESIGN.md §3 as a pure function: a thread and the CRM facts in, one decision
+"""The linking rules (docs/linking-rules.md) as a pure function: a thread and the CRM facts in, one decision
 per message and the thread's link out. No I/O, no clock, deterministic.
 
-`decide_thread` replays the thread: its messages sorted by (date, provider_id), each decided by §3 in
+`decide_thread` replays the thread: its messages sorted by (date, provider_id), each decided by the rules in
 turn with the thread's link carried forward. Replaying the whole thread on every change is what makes
 the same mailbox synced in any order, in any page split, give the same links. In the replay:
 
@@ -11,6 +11,18 @@ the same mailbox synced in any order, in any page split, give the same links. In
   item iff that item was open at the message's date; an unlinked thread gives persons only;
 - rule 3: once rule 4 linked the thread, later messages go to its item while it is open, to their
   persons only after it closed (rule 6); the thread keeps the item either way;
+- a deleted item is never a candidate (rule 2) and no new write names it: the CRM no longer has
+  it. Rule 6 still holds for a thread linked to an item deleted later: an email whose activity
+  the CRM already has linked to the item (`Facts.delivered`) and that was exchanged before the
+  deletion (or the deletion date is unknown) counts the item as open, so it keeps its link and
+  nothing is rewritten; the thread stays linked to the item through it, and rule 3 gives later
+  messages their persons only. An item such an email carries that the CRM no longer lists
+  among its persons' items (a deleted lead leaves no trace) is taken as deleted at an unknown
+  date (`Item.gone`), so the link is kept too. Any other email (exchanged after the deletion, or whose activity
+  the CRM does not have yet) never goes to the deleted item: with no delivered email before it,
+  the thread is replayed without the item (its persons only, or the thread's other candidate if
+  rule 4 now finds exactly one), and a user's choice of it links only the emails that already
+  carry it;
 - rule 4 otherwise, over the message's candidates (rule 2): one links the thread; several leave it
   waiting for the user's choice under policy "ask" (for good: later messages only add candidates),
   link the newest under "newest", or link the message to all of them and the thread to the newest
@@ -69,7 +81,7 @@ def external_participants(
 
 
 def decide_thread(thread: ThreadInput, facts: Facts, policy: LinkingPolicy) -> ThreadOutcome:
-    """Replay `thread` under §3 and return each message's decision and the thread's link."""
+    """Replay `thread` under the rules and return each message's decision and the thread's link."""
     replay = _Replay(thread, facts, policy)
     decisions = tuple(
         replay.decide(message) for message in sorted(thread.messages, key=_replay_key)
@@ -134,11 +146,12 @@ class _Replay:
                 detail="the user unlinked this thread: linked to its persons only",
             )
         if self.thread.choice is not None:
-            return self._follow_choice(pid, when, person_ids, self.thread.choice)
+            return self._follow_choice(message, when, person_ids, self.thread.choice)
         if self.auto is not None:
-            return self._follow_thread_item(pid, when, person_ids, self.auto)
+            return self._follow_thread_item(message, when, person_ids, self.auto)
         items = _items_of(persons, self.facts)
-        candidates = self._candidates(items, when)
+        items += self._gone_items(message, items)
+        candidates = self._candidates(items, message, when)
         self.gathered.update(item.ref for item in candidates)
         if self.waiting:
             choices = ", ".join(str(ref) for ref in sorted(self.gathered))
@@ -160,7 +173,7 @@ class _Replay:
                 candidates=(self.auto.ref,),
                 detail=f"{_name(self.auto)} is the only item of its persons created before the "
                 f"thread ({_iso(self.thread.created_at)}) and open on {_iso(when)}: "
-                "the thread is linked to it",
+                f"the thread is linked to it{_kept((self.auto,))}",
             )
         if candidates:
             return self._several(pid, person_ids, candidates)
@@ -183,22 +196,39 @@ class _Replay:
             decisions=decisions,
         )
 
-    def _candidates(self, items: Iterable[Item], when: datetime) -> list[Item]:
+    def _gone_items(self, message: Message, items: Iterable[Item]) -> list[Item]:
+        """The items this email's activity carries in the CRM that the CRM no longer lists
+        among its persons' items (a deleted lead, a deal deleted long ago): deleted, date
+        unknown, so the email keeps the link (rule 6)."""
+        listed = {item.ref for item in items}
+        carried = self.facts.delivered.get(message.key, frozenset())
+        return [Item.gone(ref) for ref in sorted(carried) if ref not in listed]
+
+    def _open(self, item: Item, message: Message, when: datetime) -> bool:
+        """Was `item` open at the message's date, for this message? A deleted item only if the
+        CRM already has the message's activity linked to it (rule 6 keeps that link)."""
+        delivered = item.status is ItemStatus.DELETED and self.facts.carries(message, item.ref)
+        return item.open_at(when, delivered=delivered)
+
+    def _candidates(self, items: Iterable[Item], message: Message, when: datetime) -> list[Item]:
         """Rule 2: created before the thread and open at the message's date, sorted by ref."""
         return sorted(
             (
                 item
                 for item in items
-                if item.created_at < self.thread.created_at and item.open_at(when)
+                if item.created_at < self.thread.created_at and self._open(item, message, when)
             ),
             key=_ref,
         )
 
     def _follow_choice(
-        self, pid: str, when: datetime, person_ids: tuple[int, ...], ref: ItemRef
+        self, message: Message, when: datetime, person_ids: tuple[int, ...], ref: ItemRef
     ) -> Decision:
         """Rule 5: the user's item, for every message exchanged while it was open."""
+        pid = message.provider_id
         item = self.chosen
+        if item is None and self.facts.carries(message, ref):
+            item = Item.gone(ref)  # no longer listed, but this email's activity carries it
         if item is None:
             return Decision(
                 pid,
@@ -207,14 +237,14 @@ class _Replay:
                 detail=f"the user chose {ref} for the thread, but it is unknown to the CRM "
                 "(deleted or never read): linked to its persons only",
             )
-        if item.open_at(when):
+        if self._open(item, message, when):
             return Decision(
                 pid,
                 Reason.USER_CHOICE,
                 person_ids,
                 items=(ref,),
                 detail=f"linked to {_name(item)}, the item the user chose for the thread, "
-                f"open on {_iso(when)}",
+                f"open on {_iso(when)}{_kept((item,))}",
             )
         if when < item.created_at:
             return Decision(
@@ -229,27 +259,29 @@ class _Replay:
             pid,
             Reason.ITEM_CLOSED_BEFORE_MESSAGE,
             person_ids,
-            detail=f"the user chose {_name(item)} for the thread, but it was {_closed(item)}, "
+            detail=f"the user chose {_name(item)} for the thread, but it was {_gone(item, when)}, "
             f"not open on {_iso(when)}: linked to its persons only",
         )
 
     def _follow_thread_item(
-        self, pid: str, when: datetime, person_ids: tuple[int, ...], item: Item
+        self, message: Message, when: datetime, person_ids: tuple[int, ...], item: Item
     ) -> Decision:
         """Rules 3 and 6: the thread's item while it is open, persons only after."""
-        if item.open_at(when):
+        pid = message.provider_id
+        if self._open(item, message, when):
             return Decision(
                 pid,
                 Reason.LINKED_THREAD_ITEM,
                 person_ids,
                 items=(item.ref,),
-                detail=f"linked to {_name(item)}, the thread's item, open on {_iso(when)}",
+                detail=f"linked to {_name(item)}, the thread's item, open on {_iso(when)}"
+                f"{_kept((item,))}",
             )
         return Decision(
             pid,
             Reason.ITEM_CLOSED_BEFORE_MESSAGE,
             person_ids,
-            detail=f"the thread's item {_name(item)} was {_closed(item)}, not open on "
+            detail=f"the thread's item {_name(item)} was {_gone(item, when)}, not open on "
             f"{_iso(when)}: linked to its persons only",
         )
 
@@ -277,7 +309,7 @@ class _Replay:
                 items=(newest.ref,),
                 candidates=refs,
                 detail=f"several open items ({listed}): policy 'newest' links the thread to "
-                f"{_name(newest)}, created on {_iso(newest.created_at)}",
+                f"{_name(newest)}, created on {_iso(newest.created_at)}{_kept((newest,))}",
             )
         return Decision(
             pid,
@@ -286,7 +318,7 @@ class _Replay:
             items=refs,
             candidates=refs,
             detail=f"several open items ({listed}): policy 'all' links the message to each, "
-            f"and the thread to the newest, {_name(newest)}",
+            f"and the thread to the newest, {_name(newest)}{_kept(candidates)}",
         )
 
     def _no_candidate(
@@ -306,13 +338,16 @@ class _Replay:
         reason = reasons.pop() if len(reasons) == 1 else Reason.NO_OPEN_ITEMS
         if reason is Reason.ITEM_CREATED_AFTER_THREAD:
             lead = f"no item was created before the thread started ({started})"
+
         elif reason is Reason.ITEM_CLOSED_BEFORE_MESSAGE:
             lead = f"no item was open on {_iso(when)}"
         else:
             lead = (
                 f"no item was both created before the thread ({started}) and open on {_iso(when)}"
             )
-        why = "; ".join(f"{_name(item)} {self._why(item, reason)}" for item, reason in excluded)
+        why = "; ".join(
+            f"{_name(item)} {self._why(item, reason, when)}" for item, reason in excluded
+        )
         return Decision(
             pid, reason, person_ids, detail=f"{lead}: {why}; linked to its persons only"
         )
@@ -325,12 +360,13 @@ class _Replay:
         return Reason.ITEM_CLOSED_BEFORE_MESSAGE
 
     @staticmethod
-    def _why(item: Item, reason: Reason) -> str:
+    def _why(item: Item, reason: Reason, when: datetime) -> str:
         if reason is Reason.ITEM_CREATED_AFTER_THREAD:
             return f"was created on {_iso(item.created_at)}, not before the thread"
         if reason is Reason.ITEM_NOT_OPEN_AT_MESSAGE:
             return f"was created on {_iso(item.created_at)}, after the message"
-        return f"was {_closed(item)}"
+
+        return f"was {_gone(item, when)}"
 
 
 def _persons(message: Message, external: Sequence[Address], facts: Facts) -> list[Person]:
@@ -387,6 +423,25 @@ def _closed(item: Item) -> str:
     if item.closed_at is None:
         return f"{verb} (date unknown)"
     return f"{verb} on {_iso(item.closed_at)}"
+
+
+def _gone(item: Item, when: datetime) -> str:
+    """How the item closed; for one deleted after the message, why that still excludes it."""
+    text = _closed(item)
+    if item.status is ItemStatus.DELETED and (item.closed_at is None or item.closed_at > when):
+        text += " (only an email whose activity the CRM already has linked to it keeps the link)"
+    return text
+
+
+def _kept(items: Iterable[Item]) -> str:
+    """The detail's note on deleted items a message is linked to: only an email whose activity
+    the CRM already has linked to one keeps that link (rule 6)."""
+    return "".join(
+        f"; {_name(item)} was {_closed(item)}: this email was linked to it before "
+        "(its activity in the CRM carries it), so it keeps the link"
+        for item in items
+        if item.status is ItemStatus.DELETED
+    )
 
 
 def _emails(addresses: Iterable[Address]) -> str:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from google_auth_oauthlib.flow import InstalledAppFlow, WSGITimeoutError
 from oauthlib.oauth2.rfc6749.errors import MismatchingStateError, OAuth2Error
 
+from maillink.errors import ConnectError
 from maillink.providers.base import ProviderError
 from maillink.providers.gmail_api import SCOPE_METADATA, GmailApi, check_endpoint
 from maillink.providers.retry import RetryPolicy
@@ -34,7 +35,7 @@ class TextOut(Protocol):
     def flush(self) -> None: ...
 
 
-class GoogleConnectError(Exception):
+class GoogleConnectError(ConnectError):
     """The connection did not complete; the message says why and what to do."""
 
 
@@ -65,13 +66,15 @@ def connect_google(
     port: int = 0,
     timeout: float | None = 300,
     out: TextOut = sys.stdout,
+    announce: Callable[[str], None] | None = None,
 ) -> ConnectedGoogleAccount:
     """Run the consent in the user's browser and return the mailbox's address and refresh token.
 
     With `open_browser` False, the authorization URL is printed on a line of its own on `out`
     (guidance goes to stderr), so that a script can read it; the redirect comes back to a
     one-shot server on 127.0.0.1:`port` (0: any free port). The state sent is checked on the
-    redirect and the code is bound to a PKCE S256 verifier.
+    redirect and the code is bound to a PKCE S256 verifier. `announce`, when given, takes the
+    authorization URL instead (a caller that drives the consent itself, like the demo).
     """
     section = _client_section(client_config)
     check_endpoint(section["auth_uri"], "the Google auth_uri")
@@ -81,7 +84,7 @@ def connect_google(
     flow = _LoopbackFlow.from_client_config(
         client_config, scopes=list(scopes), autogenerate_code_verifier=True
     )
-    flow.announce = _announcer(open_browser, out)
+    flow.announce = announce or _announcer(open_browser, out)
     try:
         with _oauthlib_transport(token_uri):
             credentials = flow.run_local_server(

@@ -12,11 +12,12 @@ instance discovery stays on for Microsoft's own login hosts and is off for any o
 
 from __future__ import annotations
 
+import functools
 import http.server
 import sys
 import time
 import webbrowser
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs
 import msal
 import requests
 
+from maillink.errors import ConnectError
 from maillink.onboarding.microsoft_msal import (
     MICROSOFT_LOGIN_HOSTS,
     SCOPES,
@@ -55,7 +57,7 @@ class TextOut(Protocol):
     def flush(self) -> None: ...
 
 
-class MicrosoftConnectError(Exception):
+class MicrosoftConnectError(ConnectError):
     """The connection did not complete; the message says why and what to do."""
 
 
@@ -80,6 +82,7 @@ def connect_microsoft(
     out: TextOut = sys.stdout,
     ca_bundle: str | None = None,
     scopes: Sequence[str] = SCOPES,
+    announce: Callable[[str], None] | None = None,
 ) -> ConnectedMicrosoftAccount:
     """Sign the user in, and return the mailbox's address and MSAL token cache.
 
@@ -87,7 +90,8 @@ def connect_microsoft(
     `open_browser` False, printed on a line of its own on `out`), and the redirect comes back
     to a one-shot server on 127.0.0.1:`port` (0: any free port), as http://localhost:PORT.
     With `device_code`: the verification URL and the code are printed on `out`, one a line.
-    Guidance for people goes to stderr.
+    Guidance for people goes to stderr. `announce`, when given, takes the authorization URL
+    instead (a caller that drives the consent itself, like the demo).
     """
     check_url(graph_url, "the Graph URL")
     check_authority(authority)
@@ -103,7 +107,9 @@ def connect_microsoft(
         if device_code:
             result = _device_flow(app, scopes, timeout, out)
         else:
-            result = _auth_code_flow(app, scopes, open_browser, port, timeout, out)
+            if announce is None:
+                announce = functools.partial(_announce, open_browser=open_browser, out=out)
+            result = _auth_code_flow(app, scopes, announce, port, timeout)
     except (ValueError, requests.RequestException) as error:
         raise MicrosoftConnectError(
             f"could not reach the Microsoft sign-in at {authority}: {error}"
@@ -169,10 +175,9 @@ def _wait_for_redirect(
 def _auth_code_flow(
     app: msal.ClientApplication,
     scopes: Sequence[str],
-    open_browser: bool,
+    announce: Callable[[str], None],
     port: int,
     timeout: float,
-    out: TextOut,
 ) -> dict[str, Any]:
     handler = type("_OneRedirect", (_Redirect,), {"received": None})
     with http.server.HTTPServer(("127.0.0.1", port), handler) as server:
@@ -183,7 +188,7 @@ def _auth_code_flow(
             prompt="select_account",
             response_mode="form_post",
         )
-        _announce(flow["auth_uri"], open_browser, out)
+        announce(flow["auth_uri"])
         params = _wait_for_redirect(server, handler, timeout)
     try:
         result = app.acquire_token_by_auth_code_flow(flow, params, scopes=list(scopes))

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import select
 
-from maillink.outbox import pending_count
+from maillink.outbox import failed_count, pending_count
 from maillink.providers.retry import Classifier, Failure, RetryPolicy
 from maillink.store import Store
 from maillink.store.schema import accounts
@@ -113,6 +113,7 @@ class _StoreCollector(Collector):
         try:
             with self.store.engine.connect() as conn:
                 depth = pending_count(conn)
+                failed = failed_count(conn)
                 synced = conn.execute(
                     select(accounts.c.id, accounts.c.last_sync_at).where(
                         accounts.c.last_sync_at.is_not(None)
@@ -123,6 +124,11 @@ class _StoreCollector(Collector):
             return
         yield GaugeMetricFamily(
             "maillink_outbox_pending", "CRM writes waiting to be delivered.", value=depth
+        )
+        yield GaugeMetricFamily(
+            "maillink_outbox_failed",
+            "CRM writes the CRM refused for good (see: maillink outbox list).",
+            value=failed,
         )
         last = GaugeMetricFamily(
             "maillink_last_successful_sync_timestamp_seconds",

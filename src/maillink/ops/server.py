@@ -5,7 +5,8 @@
     POST /webhooks/pipedrive      Pipedrive webhooks v2, HTTP basic auth (credentials.json webhook)
     POST /push/gmail?token=…      Gmail Pub/Sub push (credentials.json gmail_push.token)
 
-Errors are short JSON bodies, never a traceback. Nothing is registered at Pipedrive or Google by
+Errors are short JSON bodies, never a traceback. Bodies are capped (MAX_BODY_BYTES: 413 above it)
+and their JSON must nest less than MAX_JSON_DEPTH deep (400 otherwise). Nothing is registered at Pipedrive or Google by
 maillink: the README says which URL to give them.
 """
 
@@ -22,15 +23,20 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from maillink.config import WebhookCredentials
 from maillink.ops.metrics import Metrics
-from maillink.ops.webhooks import BadPayload, forget, gmail_push, pipedrive_change
+from maillink.ops.webhooks import BadPayload, forget, gmail_push, parse_json, pipedrive_change
 from maillink.store import Store, accounts
 
 log = logging.getLogger("maillink.ops")
+MAX_BODY_BYTES = 256 * 1024  # a webhook or push body is a few KB; anything larger is refused
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than MAX_BODY_BYTES (413)."""
 
 
 @dataclass
@@ -57,8 +63,26 @@ def _error(status: int, message: str, **headers: str) -> Response:
     return response
 
 
+def _json_body() -> Any:
+    """The request's JSON body, read up to MAX_BODY_BYTES: a declared length above it is refused
+    before reading, a chunked body as soon as it passes it. `BadPayload` when not JSON."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    body = bytearray()
+    while len(body) <= MAX_BODY_BYTES:
+        part = request.stream.read(MAX_BODY_BYTES + 1 - len(body))
+        if not part:
+            break
+        body += part
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyTooLarge
+    return parse_json(bytes(body))
+
+
 def create_ops_app(ctx: OpsContext) -> Flask:
     app = Flask("maillink.ops")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -94,7 +118,7 @@ def create_ops_app(ctx: OpsContext) -> Flask:
         ):
             return _error(401, "unauthorized", **{"WWW-Authenticate": 'Basic realm="maillink"'})
         try:
-            change = pipedrive_change(request.get_json(force=True, silent=True))
+            change = pipedrive_change(_json_body())
         except BadPayload as exc:
             return _error(400, str(exc))
         if change is None or change.empty:
@@ -129,7 +153,7 @@ def create_ops_app(ctx: OpsContext) -> Flask:
         if not _same(request.args.get("token", ""), ctx.gmail_push_token):
             return _error(403, "forbidden")
         try:
-            push = gmail_push(request.get_json(force=True, silent=True))
+            push = gmail_push(_json_body())
         except BadPayload as exc:
             return _error(400, str(exc))
         with ctx.store.engine.connect() as conn:
@@ -144,6 +168,11 @@ def create_ops_app(ctx: OpsContext) -> Flask:
             extra={"event": "wake", "account_id": account.id, "history_id": push.history_id},
         )
         return Response(status=204)
+
+    @app.errorhandler(BodyTooLarge)
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(error: Exception) -> Response:
+        return _error(413, f"the body is larger than {MAX_BODY_BYTES // 1024} KB")
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -23,8 +23,49 @@ ITEM_ENTITIES = frozenset({"deal", "lead", "project"})
 PERSON_ENTITY = "person"
 
 
+MAX_JSON_DEPTH = 32  # Pipedrive's and Pub/Sub's payloads nest a few levels; a deeper one is junk
+
+
 class BadPayload(ValueError):
     """The body is not the notification it claims to be; the message says what is wrong."""
+
+
+def _depth(text: str) -> int:
+    """How deep the arrays and objects of this JSON text nest (brackets inside strings skipped);
+    one pass, whatever the text."""
+    deepest = depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of `body`; `BadPayload` when it is not UTF-8 JSON or nests too deep (which
+    would otherwise exhaust the parser's recursion)."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadPayload("the body is not UTF-8 text") from None
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise BadPayload(f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadPayload("the body is not valid JSON") from None
 
 
 @dataclass(frozen=True)
@@ -129,9 +170,9 @@ def gmail_push(envelope: Any) -> GmailPush:
     decoded: Any = None
     for decode in (base64.b64decode, base64.urlsafe_b64decode):
         try:
-            decoded = json.loads(decode(padded))
+            decoded = parse_json(decode(padded))
             break
-        except (binascii.Error, ValueError):
+        except (binascii.Error, ValueError):  # BadPayload is a ValueError
             continue
     else:
         raise BadPayload("message.data is not base64 JSON")

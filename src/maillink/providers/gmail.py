@@ -1,4 +1,4 @@
-"""The Gmail adapter: pull pages of new messages (headers only) since a cursor (DESIGN.md §2).
+"""The Gmail adapter: pull pages of new messages (headers only) since a cursor (docs/how-it-works.md).
 
 First sync: getProfile's historyId first, then messages.list newest first, page by page; each
 page's new messages are read by `RoundFetcher` in batch requests. Incremental: history.list from
@@ -82,7 +82,7 @@ class GmailProvider:
 
     @property
     def quota_units(self) -> int:
-        """Gmail quota units this instance spent (per-call model: DESIGN.md §7)."""
+        """Gmail quota units this instance spent (per-call model: [gmail] quota_model)."""
         return self._api.quota_units
 
     @property

@@ -1,6 +1,6 @@
 """The Gmail API calls maillink makes (gmail.metadata scope), metered and run under the policy.
 
-Every call Gmail answered is counted in quota units (Google's per-call model, DESIGN.md §7;
+Every call Gmail answered is counted in quota units (Google's per-call model, [gmail] quota_model;
 an error answer counts too), and every HTTP request at the transport, token refreshes included. Batches go to the batch endpoint built from
 the configured API endpoint, since the client library would take Google's from its discovery
 document.

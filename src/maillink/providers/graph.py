@@ -1,5 +1,5 @@
 """The Microsoft Graph adapter: pull pages of new messages (headers only) since a cursor
-(DESIGN.md §2), with the Mail.ReadBasic scope.
+(docs/how-it-works.md), with the Mail.ReadBasic scope.
 
 Delta is per folder (inbox, sentitems, and any configured folder), one round per folder in turn:
 the first request carries the $select of the header fields (and, for a backfill, the filter

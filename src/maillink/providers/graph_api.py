@@ -43,14 +43,14 @@ MAX_BATCH = 20  # JSON batching: at most 20 requests in one $batch
 PAUSE_STATUSES = frozenset({429, 503, 504})
 
 
-check_url = check_endpoint  # the same rule as every provider endpoint (DESIGN §5)
+check_url = check_endpoint  # the same rule as every endpoint (docs/configuration.md)
 
 
 class CABundleSession(requests.Session):
     """A requests session whose explicit CA bundle is used even when REQUESTS_CA_BUNDLE is set.
 
     requests lets the environment override `Session.verify` (psf/requests#3829); an explicit
-    bundle (the sandbox's throwaway CA) must win. Without one, the environment applies (DESIGN §5).
+    bundle (the sandbox's throwaway CA) must win. Without one, the environment applies.
     """
 
     def __init__(self, ca_bundle: str | None = None, timeout: float | None = None) -> None:

@@ -1,5 +1,5 @@
 """Quota-aware pacing: each mailbox spends its provider quota at a steady rate, never in bursts
-that end in 429s (DESIGN.md §7).
+that end in 429s (docs/configuration.md, [gmail] and [microsoft]).
 
 A `Pacer` is a token bucket of quota units (Gmail) or requests (Graph): it refills at the
 configured rate and holds at most `burst` units, so that the provider, which enforces its own
@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-# Gmail's quota units per method (DESIGN.md §7): Google's model until 2025, and the 2026 one.
+# Gmail's quota units per method ([gmail] quota_model): Google's model until 2025, and the 2026 one.
 GMAIL_UNITS: Mapping[str, Mapping[str, int]] = {
     "2025": {
         "users.getProfile": 1,

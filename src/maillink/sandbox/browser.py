@@ -39,8 +39,12 @@ class ConsentingBrowser:
     def write(self, text: str) -> int:
         for line in text.splitlines():
             if line.startswith("http"):
-                threading.Thread(target=self._open, args=(line.strip(),), daemon=True).start()
+                self.open(line.strip())
         return len(text)
+
+    def open(self, url: str) -> None:
+        """Consent at `url` in a thread (the onboarding's `announce`)."""
+        threading.Thread(target=self._open, args=(url,), daemon=True).start()
 
     def flush(self) -> None:
         return None

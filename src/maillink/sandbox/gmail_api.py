@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import Flask, Response, request
 
@@ -36,7 +37,7 @@ from maillink.sandbox.gmail_mailbox import (
 )
 from maillink.sandbox.gmail_oauth import SCOPE_METADATA, OAuthState
 
-# Quota units per call (Google's model before 2026; DESIGN.md section 7).
+# Quota units per call (Google's model before 2026; [gmail] quota_model, docs/configuration.md).
 UNITS = {
     "gmail.users.getProfile": 1,
     "gmail.messages.list": 5,
@@ -81,6 +82,14 @@ class GmailContext:
     oauth: OAuthState
     meter: Meter
     quota: QuotaBuckets | None = None
+    # One entry per message whose headers were served (messages.get, each message of a
+    # threads.get): (mailbox, message id, which client fetched it: a digest of its access token).
+    fetches: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def record_fetch(self, mailbox: str, message_ids: Iterable[str]) -> None:
+        """Remember who fetched these messages; the caller holds the lock."""
+        fetcher = _fetcher()
+        self.fetches.extend((mailbox, message_id, fetcher) for message_id in message_ids)
 
 
 def encode_token(*parts: object) -> str:
@@ -102,13 +111,24 @@ def decode_token(token: str, kind: str, arity: int) -> list[object]:
     return parts[1:]
 
 
-def _begin_call(ctx: GmailContext, name: str, user_id: str) -> Mailbox:
-    """Authenticate, authorize, and charge one call; the caller holds the lock."""
-    ctx.meter.count(name)
+def _bearer_token() -> str | None:
     token = request.args.get("access_token")
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         token = value.strip()
+    return token
+
+
+def _fetcher() -> str:
+    """Who sent the request in hand: each process refreshes its own access token, so its
+    digest tells daemons apart (the token itself is never kept)."""
+    return hashlib.sha256((_bearer_token() or "").encode()).hexdigest()[:16]
+
+
+def _begin_call(ctx: GmailContext, name: str, user_id: str) -> Mailbox:
+    """Authenticate, authorize, and charge one call; the caller holds the lock."""
+    ctx.meter.count(name)
+    token = _bearer_token()
     grant = ctx.oauth.grant_for(token) if token else None
     if grant is None:
         raise unauthenticated()
@@ -231,6 +251,7 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
             if message is None:
                 raise not_found()
             body = message_body(message, fmt, args.strings("metadataHeaders"))
+            ctx.record_fetch(mailbox.email, [message.id])
         return json_response(body)
 
     @app.get(f"{base}/threads/<thread_id>")
@@ -249,6 +270,7 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
                 "historyId": str(max(m.history_id for m in messages)),
                 "messages": [message_body(m, fmt, headers) for m in messages],
             }
+            ctx.record_fetch(mailbox.email, [m.id for m in messages])
         return json_response(body)
 
     @app.get(f"{base}/history")

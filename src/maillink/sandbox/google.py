@@ -144,6 +144,25 @@ class GoogleSandbox:
         with self._lock:
             return self._max_in_flight[_key(email)]
 
+    def message_fetches(self) -> list[tuple[str, str, str]]:
+        """Every message whose headers were served, in order: (mailbox, message id, fetcher),
+        where the fetcher is a digest of the access token used (each daemon process refreshes
+        its own, so two fetchers of one message are two processes, or one that reconnected)."""
+        with self._lock:
+            return [(_key(box), message_id, who) for box, message_id, who in self._context.fetches]
+
+    def fetched_twice(self) -> dict[tuple[str, str], int]:
+        """Messages whose headers were served more than once, with how many times."""
+        counted = Counter((box, message_id) for box, message_id, _ in self.message_fetches())
+        return {message: n for message, n in counted.items() if n > 1}
+
+    def fetched_by_several(self) -> dict[tuple[str, str], set[str]]:
+        """Messages whose headers were served to more than one client (access token)."""
+        who: dict[tuple[str, str], set[str]] = {}
+        for box, message_id, fetcher in self.message_fetches():
+            who.setdefault((box, message_id), set()).add(fetcher)
+        return {message: fetchers for message, fetchers in who.items() if len(fetchers) > 1}
+
     def start(self) -> GoogleSandbox:
         if self._server is not None:
             raise RuntimeError("the Google sandbox is already running")

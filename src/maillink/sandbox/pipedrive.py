@@ -25,6 +25,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
+from maillink.sandbox.pipedrive_admin import ADMIN_COSTS, admin_routes
 from maillink.sandbox.pipedrive_data import (
     DEFAULT_ACTIVITY_TYPES,
     PROJECT_STATUSES,
@@ -54,6 +55,14 @@ class ReceivedRequest:
     path: str
     query: dict[str, str]
     body: Any
+
+
+@dataclass
+class _Before:
+    path: re.Pattern[str]
+    method: str | None
+    action: Callable[[], object]
+    times: int
 
 
 @dataclass
@@ -95,6 +104,7 @@ class PipedriveSandbox:
         self._limits_lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
         self._lost: list[_LostResponse] = []
+        self._before: list[_Before] = []
         self.activity_types = [
             activity_type_json(i, name, key)
             for i, (name, key) in enumerate(DEFAULT_ACTIVITY_TYPES, start=1)
@@ -129,6 +139,21 @@ class PipedriveSandbox:
             pid = self.records.next_id("person")
             self.records.persons[pid] = Person(pid, name, list(emails), now, now)
             return pid
+
+    def merge_persons(self, person_id: int, merge_with_id: int, at: datetime | None = None) -> None:
+        """Merge `person_id` into `merge_with_id` as Pipedrive does (the API's PUT
+        /api/v1/persons/{id}/merge does the same): the first is gone afterwards."""
+        self.records.merge_persons(person_id, merge_with_id, at or self.clock())
+
+    def delete_activity(self, activity_id: int) -> None:
+        """Delete the activity as a user does: the API no longer shows or updates it."""
+        with self.records.lock:
+            self.records.activities[activity_id]["is_deleted"] = True
+
+    def delete_lead(self, lead_id: str) -> None:
+        """Delete the lead: Pipedrive keeps no trace of a deleted lead."""
+        with self.records.lock:
+            del self.records.leads[lead_id]
 
     def update_person(self, person_id: int, *, emails: list[str], at: datetime) -> None:
         with self.records.lock:
@@ -257,6 +282,30 @@ class PipedriveSandbox:
         with self._limits_lock:
             self._lost.append(_LostResponse(re.compile(path_regex), method, times))
 
+    def before_next(
+        self,
+        path_regex: str,
+        action: Callable[[], object],
+        method: str | None = "POST",
+        times: int = 1,
+    ) -> None:
+        """Run `action` (a user acting in Pipedrive: deleting a deal, merging persons) just
+        before the next matching request is served: what happens between a client's decision
+        and its write."""
+        with self._limits_lock:
+            self._before.append(_Before(re.compile(path_regex), method, action, times))
+
+    def _take_before(self, method: str, path: str) -> list[Callable[[], object]]:
+        with self._limits_lock:
+            due = []
+            for before in self._before:
+                if before.times <= 0 or (before.method and before.method.upper() != method.upper()):
+                    continue
+                if before.path.search(path):
+                    before.times -= 1
+                    due.append(before.action)
+            return due
+
     def reset_daily_budget(self) -> None:
         with self._limits_lock:
             self.tokens_spent_today = 0
@@ -269,6 +318,7 @@ class PipedriveSandbox:
         self.received.clear()
         with self._limits_lock:
             self._lost.clear()
+            self._before.clear()
             self._windows.clear()
             self.tokens_spent_today = 0
 
@@ -277,6 +327,8 @@ class PipedriveSandbox:
     def _build_app(self) -> Flask:
         app = Flask(__name__)
         for rule, operation, view, method in self.views.routes():
+            app.add_url_rule(rule, operation, view, methods=[method])
+        for rule, operation, view, method in admin_routes(self.records, self.clock):
             app.add_url_rule(rule, operation, view, methods=[method])
         app.before_request(self._admit)
         app.after_request(self._rate_headers)
@@ -293,6 +345,10 @@ class PipedriveSandbox:
 
         def outermost(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             self.meter.count("http")
+            for action in self._take_before(
+                environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+            ):
+                action()
             if not self._take_lost(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
                 return inner(environ, start_response)
             body = inner(environ, lambda *args, **kwargs: lambda data: None)
@@ -325,13 +381,14 @@ class PipedriveSandbox:
         """Authenticate, apply the burst limit and the daily budget, charge the call, log it,
         and refuse query parameters v2 does not know (an admitted call costs its tokens)."""
         operation = request.endpoint
-        if operation not in TOKEN_COSTS:
+        cost = TOKEN_COSTS.get(operation or "", ADMIN_COSTS.get(operation or ""))
+        if operation is None or cost is None:
             return
         if not self._authenticated():
             raise ApiError(401, "unauthorized access")
         self._check_limits(operation)
-        self.meter.count(operation, TOKEN_COSTS[operation])
-        body = request.get_json(silent=True) if request.method in ("POST", "PATCH") else None
+        self.meter.count(operation, cost)
+        body = request.get_json(silent=True) if request.method in ("POST", "PATCH", "PUT") else None
         query = {k: v for k, v in request.args.items() if k != "api_token"}
         self.received.append(ReceivedRequest(operation, request.method, request.path, query, body))
         allowed = V2_QUERY_PARAMS.get(operation)
@@ -383,7 +440,7 @@ class PipedriveSandbox:
                     wait = math.ceil((midnight - now_utc).total_seconds())
                     headers["Retry-After"] = str(wait)
                     raise ApiError(429, "Daily API token budget exceeded", headers)
-                self.tokens_spent_today += TOKEN_COSTS[operation]
+                self.tokens_spent_today += TOKEN_COSTS.get(operation, ADMIN_COSTS.get(operation, 0))
                 left = self.daily_token_budget - self.tokens_spent_today
                 headers["x-daily-ratelimit-token-remaining"] = str(max(0, left))
             for scope, limit in limits:
@@ -411,4 +468,4 @@ class PipedriveSandbox:
         return response
 
 
-__all__ = ["TOKEN_COSTS", "ApiError", "PipedriveSandbox", "ReceivedRequest"]
+__all__ = ["ADMIN_COSTS", "TOKEN_COSTS", "ApiError", "PipedriveSandbox", "ReceivedRequest"]

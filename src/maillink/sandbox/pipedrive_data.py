@@ -169,6 +169,38 @@ class Records:
     def new_lead_id(self) -> str:
         return str(uuid.uuid4())
 
+    def merge_persons(self, person_id: int, merge_with_id: int, at: datetime) -> Person:
+        """Pipedrive's merge: `person_id` goes into `merge_with_id` (whose data wins), which takes
+        its addresses, deals, leads, projects and activities; `person_id` is gone afterwards."""
+        with self.lock:
+            gone = self.persons.pop(person_id)
+            kept = self.persons[merge_with_id]
+            lowered = {e.lower() for e in kept.emails}
+            kept.emails += [e for e in gone.emails if e.lower() not in lowered]
+            kept.update_time = utc(at)
+            records: list[Deal | Lead | Project] = [
+                *self.deals.values(),
+                *self.leads.values(),
+                *self.projects.values(),
+            ]
+            for record in records:
+                if record.person_id == person_id:
+                    record.person_id = merge_with_id
+                    record.update_time = utc(at)
+            for activity in self.activities.values():
+                if activity.get("person_id") == person_id:
+                    activity["person_id"] = merge_with_id
+                seen: set[int] = set()
+                participants: list[dict[str, Any]] = []
+                for participant in activity.get("participants") or ():
+                    pid = participant["person_id"]
+                    pid = merge_with_id if pid == person_id else pid
+                    if pid not in seen:
+                        seen.add(pid)
+                        participants.append({**participant, "person_id": pid})
+                activity["participants"] = participants
+            return kept
+
     def clear(self) -> None:
         with self.lock:
             for table in (self.persons, self.deals, self.leads, self.projects, self.activities):
@@ -213,6 +245,32 @@ def person_json(person: Person) -> dict[str, Any]:
         "label_ids": [],
         "picture_id": None,
         "custom_fields": {},
+    }
+
+
+def merged_person_json(person: Person, merged_id: int) -> dict[str, Any]:
+    """PUT /api/v1/persons/{id}/merge: the person that stayed (v1 shape, `merge_what_id`)."""
+    first, _, last = person.name.partition(" ")
+    return {
+        "id": person.id,
+        "company_id": 1,
+        "active_flag": True,
+        "name": person.name,
+        "first_name": first,
+        "last_name": last,
+        "owner_id": 1,
+        "org_id": None,
+        "merge_what_id": merged_id,
+        "phone": [],
+        "email": [
+            {"value": email, "primary": i == 0, "label": "work"}
+            for i, email in enumerate(person.emails)
+        ],
+        "first_char": (person.name[:1] or "?").lower(),
+        "add_time": v1_time(person.add_time),
+        "update_time": v1_time(person.update_time),
+        "visible_to": "3",
+        "label_ids": [],
     }
 
 

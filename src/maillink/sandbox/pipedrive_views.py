@@ -16,6 +16,7 @@ from maillink.sandbox.pipedrive_data import (
     DEAL_STATUSES,
     PROJECT_STATUSES,
     InvalidBody,
+    Person,
     Records,
     activity_json,
     check_activity_body,
@@ -56,6 +57,7 @@ TOKEN_COSTS: dict[str, int] = {
     "activities.get": 1,
     "activities.create": 5,
     "activities.update": 5,
+    "persons.create": 5,
 }
 
 # Query parameters each v2 operation accepts (v2 refuses others); v1 ignores unknown ones.
@@ -74,9 +76,11 @@ V2_QUERY_PARAMS: dict[str, frozenset[str]] = {
     "activities.get": frozenset({"include_fields"}),
     "activities.create": frozenset(),
     "activities.update": frozenset(),
+    "persons.create": frozenset(),
 }
 V2_QUERY_PARAMS["deals.archived"] = V2_QUERY_PARAMS["deals.list"]
 
+_KINDS = {"deal_id": "Deal", "lead_id": "Lead", "project_id": "Project", "person_id": "Person"}
 _DELETED_DEALS_KEPT = timedelta(days=30)  # status=deleted shows deals deleted in the last 30 days
 
 
@@ -99,6 +103,7 @@ class PipedriveViews:
             ("/api/v2/persons/search", "persons.search", self.persons_search, "GET"),
             ("/api/v2/persons", "persons.list", self.persons_list, "GET"),
             ("/api/v2/persons/<int:person_id>", "persons.get", self.persons_get, "GET"),
+            ("/api/v2/persons", "persons.create", self.persons_create, "POST"),
             ("/api/v2/deals", "deals.list", self.deals_list, "GET"),
             ("/api/v2/deals/archived", "deals.archived", self.deals_archived, "GET"),
             ("/api/v2/deals/<int:deal_id>", "deals.get", self.deals_get, "GET"),
@@ -163,6 +168,26 @@ class PipedriveViews:
             person = self.records.persons.get(person_id)
             if person is None:
                 raise ApiError(404, "Person not found")
+            return jsonify({"success": True, "data": person_json(person)})
+
+    def persons_create(self) -> Response:
+        """POST /api/v2/persons: a name (required, as Pipedrive requires it) and addresses."""
+        body = request.get_json(silent=True)
+        body = body if isinstance(body, dict) else {}
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ApiError(400, "Name must be given")
+        entries = body.get("emails") or []
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("value"), str) for e in entries
+        ):
+            raise ApiError(400, "emails must be a list of objects with a value")
+        now = self.clock()
+        with self.records.lock:
+            pid = self.records.next_id("person")
+            emails = [e["value"].strip() for e in entries if e["value"].strip()]
+            person = Person(pid, name.strip(), emails, now, now)
+            self.records.persons[pid] = person
             return jsonify({"success": True, "data": person_json(person)})
 
     # -- deals -------------------------------------------------------------------------------
@@ -343,13 +368,15 @@ class PipedriveViews:
             "project_id": lambda v: v in records.projects,
             "person_id": lambda v: v in records.persons,
         }
+        # Pipedrive refuses a write naming a record it no longer has (deleted, merged away)
+        # with 400 and the record's kind: "Deal with id 12 not found".
         for name, exists in known.items():
             value = body.get(name)
             if value is not None and not exists(value):
-                raise ApiError(400, f"{name} {value} does not exist")
+                raise ApiError(400, f"{_KINDS[name]} with id {value} not found")
         for participant in body.get("participants", []):
             if participant["person_id"] not in records.persons:
-                raise ApiError(400, f"person_id {participant['person_id']} does not exist")
+                raise ApiError(400, f"Person with id {participant['person_id']} not found")
         if "type" in body and body["type"] not in {t["key_string"] for t in self.activity_types}:
             raise ApiError(400, f"type {body['type']!r} is not an activity type of this company")
 

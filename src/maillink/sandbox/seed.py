@@ -1,7 +1,7 @@
 """A generated sales team: reps' mailboxes, customers, their deals/leads/projects, and threads.
 
-Deterministic for a seed. The mix of threads is chosen so that every linking outcome of DESIGN §3
-happens: one open item, several, none, a deal created after the thread, a deal closed before or
+Deterministic for a seed. The mix of threads is chosen so that every linking outcome of the rules
+(docs/linking-rules.md) happens: one open item, several, none, a deal created after the thread, a deal closed before or
 during it, unknown contacts, internal mail, blocked senders, and malformed headers.
 `load_team` puts it into the Google and Pipedrive sandboxes.
 """

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, update
 
+from maillink.store import cache
 from maillink.store.schema import accounts, cursors
 
 ACTIVE = "active"
@@ -58,30 +59,40 @@ def upsert(
     email = email.lower()
     existing = get(conn, email)
     if existing is None:
-        conn.execute(
-            insert(accounts).values(
-                email=email,
-                provider=provider,
-                status=ACTIVE,
-                token=token,
-                scopes=scopes,
-                aliases=list(aliases),
-                created_at=datetime.now(UTC),
-            )
+        # Connected twice at the same moment (two browser tabs): the second insert is left
+        # out and the second connection updates the row as a reconnection does.
+        cache.insert_or_ignore(
+            conn,
+            accounts,
+            [
+                {
+                    "email": email,
+                    "provider": provider,
+                    "status": ACTIVE,
+                    "token": token,
+                    "scopes": scopes,
+                    "aliases": list(aliases),
+                    "created_at": datetime.now(UTC),
+                }
+            ],
         )
-    else:
-        conn.execute(
-            update(accounts)
-            .where(accounts.c.id == existing.id)
-            .values(
-                provider=provider,
-                status=ACTIVE,
-                token=token,
-                scopes=scopes,
-                aliases=list(aliases) or list(existing.aliases),
-                last_error=None,
-            )
+        made = get(conn, email)
+        assert made is not None
+        if made.token == token:
+            return made
+        existing = made
+    conn.execute(
+        update(accounts)
+        .where(accounts.c.id == existing.id)
+        .values(
+            provider=provider,
+            status=ACTIVE,
+            token=token,
+            scopes=scopes,
+            aliases=list(aliases) or list(existing.aliases),
+            last_error=None,
         )
+    )
     account = get(conn, email)
     assert account is not None
     return account
@@ -134,16 +145,8 @@ def get_cursor(conn: Connection, account_id: int, name: str = "mailbox") -> str 
 
 
 def set_cursor(conn: Connection, account_id: int, value: str, name: str = "mailbox") -> None:
-    now = datetime.now(UTC)
-    changed = conn.execute(
-        update(cursors)
-        .where(cursors.c.account_id == account_id, cursors.c.name == name)
-        .values(value=value, updated_at=now)
-    ).rowcount
-    if not changed:
-        conn.execute(
-            insert(cursors).values(account_id=account_id, name=name, value=value, updated_at=now)
-        )
+    row = {"account_id": account_id, "name": name, "value": value, "updated_at": datetime.now(UTC)}
+    cache.upsert(conn, cursors, ("account_id", "name"), [row])
 
 
 def delete_cursor(conn: Connection, account_id: int, name: str) -> None:

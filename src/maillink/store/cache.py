@@ -1,12 +1,16 @@
-"""The CRM caches: persons by email (including "no such person") and items by person, with expiry."""
+"""The CRM caches: persons by email (including "no such person") and items by person, with expiry;
+the CRM state (poll times, the persons maillink created), and the one-statement writes (upsert,
+insert-or-ignore) of rows that several daemons may write at the same moment."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, update
+from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink.linking.facts import Item, ItemRef, ItemStatus, Person
@@ -60,13 +64,30 @@ def fresh_persons(
     return found
 
 
-def _upsert(conn: Connection, table: Table, key: str, rows: list[dict[str, Any]]) -> None:
+def _dialect_insert(conn: Connection, table: Table) -> Any:
+    """INSERT with PostgreSQL's and SQLite's ON CONFLICT clause (maillink runs on those two)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def upsert(
+    conn: Connection, table: Table, key: str | Sequence[str], rows: Sequence[dict[str, Any]]
+) -> None:
     """Insert or replace rows by their key in one statement: daemons caching the same person at
     the same time do not collide (PostgreSQL and SQLite both have ON CONFLICT)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table)
-    excluded = {c.name: statement.excluded[c.name] for c in table.columns if c.name != key}
-    conn.execute(statement.on_conflict_do_update(index_elements=[key], set_=excluded), rows)
+    keys = [key] if isinstance(key, str) else list(key)
+    statement = _dialect_insert(conn, table)
+    excluded = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
+    conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=excluded), list(rows))
+
+
+def insert_or_ignore(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert the rows whose key is free, leave the others as another writer put them, in one
+    statement: a row written by another daemon at the same moment cannot fail this one (the
+    caller reads back which rows are its own). Rows in a stable order: no deadlock between two
+    writers of overlapping sets."""
+    if rows:
+        conn.execute(_dialect_insert(conn, table).on_conflict_do_nothing(), list(rows))
 
 
 def put_persons(
@@ -78,7 +99,7 @@ def put_persons(
         {"email": e, "persons": [_person_json(p) for p in found], "fetched_at": now}
         for e, found in sorted(persons_by_email.items())
     ]
-    _upsert(conn, person_cache, "email", rows)
+    upsert(conn, person_cache, "email", rows)
 
 
 def fresh_items(
@@ -107,7 +128,7 @@ def put_items(
         {"person_id": p, "items": [_item_json(i) for i in found], "fetched_at": now}
         for p, found in sorted(items_by_person.items())
     ]
-    _upsert(conn, item_cache, "person_id", rows)
+    upsert(conn, item_cache, "person_id", rows)
 
 
 EXPIRED = datetime(1970, 1, 1, tzinfo=UTC)
@@ -145,5 +166,70 @@ def get_state(conn: Connection, name: str) -> str | None:
 
 
 def set_state(conn: Connection, name: str, value: str) -> None:
-    conn.execute(delete(crm_state).where(crm_state.c.name == name))
-    conn.execute(insert(crm_state).values(name=name, value=value))
+    """Set (or replace) a value; two daemons setting it at once both succeed, the last wins."""
+    upsert(conn, crm_state, "name", [{"name": name, "value": value}])
+
+
+# -- persons maillink creates ([linking] create_persons) -----------------------------------------
+# One crm_state row per address: "creating <time> <token>" while a daemon creates the person,
+# "failed <time> <token>" when its attempt ended without an answer (retried after a pause, after
+# searching again), "created <id>" once done (never created again, also when someone deletes it
+# in the CRM), "refused <why>" when the CRM refused it for good.
+CREATING, FAILED, CREATED, REFUSED = "creating", "failed", "created", "refused"
+
+
+def _creation(email: str) -> str:
+    return "person_created:" + hashlib.sha256(email.lower().encode()).hexdigest()[:40]
+
+
+def person_creation(conn: Connection, email: str) -> str | None:
+    """What maillink did about creating a person for this address: None (nothing yet), or the
+    state word CREATING, FAILED, CREATED or REFUSED."""
+    value = get_state(conn, _creation(email))
+    return value.split(" ", 1)[0] if value else None
+
+
+def claim_person_creation(
+    conn: Connection, email: str, now: datetime, stale: timedelta
+) -> str | None:
+    """The claim (a token) when this caller is the one to create the person: nobody claimed the
+    address yet, or the last attempt (a daemon that died, or failed) is older than `stale`."""
+    name = _creation(email)
+    token = secrets.token_hex(6)
+    mine = f"{CREATING} {now.isoformat()} {token}"
+    insert_or_ignore(conn, crm_state, [{"name": name, "value": mine}])
+    value = get_state(conn, name)
+    if value == mine:
+        return token
+    word, _, rest = (value or "").partition(" ")
+    if word not in (CREATING, FAILED):
+        return None
+    try:
+        since = datetime.fromisoformat(rest.split(" ", 1)[0])
+    except ValueError:
+        since = EXPIRED
+    if since > now - stale:
+        return None
+    taken = conn.execute(
+        update(crm_state)
+        .where(crm_state.c.name == name, crm_state.c.value == value)
+        .values(value=mine)
+    ).rowcount
+    return token if taken else None
+
+
+def person_failed(conn: Connection, email: str, token: str, now: datetime) -> None:
+    """The claimed attempt ended without an answer: pause, then let whoever comes next retry."""
+    conn.execute(
+        update(crm_state)
+        .where(crm_state.c.name == _creation(email), crm_state.c.value.endswith(f" {token}"))
+        .values(value=f"{FAILED} {now.isoformat()} {token}")
+    )
+
+
+def person_created(conn: Connection, email: str, person_id: int) -> None:
+    set_state(conn, _creation(email), f"{CREATED} {person_id}")
+
+
+def person_refused(conn: Connection, email: str, why: str) -> None:
+    set_state(conn, _creation(email), f"{REFUSED} {why}")

@@ -8,22 +8,25 @@ checks owner and generation inside its own transaction (`fence`, done for each t
 `FencedStore`), so a daemon that lost its lease — it stalled past the expiry and another took the
 mailbox — can no longer write: its transaction is rolled back with `LeaseLost`.
 
+A lease whose holder is a process of this host that is gone (killed, out of memory) is free at
+once, not only when it expires: the holder id names the process (`maillink.holders`), and
+`acquire` takes such a lease over with the next generation, fenced like any other takeover.
+
 Times come from the daemons' clocks (UTC); keep them in step (NTP) well within a lease's length.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, case, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from maillink import holders
 from maillink.store import Store
 from maillink.store.accounts import ACTIVE
 from maillink.store.schema import accounts, leases
@@ -34,8 +37,10 @@ class LeaseLost(Exception):
 
 
 def daemon_id() -> str:
-    """An id for this daemon process, unique across machines and restarts: hostname-pid-random."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    """An id for this daemon process, unique across machines and restarts:
+    hostname-pid-random-tSTART-KEY (`maillink.holders`), so that once the process is gone,
+    another process of this host can tell and take its mailboxes over at once."""
+    return holders.holder_id()
 
 
 def _now() -> datetime:
@@ -52,6 +57,7 @@ class Lease:
     acquired_at: datetime
     failures: int  # failed rounds in a row before this one
     previous_owner: str | None = None  # set when an expired lease of another daemon was taken
+    # (or the lease of a process of this host that is gone)
 
     @property
     def taken_over(self) -> bool:
@@ -101,8 +107,10 @@ def acquire(
     exclude: Collection[int] = (),
     due_only: bool = True,
     account_ids: Collection[int] | None = None,
+    gone: Callable[[str], bool] = holders.is_gone,
 ) -> list[Lease]:
-    """Take up to `limit` free mailboxes (no owner, or an expired lease), the most overdue first.
+    """Take up to `limit` free mailboxes (no owner, an expired lease, or a holder that `gone`
+    says is a dead process of this host), the most overdue first.
 
     Only active mailboxes are taken (paused and needs_reauth ones are skipped); with `due_only`,
     only those whose `next_run_at` has come. Rows another transaction has locked are skipped, not
@@ -111,17 +119,18 @@ def acquire(
     """
     if limit <= 0:
         return []
+    free = [
+        leases.c.owner.is_(None),
+        leases.c.expires_at.is_(None),
+        leases.c.expires_at <= now,
+    ]
+    dead = _gone_holders(conn, now, owner, account_ids, gone)
+    if dead:
+        free.append(leases.c.owner.in_(sorted(dead)))
     query = (
         select(leases.c.account_id, leases.c.owner, leases.c.generation, leases.c.failures)
         .join(accounts, accounts.c.id == leases.c.account_id)
-        .where(
-            accounts.c.status == ACTIVE,
-            or_(
-                leases.c.owner.is_(None),
-                leases.c.expires_at.is_(None),
-                leases.c.expires_at <= now,
-            ),
-        )
+        .where(accounts.c.status == ACTIVE, or_(*free))
         .order_by(leases.c.next_run_at, leases.c.account_id)
         .limit(limit)
         .with_for_update(skip_locked=True, of=leases)
@@ -157,6 +166,24 @@ def acquire(
                 )
             )
     return taken
+
+
+def _gone_holders(
+    conn: Connection,
+    now: datetime,
+    owner: str,
+    account_ids: Collection[int] | None,
+    gone: Callable[[str], bool],
+) -> set[str]:
+    """The holders of unexpired leases that are dead processes of this host (`gone`)."""
+    query = (
+        select(leases.c.owner)
+        .where(leases.c.owner.is_not(None), leases.c.owner != owner, leases.c.expires_at > now)
+        .distinct()
+    )
+    if account_ids is not None:
+        query = query.where(leases.c.account_id.in_(sorted(account_ids)))
+    return {held for held in conn.execute(query).scalars() if held and gone(held)}
 
 
 def fence(conn: Connection, lease: Lease, now: datetime) -> None:
@@ -231,19 +258,26 @@ class LeaseState:
     failures: int
 
 
+def _state(row: Any) -> LeaseState:
+    return LeaseState(
+        account_id=row.account_id,
+        owner=row.owner,
+        generation=int(row.generation),
+        expires_at=row.expires_at,
+        next_run_at=row.next_run_at,
+        failures=int(row.failures),
+    )
+
+
+def state(conn: Connection, account_id: int) -> LeaseState | None:
+    """One mailbox's lease and schedule (who holds it, until when); None without a lease row."""
+    row = conn.execute(select(leases).where(leases.c.account_id == account_id)).first()
+    return _state(row) if row is not None else None
+
+
 def states(conn: Connection) -> dict[int, LeaseState]:
     """Every mailbox's lease and schedule, by account id (for operations and tests)."""
-    return {
-        row.account_id: LeaseState(
-            account_id=row.account_id,
-            owner=row.owner,
-            generation=int(row.generation),
-            expires_at=row.expires_at,
-            next_run_at=row.next_run_at,
-            failures=int(row.failures),
-        )
-        for row in conn.execute(select(leases))
-    }
+    return {row.account_id: _state(row) for row in conn.execute(select(leases))}
 
 
 class FencedStore(Store):

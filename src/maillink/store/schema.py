@@ -81,7 +81,7 @@ threads = Table(
     Column("key", String(255), nullable=False),
     Column("first_message_at", UTCDateTime, nullable=True),
     Column("subject", Text, nullable=False, default=""),
-    # the thread's link after the last replay (DESIGN §3 rules 3-5)
+    # the thread's link after the last replay (rules 3-5 of docs/linking-rules.md)
     Column("link", String(80), nullable=True),  # "deal:12"
     Column("link_source", String(10), nullable=True),  # auto | user
     Column("waiting", Boolean, nullable=False, default=False),
@@ -153,6 +153,10 @@ activities = Table(
     Column("next_attempt_at", UTCDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Refused for good by the CRM (its answer in last_error): not retried until `outbox retry`.
+    Column("failed_at", UTCDateTime, nullable=True),
+    # The desired version whose refusal (a gone person or item) made the thread be decided again.
+    Column("redecided_version", Integer, nullable=True),
 )
 Index("ix_activities_pending", activities.c.delivered_version, activities.c.desired_version)
 
@@ -191,7 +195,22 @@ web_users = Table(
     ),  # sha256 hex of the sign-in token
     Column("created_at", UTCDateTime, nullable=False),
     Column("last_sign_in_at", UTCDateTime, nullable=True),
+    # the sign-in link (issue 9): signs in once, until it expires; NULL expiry: no valid link
+    Column("link_expires_at", UTCDateTime, nullable=True),
+    Column("link_used_at", UTCDateTime, nullable=True),
 )
+
+# Server-side web sessions (issue 9): the cookie holds a random id, this table its sha256. A session
+# ends when its row is deleted (sign-out, `users remove`, a new link, `keys rotate`) or expires.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("web_users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+Index("ix_web_sessions_user", web_sessions.c.user_id)
 
 # The web user who connected the mailbox (a rep also owns the mailboxes whose address is theirs).
 # No ON DELETE clause: SQLite does not report one for a column added by ALTER TABLE, so the

@@ -1,7 +1,10 @@
-"""Web users of `maillink serve`: their sign-in tokens (kept as hashes) and whose mailboxes are whose.
+"""Web users of `maillink serve`: sign-in links, sessions, and whose mailboxes are whose.
 
 A sign-in token is shown once, when it is issued; the store keeps only its SHA-256, so a copy of the
-database signs nobody in. A rep sees the mailboxes they connected and those whose address is theirs;
+database signs nobody in. A link signs in once, before it expires (a day by default); issuing a new
+one ends the user's sessions. A session is a random id in the browser's cookie and a row here (its
+hash): signing out, removing the user or rotating the keys deletes rows, and a cookie whose row is
+gone signs nobody in. A rep sees the mailboxes they connected and those whose address is theirs;
 an admin sees every mailbox.
 """
 
@@ -10,11 +13,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import Enum
 
 from sqlalchemy import ColumnElement, Connection, delete, insert, or_, select, update
 
-from maillink.store.schema import accounts, web_users
+from maillink.store.schema import accounts, web_sessions, web_users
+
+LINK_LIFETIME = timedelta(hours=24)  # a sign-in link's default lifetime
+SESSION_LIFETIME = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,24 @@ class WebUser:
     created_at: datetime
     last_sign_in_at: datetime | None
     token_hash: str = field(repr=False)  # changes when a new sign-in link is issued
+    link_expires_at: datetime | None = None  # None: the link no longer signs in
+    link_used_at: datetime | None = None
+
+
+class LinkState(Enum):
+    """What a sign-in link is worth now."""
+
+    VALID = "valid"
+    USED = "used"
+    EXPIRED = "expired"
+
+
+def link_state(user: WebUser, now: datetime) -> LinkState:
+    if user.link_used_at is not None:
+        return LinkState.USED
+    if user.link_expires_at is None or user.link_expires_at <= now:
+        return LinkState.EXPIRED
+    return LinkState.VALID
 
 
 def hash_token(token: str) -> str:
@@ -50,50 +75,139 @@ def _user(row: object) -> WebUser:
         created_at=m["created_at"],
         last_sign_in_at=m["last_sign_in_at"],
         token_hash=m["token_hash"],
+        link_expires_at=m["link_expires_at"],
+        link_used_at=m["link_used_at"],
     )
 
 
-def issue(conn: Connection, email: str, *, is_admin: bool) -> tuple[WebUser, str]:
-    """Add the user, or give an existing one a new token (the old one stops working).
+def issue(
+    conn: Connection,
+    email: str,
+    *,
+    is_admin: bool,
+    lifetime: timedelta = LINK_LIFETIME,
+    now: datetime | None = None,
+) -> tuple[WebUser, str]:
+    """Add the user, or give an existing one a new link (the old one and their sessions end).
 
-    Returns the user and the token, which is not stored anywhere: hand it over once.
+    Returns the user and the token, which is not stored anywhere: hand it over once. The link
+    signs in once, until `now + lifetime`.
     """
     address = normalize_email(email)
     token = secrets.token_urlsafe(32)
-    digest = hash_token(token)
+    issued = now or datetime.now(UTC)
+    link = {
+        "token_hash": hash_token(token),
+        "link_expires_at": issued + lifetime,
+        "link_used_at": None,
+    }
     existing = get_by_email(conn, address)
     if existing is None:
         conn.execute(
-            insert(web_users).values(
-                email=address,
-                is_admin=is_admin,
-                token_hash=digest,
-                created_at=datetime.now(UTC),
-            )
+            insert(web_users).values(email=address, is_admin=is_admin, created_at=issued, **link)
         )
     else:
         conn.execute(
-            update(web_users)
-            .where(web_users.c.id == existing.id)
-            .values(is_admin=is_admin, token_hash=digest)
+            update(web_users).where(web_users.c.id == existing.id).values(is_admin=is_admin, **link)
         )
+        end_sessions(conn, existing.id)
     user = get_by_email(conn, address)
     assert user is not None
     return user, token
 
 
+def new_link(
+    conn: Connection,
+    email: str,
+    *,
+    lifetime: timedelta = LINK_LIFETIME,
+    now: datetime | None = None,
+) -> tuple[WebUser, str] | None:
+    """A new sign-in link for an existing user, role unchanged; None when there is no such user."""
+    user = get_by_email(conn, email)
+    if user is None:
+        return None
+    return issue(conn, user.email, is_admin=user.is_admin, lifetime=lifetime, now=now)
+
+
 def by_token(conn: Connection, token: str) -> WebUser | None:
-    """The user this sign-in token belongs to, if any."""
+    """The user this sign-in token belongs to, if any, used or expired (see `link_state`)."""
     if not token:
         return None
     row = conn.execute(select(web_users).where(web_users.c.token_hash == hash_token(token))).first()
     return _user(row) if row else None
 
 
-def signed_in(conn: Connection, user_id: int) -> None:
-    conn.execute(
-        update(web_users).where(web_users.c.id == user_id).values(last_sign_in_at=datetime.now(UTC))
+def use_link(conn: Connection, user: WebUser, now: datetime | None = None) -> bool:
+    """Spend the user's sign-in link (`user.token_hash`): True once, while it is valid.
+
+    One statement, so two browsers racing with the same link cannot both sign in.
+    """
+    at = now or datetime.now(UTC)
+    spent = conn.execute(
+        update(web_users)
+        .where(
+            web_users.c.id == user.id,
+            web_users.c.token_hash == user.token_hash,
+            web_users.c.link_used_at.is_(None),
+            web_users.c.link_expires_at > at,
+        )
+        .values(link_used_at=at, last_sign_in_at=at)
     )
+    return spent.rowcount == 1
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+def start_session(
+    conn: Connection,
+    user_id: int,
+    *,
+    lifetime: timedelta = SESSION_LIFETIME,
+    now: datetime | None = None,
+) -> str:
+    """A new session of the user; returns its id for the cookie (the store keeps its hash)."""
+    at = now or datetime.now(UTC)
+    conn.execute(delete(web_sessions).where(web_sessions.c.expires_at <= at))
+    session_id = secrets.token_urlsafe(32)
+    conn.execute(
+        insert(web_sessions).values(
+            id_hash=hash_token(session_id), user_id=user_id, created_at=at, expires_at=at + lifetime
+        )
+    )
+    return session_id
+
+
+def session_user(conn: Connection, session_id: str, now: datetime | None = None) -> WebUser | None:
+    """The user of this live session; None when it ended, expired or never was."""
+    if not session_id:
+        return None
+    row = conn.execute(
+        select(web_users)
+        .join(web_sessions, web_sessions.c.user_id == web_users.c.id)
+        .where(
+            web_sessions.c.id_hash == hash_token(session_id),
+            web_sessions.c.expires_at > (now or datetime.now(UTC)),
+        )
+    ).first()
+    return _user(row) if row else None
+
+
+def end_session(conn: Connection, session_id: str) -> None:
+    conn.execute(delete(web_sessions).where(web_sessions.c.id_hash == hash_token(session_id)))
+
+
+def end_sessions(conn: Connection, user_id: int) -> int:
+    """End every session of the user; returns how many there were."""
+    ended = conn.execute(delete(web_sessions).where(web_sessions.c.user_id == user_id))
+    return int(ended.rowcount or 0)
+
+
+def end_all_sessions(conn: Connection) -> int:
+    """End every session of every user (`maillink keys rotate`); returns how many there were."""
+    ended = conn.execute(delete(web_sessions))
+    return int(ended.rowcount or 0)
 
 
 def get(conn: Connection, user_id: int) -> WebUser | None:
@@ -118,6 +232,7 @@ def remove(conn: Connection, email: str) -> bool:
     conn.execute(
         update(accounts).where(accounts.c.owner_user_id == user.id).values(owner_user_id=None)
     )
+    end_sessions(conn, user.id)
     conn.execute(delete(web_users).where(web_users.c.id == user.id))
     return True
 

@@ -1,7 +1,9 @@
-"""Signing in with the per-user link `maillink users add` prints, and who the request is from.
+"""Signing in with the per-user link `maillink users add|link` prints, and who the request is from.
 
-The session (a signed, HttpOnly, SameSite=Lax cookie) holds the user's id and a mark derived from
-their current token's hash: issuing a new link for a user, or removing them, ends their sessions.
+A link signs in once, before it expires. The session cookie (signed, HttpOnly, SameSite=Lax) holds
+a random session id whose hash the store keeps (`web_sessions`): every request looks it up, so
+signing out, a new link, `maillink users remove` and `maillink keys rotate` end sessions on the
+server, and a saved copy of the cookie signs nobody in afterwards.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -68,12 +71,14 @@ def signed_in(view: F) -> F:
 @bp.before_app_request
 def load_user() -> None:
     g.user = None
-    user_id = session.get("uid")
-    if not isinstance(user_id, int):
+    session_id = session.get("sid")
+    if not isinstance(session_id, str):
+        if "uid" in session:  # a cookie from before server-side sessions
+            session.clear()
         return
     with web_context().app.store.engine.connect() as conn:
-        user = users.get(conn, user_id)
-    if user is None or not hmac.compare_digest(str(session.get("mark", "")), _mark(user)):
+        user = users.session_user(conn, session_id)
+    if user is None:
         session.clear()
         return
     g.user = user
@@ -94,18 +99,35 @@ def _local_path(target: str | None) -> str:
 
 INVALID_LINK = (
     "This sign-in link is not valid (a newer one may have replaced it): "
-    "ask your admin for a new one (maillink users add EMAIL)."
+    "ask your admin for a new one (maillink users link EMAIL)."
 )
+USED_LINK = (
+    "This sign-in link was already used: a link signs in once. "
+    "Ask your admin for a new one (maillink users link EMAIL)."
+)
+EXPIRED_LINK = (
+    "This sign-in link has expired. Ask your admin for a new one (maillink users link EMAIL)."
+)
+REFUSED = {users.LinkState.USED: USED_LINK, users.LinkState.EXPIRED: EXPIRED_LINK}
 CONFIRM_SECONDS = 300
 
 
-def _start_session(user: WebUser, target: str | None) -> Response:
+def _refused(message: str) -> tuple[str, int]:
+    return render_template("signin.html", error=message), 403
+
+
+def _start_session(user: WebUser, target: str | None) -> Any:
+    """Spend the user's link and open a session, or refuse when the link is no longer valid."""
+    now = datetime.now(UTC)
     with web_context().app.store.transaction() as conn:
-        users.signed_in(conn, user.id)
+        if not users.use_link(conn, user, now):
+            latest = users.get(conn, user.id)
+            state = users.link_state(latest, now) if latest else users.LinkState.EXPIRED
+            return _refused(REFUSED.get(state, INVALID_LINK))  # spent meanwhile, or replaced
+        session_id = users.start_session(conn, user.id, now=now)
     session.clear()
     session.permanent = True
-    session["uid"] = user.id
-    session["mark"] = _mark(user)
+    session["sid"] = session_id
     return redirect(_local_path(target), code=303)
 
 
@@ -113,9 +135,13 @@ def _sign_in(token: str, target: str | None, *, cross_site: bool = False) -> Any
     with web_context().app.store.engine.connect() as conn:
         user = users.by_token(conn, token.strip())
     if user is None:
-        return render_template("signin.html", error=INVALID_LINK), 403
+        return _refused(INVALID_LINK)
+    state = users.link_state(user, datetime.now(UTC))
+    if state is not users.LinkState.VALID:
+        return _refused(REFUSED[state])
     if cross_site:
         # A link followed from another site may be someone else's link (login CSRF): ask first.
+        # The link is spent only once confirmed.
         session["confirm"] = {"uid": user.id, "mark": _mark(user), "at": int(time.time())}
         return render_template("confirm.html", email=user.email, next=target or "")
     return _start_session(user, target)
@@ -143,11 +169,16 @@ def signin_confirm() -> Any:
         with web_context().app.store.engine.connect() as conn:
             user = users.get(conn, int(pending.get("uid", 0)))
     if user is None or not hmac.compare_digest(str(pending and pending.get("mark")), _mark(user)):
-        return render_template("signin.html", error=INVALID_LINK), 403
+        return _refused(INVALID_LINK)
     return _start_session(user, request.form.get("next"))
 
 
 @bp.post("/signout")
 def signout() -> Response:
+    """End the session here and in the store: a saved copy of the cookie no longer signs in."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str):
+        with web_context().app.store.transaction() as conn:
+            users.end_session(conn, session_id)
     session.clear()
     return redirect(url_for("auth.signin"), code=303)

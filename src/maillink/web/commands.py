@@ -1,4 +1,4 @@
-"""`maillink serve` and `maillink users add|list|remove` (DESIGN.md §5).
+"""`maillink serve` and `maillink users add|link|list|remove` (docs/cli.md).
 
 Registered in `maillink.cli` with `cli.add_command(serve)` and `cli.add_command(users)`. This module
 imports click only: the web stack is loaded when a command runs.
@@ -80,10 +80,11 @@ def users() -> None:
     """Web users: who may sign in to `maillink serve`."""
 
 
-@users.command("add")
-@click.argument("email")
-@click.option("--admin", is_flag=True, help="Sees and acts on every mailbox.")
-@click.option(
+LINK_HOURS_HELP = (
+    "How long the sign-in link is valid, in hours (1-720; default: [web] link_hours of "
+    "maillink.toml, else 24). A link signs in once."
+)
+PUBLIC_URL_OPTION = click.option(
     "--public-url",
     envvar=PUBLIC_URL_ENV,
     metavar="URL",
@@ -91,24 +92,73 @@ def users() -> None:
     show_default=True,
     help="The address of `maillink serve`, for the link.",
 )
-@click.pass_obj
-def add(obj: Any, email: str, admin: bool, public_url: str) -> None:
-    """Add a web user (or replace their link) and print their sign-in link, once."""
+LINK_HOURS_OPTION = click.option(
+    "--link-hours",
+    type=click.IntRange(1, 720),
+    metavar="N",
+    default=None,
+    help=LINK_HOURS_HELP,
+)
+
+
+def _print_link(obj: Any, public_url: str, email: str, link_hours: int | None, **how: Any) -> None:
+    """Issue the link (`how`: is_admin for `add`; nothing for `link`, an existing user) and print it."""
+    from datetime import timedelta
+
+    from maillink.errors import ConfigError
     from maillink.store import users as store_users
     from maillink.web.settings import WebSettings
 
     settings = WebSettings.build("127.0.0.1", 8080, public_url)
+    hours = link_hours if link_hours is not None else obj.app.settings.web.link_hours
+    lifetime = timedelta(hours=hours)
     try:
         address = store_users.normalize_email(email)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="EMAIL") from None
     with obj.app.store.transaction() as conn:
         existed = store_users.get_by_email(conn, address) is not None
-        user, token = store_users.issue(conn, address, is_admin=admin)
+        if "is_admin" in how:
+            user, token = store_users.issue(conn, address, lifetime=lifetime, **how)
+        else:
+            issued = store_users.new_link(conn, address, lifetime=lifetime)
+            if issued is None:
+                raise ConfigError(f"no web user {address!r} (add one: maillink users add EMAIL)")
+            user, token = issued
     role = "admin" if user.is_admin else "rep"
-    what = "new sign-in link (the previous one no longer works)" if existed else "sign-in link"
-    click.echo(f"{what} for {user.email} ({role}); it is shown only this once:", err=True)
+    what = (
+        "new sign-in link (the previous one no longer works, nor do their sessions)"
+        if existed
+        else "sign-in link"
+    )
+    expires = user.link_expires_at.strftime("%Y-%m-%d %H:%M UTC") if user.link_expires_at else "?"
+    click.echo(
+        f"{what} for {user.email} ({role}); it signs in once, until {expires}, "
+        "and is shown only this once:",
+        err=True,
+    )
     click.echo(settings.signin_link(token))
+
+
+@users.command("add")
+@click.argument("email")
+@click.option("--admin", is_flag=True, help="Sees and acts on every mailbox.")
+@PUBLIC_URL_OPTION
+@LINK_HOURS_OPTION
+@click.pass_obj
+def add(obj: Any, email: str, admin: bool, public_url: str, link_hours: int | None) -> None:
+    """Add a web user (or give them a new link) and print their sign-in link, once."""
+    _print_link(obj, public_url, email, link_hours, is_admin=admin)
+
+
+@users.command("link")
+@click.argument("email")
+@PUBLIC_URL_OPTION
+@LINK_HOURS_OPTION
+@click.pass_obj
+def link(obj: Any, email: str, public_url: str, link_hours: int | None) -> None:
+    """Print a new sign-in link for a web user, once (the old link and their sessions end)."""
+    _print_link(obj, public_url, email, link_hours)
 
 
 @users.command("list")
@@ -142,7 +192,7 @@ def list_users(obj: Any, as_json: bool) -> None:
 @click.argument("email")
 @click.pass_obj
 def remove(obj: Any, email: str) -> None:
-    """Remove a web user: their link and sessions stop working; their mailboxes stay."""
+    """Remove a web user: their link and sessions end at once; their mailboxes stay."""
     from maillink.errors import ConfigError
     from maillink.store import users as store_users
 
@@ -151,3 +201,12 @@ def remove(obj: Any, email: str) -> None:
     if not removed:
         raise ConfigError(f"no web user {email!r} (see: maillink users list)")
     click.echo(f"removed {email}")
+
+
+def end_web_sessions(app: Any) -> None:
+    """End every web session (`maillink keys rotate`): everyone signs in again with a new link."""
+    from maillink.store import users as store_users
+
+    with app.store.transaction() as conn:
+        ended = store_users.end_all_sessions(conn)
+    click.echo(f"ended {ended} web session(s): web users sign in again (maillink users link EMAIL)")

@@ -14,16 +14,27 @@ from urllib.parse import urlsplit
 from flask import Flask, render_template
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, SecurityError
+from werkzeug.routing import IntegerConverter, Map
 from werkzeug.wrappers import Response
 
 from maillink.errors import ConfigError
+from maillink.store.users import SESSION_LIFETIME
 from maillink.web import auth, connect, views
 from maillink.web.context import EXTENSION, WebContext
 from maillink.web.jobs import SyncJobs
 from maillink.web.session_key import session_key
 from maillink.web.settings import WebSettings
 
-SESSION_HOURS = 12
+SESSION_HOURS = int(SESSION_LIFETIME.total_seconds() // 3600)
+MAX_ID = 2**31 - 1  # the largest id an Integer column holds on PostgreSQL (and that SQLite reaches)
+
+
+class IdConverter(IntegerConverter):
+    """`<id:name>`: a row id, 0 to MAX_ID; any other number is no route (404), never a 500 from
+    the database driver (an id of 2^63 overflows SQLite's, 2^31 PostgreSQL's)."""
+
+    def __init__(self, url_map: Map) -> None:
+        super().__init__(url_map, min=0, max=MAX_ID)
 
 
 def _origin(url: str) -> str:
@@ -72,6 +83,7 @@ def create_app(app: Any, settings: WebSettings, *, testing: bool = False) -> Fla
         TESTING=testing,
     )
     web.extensions[EXTENSION] = WebContext(app=app, settings=settings, jobs=SyncJobs(app))
+    web.url_map.converters["id"] = IdConverter
     CSRFProtect(web)
     web.register_blueprint(auth.bp)
     web.register_blueprint(connect.bp)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -152,12 +152,17 @@ def last_dates(conn: Connection, thread_ids: Sequence[int]) -> dict[int, datetim
     return {thread_id: latest for thread_id, latest in rows}
 
 
-def item_titles(conn: Connection, refs: Sequence[str]) -> dict[str, str]:
-    """The titles the CRM cache knows for these items (`deal:12` → "Renewal 2026")."""
+def item_titles(conn: Connection, refs: Sequence[str], person_ids: Iterable[int]) -> dict[str, str]:
+    """The titles the CRM cache knows for these items (`deal:12` → "Renewal 2026"), among the
+    items of these persons only: a page never names an item of someone else's contacts."""
     wanted = set(refs)
+    persons = sorted(set(person_ids))
     titles: dict[str, str] = {}
-    if wanted:
-        for (items,) in conn.execute(select(item_cache.c["items"])):
+    if wanted and persons:
+        rows = conn.execute(
+            select(item_cache.c["items"]).where(item_cache.c.person_id.in_(persons))
+        )
+        for (items,) in rows:
             for item in items:
                 if item.get("ref") in wanted and item.get("title"):
                     titles[item["ref"]] = item["title"]

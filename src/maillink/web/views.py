@@ -12,11 +12,10 @@ from typing import Any
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from maillink.choices import choose_item, unlink_thread
+from maillink.choices import choose_item, parse_item, unlink_thread
 from maillink.crm.base import CRMError
 from maillink.errors import ConfigError
 from maillink.explain import explain, pending
-from maillink.linking.facts import ItemRef
 from maillink.store import accounts as store_accounts
 from maillink.store import mail, users
 from maillink.store.accounts import Account
@@ -64,13 +63,13 @@ def _summary(account: Account) -> Mailbox:
     return found
 
 
-@bp.get("/mailboxes/<int:account_id>")
+@bp.get("/mailboxes/<id:account_id>")
 @signed_in
 def mailbox(account_id: int) -> str:
     return render_template("mailbox.html", mailbox=_summary(_visible_account(account_id)))
 
 
-@bp.get("/mailboxes/<int:account_id>/progress")
+@bp.get("/mailboxes/<id:account_id>/progress")
 def progress(account_id: int) -> Response:
     """The mailbox's state and counts, polled by its page while it syncs."""
     require_user()
@@ -107,7 +106,7 @@ def _visible_thread(thread_id: int) -> mail.StoredThread:
     return thread
 
 
-@bp.get("/threads/<int:thread_id>")
+@bp.get("/threads/<id:thread_id>")
 @signed_in
 def thread(thread_id: int) -> str:
     found = _visible_thread(thread_id)
@@ -115,7 +114,8 @@ def thread(thread_id: int) -> str:
         details = explain(conn, str(found.id), [found.account_id])
         if details is None:
             abort(404)
-        titles = item_titles(conn, [details["linked"]] if details["linked"] else [])
+        persons = {p for m in details["messages"] for p in m["person_ids"]}
+        titles = item_titles(conn, [details["linked"]] if details["linked"] else [], persons)
     return render_template("thread.html", thread=details, titles=titles)
 
 
@@ -133,14 +133,15 @@ def _apply(thread_id: int, action: Any) -> None:
         flash(f"Thread {thread_id} could not be updated: {error}", "error")
 
 
-@bp.post("/threads/<int:thread_id>/choose")
+@bp.post("/threads/<id:thread_id>/choose")
 @signed_in
 def choose(thread_id: int) -> Response:
-    """Link the thread to an item (a candidate, or another one typed as deal:ID…); rule 5."""
+    """Link the thread to an item (a candidate, or another item of its persons typed as deal:ID…);
+    rule 5. Ill-formed ids and items of other persons are refused with a message."""
     _visible_thread(thread_id)
     text = request.form.get("item", "").strip()
     try:
-        item = ItemRef.parse(text)
+        item = parse_item(text)
     except ValueError as error:
         flash(str(error), "error")
         return _back(thread_id)
@@ -148,7 +149,7 @@ def choose(thread_id: int) -> Response:
     return _back(thread_id)
 
 
-@bp.post("/threads/<int:thread_id>/unlink")
+@bp.post("/threads/<id:thread_id>/unlink")
 @signed_in
 def unlink(thread_id: int) -> Response:
     """Link the thread's messages to their persons only."""
