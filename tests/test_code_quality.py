@@ -22,8 +22,8 @@ def _tool(name: str) -> str:
 @pytest.mark.parametrize(
     "command",
     [
-        ["ruff", "check", "src", "tests", "bench"],
-        ["ruff", "format", "--check", "src", "tests", "bench"],
+        ["ruff", "check", "src", "tests", "bench", "tools"],
+        ["ruff", "format", "--check", "src", "tests", "bench", "tools"],
         ["mypy"],
     ],
     ids=["ruff-lint", "ruff-format", "mypy"],

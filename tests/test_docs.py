@@ -40,7 +40,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 def _repository_texts() -> Iterator[Path]:
     yield from (ROOT / name for name in ("README.md", "pyproject.toml"))
     yield from ROOT.glob("*.example.*")
-    for folder in ("src", "tests", "bench", "docs"):
+    for folder in ("src", "tests", "bench", "docs", "tools"):
         for path in sorted((ROOT / folder).rglob("*")):
             if (
                 path.is_file()

@@ -12,8 +12,8 @@ from collections import Counter
 from typing import Any
 
 from maillink.errors import ConfigError
-from maillink.linking.facts import Item, ItemKind, ItemRef, ItemStatus
 from maillink.linking.rules import external_participants
+from maillink.model import Item, ItemKind, ItemRef, ItemStatus
 from maillink.store import accounts, mail
 
 _INTEGER_ID = re.compile(r"[1-9][0-9]{0,17}")

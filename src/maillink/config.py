@@ -533,10 +533,15 @@ def _microsoft(t: _Table) -> MicrosoftSettings:
 
 
 def _linking(t: _Table) -> LinkingSettings:
-    domains = t.texts("internal_domains", (), 'internal_domains = ["yourcompany.com"]')
-    blocked = t.texts("blocked", (), 'blocked = ["noreply@*"]')
+    d = LinkingSettings()
+    domains = t.texts(
+        "internal_domains", d.internal_domains, 'internal_domains = ["yourcompany.com"]'
+    )
+    blocked = t.texts("blocked", d.blocked, 'blocked = ["noreply@*"]')
     choices = "|".join(m.value for m in MultipleOpenItems)
-    policy = t.text("multiple_open_items", "ask", 'multiple_open_items = "ask"').lower()
+    policy = t.text(
+        "multiple_open_items", d.multiple_open_items.value, 'multiple_open_items = "ask"'
+    ).lower()
     try:
         multiple = MultipleOpenItems(policy)
     except ValueError:
@@ -547,7 +552,7 @@ def _linking(t: _Table) -> LinkingSettings:
         internal_domains=tuple(_domain(d, t.label("internal_domains")) for d in domains),
         blocked=tuple(p.lower() for p in blocked),
         multiple_open_items=multiple,
-        create_persons=t.flag("create_persons", False),
+        create_persons=t.flag("create_persons", d.create_persons),
     )
     t.finish()
     return settings
@@ -564,8 +569,10 @@ def _domain(text: str, key: str) -> str:
 def _sync(t: _Table) -> SyncSettings:
     d = SyncSettings()
     settings = SyncSettings(
-        interval_seconds=t.integer("interval_seconds", 120, 1, "interval_seconds = 120"),
-        page_size=t.integer("page_size", 500, 1, "page_size = 500", maximum=500),
+        interval_seconds=t.integer(
+            "interval_seconds", d.interval_seconds, 1, "interval_seconds = 120"
+        ),
+        page_size=t.integer("page_size", d.page_size, 1, "page_size = 500", maximum=500),
         jitter_seconds=t.integer("jitter_seconds", d.jitter_seconds, 0, "jitter_seconds = 10"),
         max_backoff_seconds=t.integer(
             "max_backoff_seconds", d.max_backoff_seconds, 1, "max_backoff_seconds = 3600"
@@ -598,7 +605,7 @@ def _daemon(t: _Table) -> DaemonSettings:
 
 
 def _web(t: _Table) -> WebAppSettings:
-    hours = t.integer("link_hours", 24, 1, "link_hours = 24")
+    hours = t.integer("link_hours", WebAppSettings().link_hours, 1, "link_hours = 24")
     if hours > MAX_LINK_HOURS:
         raise ConfigError(f"{t.label('link_hours')} must be at most {MAX_LINK_HOURS} (30 days)")
     settings = WebAppSettings(link_hours=hours)
@@ -607,9 +614,14 @@ def _web(t: _Table) -> WebAppSettings:
 
 
 def _cache(t: _Table) -> CacheSettings:
+    d = CacheSettings()
     settings = CacheSettings(
-        person_ttl_seconds=t.integer("person_ttl_seconds", 3600, 0, "person_ttl_seconds = 3600"),
-        items_ttl_seconds=t.integer("items_ttl_seconds", 600, 0, "items_ttl_seconds = 600"),
+        person_ttl_seconds=t.integer(
+            "person_ttl_seconds", d.person_ttl_seconds, 0, "person_ttl_seconds = 3600"
+        ),
+        items_ttl_seconds=t.integer(
+            "items_ttl_seconds", d.items_ttl_seconds, 0, "items_ttl_seconds = 600"
+        ),
     )
     t.finish()
     return settings

@@ -21,7 +21,7 @@ from maillink.crm.base import (
 from maillink.crm.pipedrive import TOKEN_COSTS, PipedriveCRM, WriteOutcomeUnknown
 from maillink.crm.pipedrive_http import PaginationLoop, Paginator
 from maillink.crm.pipedrive_items import note_has_key, parse_time
-from maillink.linking.facts import ItemKind, ItemRef, ItemStatus
+from maillink.model import ItemKind, ItemRef, ItemStatus
 from maillink.sandbox._server import Fault
 from maillink.sandbox.pipedrive import PipedriveSandbox
 

@@ -8,7 +8,7 @@ import pytest
 
 import openapi_check
 from maillink.crm.pipedrive import PipedriveCRM
-from maillink.linking.facts import Person
+from maillink.model import Person
 from maillink.sandbox.pipedrive import PipedriveSandbox
 
 

@@ -18,7 +18,7 @@ from maillink.crm.base import (
     CRMUnavailable,
 )
 from maillink.crm.pipedrive import PipedriveCRM
-from maillink.linking.facts import ItemKind, ItemRef
+from maillink.model import ItemKind, ItemRef
 from maillink.sandbox._server import Fault
 from maillink.sandbox.pipedrive import ADMIN_COSTS, PipedriveSandbox
 

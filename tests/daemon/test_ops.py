@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from maillink.config import WebhookCredentials
-from maillink.linking.facts import Item, ItemRef, ItemStatus, Person
+from maillink.model import Item, ItemRef, ItemStatus, Person
 from maillink.ops.metrics import Metrics
 from maillink.ops.server import OpsContext, create_ops_app
 from maillink.ops.webhooks import BadPayload, gmail_push, pipedrive_change

@@ -14,8 +14,7 @@ from maillink.app import App
 from maillink.choices import choose_item
 from maillink.config import load_settings
 from maillink.daemon import sync_round
-from maillink.linking.facts import ItemRef
-from maillink.model import Message
+from maillink.model import ItemRef, Message
 from maillink.outbox import Outbox, pending_count
 from maillink.providers.headers import message_from_headers
 from maillink.sandbox.google import GoogleSandbox

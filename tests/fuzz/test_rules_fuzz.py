@@ -20,8 +20,9 @@ from tests.linking.test_rules_properties import (
     views_of,
 )
 
-from maillink.linking.facts import Facts, ItemStatus, MultipleOpenItems, Reason
+from maillink.linking.facts import Facts, MultipleOpenItems, Reason
 from maillink.linking.rules import decide_thread
+from maillink.model import ItemStatus
 
 
 @SETTINGS

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from maillink.linking.facts import ItemRef
 from maillink.linking.linker import _delivered_links
+from maillink.model import ItemRef
 from maillink.store import Store
 from maillink.store.schema import activities
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from maillink.crm.base import Changes, CRMRefused, CRMUnavailable
-from maillink.linking.facts import Facts, Item, LinkingPolicy, Person, Reason
+from maillink.linking.facts import Facts, LinkingPolicy, Reason
 from maillink.linking.linker import CacheTTL, FactGatherer, Linker
 from maillink.linking.new_persons import PersonCreator, creatable, unknown_addresses
-from maillink.model import Address, Direction, Message
+from maillink.model import Address, Direction, Item, Message, Person
 from maillink.store import Store, accounts, cache, mail
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

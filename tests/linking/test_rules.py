@@ -10,18 +10,14 @@ import pytest
 from maillink.linking.facts import (
     Decision,
     Facts,
-    Item,
-    ItemRef,
-    ItemStatus,
     LinkingPolicy,
     MultipleOpenItems,
-    Person,
     Reason,
     ThreadInput,
     ThreadOutcome,
 )
 from maillink.linking.rules import decide_thread, external_participants
-from maillink.model import Address, Direction, Message
+from maillink.model import Address, Direction, Item, ItemRef, ItemStatus, Message, Person
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 ACCOUNT = "owner@mail.example"  # the mailbox: neither in own_addresses nor an internal domain

@@ -12,19 +12,14 @@ from hypothesis import strategies as st
 
 from maillink.linking.facts import (
     Facts,
-    Item,
-    ItemKind,
-    ItemRef,
-    ItemStatus,
     LinkingPolicy,
     MultipleOpenItems,
-    Person,
     Reason,
     ThreadInput,
     ThreadOutcome,
 )
 from maillink.linking.rules import decide_thread
-from maillink.model import Address, Direction, Message
+from maillink.model import Address, Direction, Item, ItemKind, ItemRef, ItemStatus, Message, Person
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 ACCOUNT = "owner@team.example"

@@ -15,18 +15,10 @@ import pytest
 from google.oauth2.credentials import Credentials
 
 from maillink.crm.pipedrive import PipedriveCRM
-from maillink.linking.facts import (
-    Facts,
-    Item,
-    ItemKind,
-    ItemRef,
-    LinkingPolicy,
-    Person,
-    ThreadInput,
-)
+from maillink.linking.facts import Facts, LinkingPolicy, ThreadInput
 from maillink.linking.linker import CacheTTL, FactGatherer, Linker
 from maillink.linking.rules import decide_thread
-from maillink.model import Message
+from maillink.model import Item, ItemKind, ItemRef, Message, Person
 from maillink.outbox import Outbox
 from maillink.providers.base import MailProvider, Page
 from maillink.providers.gmail import GmailProvider

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy import Connection, select, text
 
 from maillink.crm.base import Changes
-from maillink.linking.facts import Item, ItemKind, ItemRef, LinkingPolicy, Person, Reason
+from maillink.linking.facts import LinkingPolicy, Reason
 from maillink.linking.linker import CacheTTL, FactGatherer, Linker
-from maillink.model import Address, Direction, Message
+from maillink.model import Address, Direction, Item, ItemKind, ItemRef, Message, Person
 from maillink.store import Store, accounts, cache, mail
 from maillink.store.accounts import Account
 from maillink.store.schema import activities, messages, person_cache

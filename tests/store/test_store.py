@@ -123,7 +123,7 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
 
 
 def test_caching_the_same_person_twice_replaces_it_on_both_databases(store: Store) -> None:
-    from maillink.linking.facts import Person
+    from maillink.model import Person
     from maillink.store import cache
 
     now = datetime.now(UTC)

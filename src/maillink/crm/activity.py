@@ -8,8 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from maillink.crm.base import ActivityDraft
-from maillink.linking.facts import Decision, ItemRef
-from maillink.model import Address, Message
+from maillink.model import Address, ItemRef, Message
 
 KEY_PREFIX = "maillink-id: "
 
@@ -50,14 +49,17 @@ def one_item_per_kind(items: tuple[ItemRef, ...]) -> tuple[ItemRef, ...]:
     return tuple(kept.values())
 
 
-def draft_for(message: Message, decision: Decision) -> ActivityDraft:
+def draft_for(
+    message: Message, person_ids: tuple[int, ...], items: tuple[ItemRef, ...]
+) -> ActivityDraft:
+    """The activity of `message`, linked to `person_ids` (the primary first) and `items`."""
     assert message.date is not None  # decisions that write an activity have a date
     return ActivityDraft(
         key=message.key,
         subject=message.subject or "(no subject)",
         when=message.date,
-        person_ids=decision.person_ids,
-        items=one_item_per_kind(decision.items),
+        person_ids=person_ids,
+        items=one_item_per_kind(items),
         note=render_note(message),
     )
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from maillink.linking.facts import Item, ItemRef, Person
+from maillink.model import Item, ItemRef, Person
 
 
 class CRMError(Exception):

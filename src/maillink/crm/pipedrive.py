@@ -41,7 +41,7 @@ from maillink.crm.pipedrive_items import (
     project_item,
     rfc3339,
 )
-from maillink.linking.facts import Item, ItemKind, Person
+from maillink.model import Item, ItemKind, Person
 
 log = logging.getLogger(__name__)
 

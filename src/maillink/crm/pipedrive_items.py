@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from maillink.linking.facts import Item, ItemKind, ItemRef, ItemStatus, Person
+from maillink.model import Item, ItemKind, ItemRef, ItemStatus, Person
 
 _LINE_BREAK = re.compile(r"<br\s*/?>|</p>|</div>|\n", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]+>")

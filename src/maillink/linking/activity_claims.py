@@ -82,7 +82,7 @@ class ActivityClaims:
         if not decision.reason.writes_activity:
             return decision
         key = message.key
-        desired = draft_to_json(draft_for(message, decision))
+        desired = draft_to_json(draft_for(message, decision.person_ids, decision.items))
         existing = self.existing.get(key)
         if existing is None:
             self.inserts[key] = {

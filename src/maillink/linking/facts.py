@@ -9,97 +9,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
-from maillink.model import Message
-
-
-class ItemKind(enum.StrEnum):
-    DEAL = "deal"
-    LEAD = "lead"
-    PROJECT = "project"
-
-
-class ItemStatus(enum.StrEnum):
-    OPEN = "open"
-    WON = "won"
-    LOST = "lost"
-    CLOSED = "closed"  # a closed project, an archived lead
-    DELETED = "deleted"
-
-
-@dataclass(frozen=True, order=True)
-class ItemRef:
-    """`deal:12`, `lead:5d1c…`, `project:3`: the form `maillink choose` takes."""
-
-    kind: ItemKind
-    id: str
-
-    def __str__(self) -> str:
-        return f"{self.kind.value}:{self.id}"
-
-    @classmethod
-    def parse(cls, text: str) -> ItemRef:
-        kind, sep, ident = text.partition(":")
-        if not sep or not ident.strip():
-            raise ValueError(f"{text!r} is not an item: write deal:ID, lead:ID or project:ID")
-        try:
-            return cls(ItemKind(kind.strip().lower()), ident.strip())
-        except ValueError:
-            raise ValueError(
-                f"{text!r} is not an item: the kind must be deal, lead or project"
-            ) from None
-
-
-@dataclass(frozen=True)
-class Person:
-    id: int
-    name: str
-    emails: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Item:
-    """A lead, deal or project, with the dates the rules need.
-
-    `closed_at` is when it was won, lost, closed or deleted; None while open (or when the CRM does
-    not say when it was deleted). A deleted item is never a candidate (rule 2): the CRM no longer
-    has it, so no new write may name it. The one exception is rule 6's: an email whose activity
-    the CRM already has linked to the item (`delivered`) and that was exchanged before the
-    deletion (or the deletion date is unknown) keeps that link, so nothing is rewritten.
-    """
-
-    ref: ItemRef
-    title: str
-    person_ids: frozenset[int]
-    created_at: datetime
-    status: ItemStatus = ItemStatus.OPEN
-    closed_at: datetime | None = None
-
-    @classmethod
-    def gone(cls, ref: ItemRef) -> Item:
-        """An item an email's activity carries in the CRM (`Facts.delivered`) that the CRM no
-        longer lists among the email's persons' items (a deleted lead, a deal deleted long
-        ago): deleted, date unknown."""
-        return cls(
-            ref=ref,
-            title="(no longer listed in the CRM)",
-            person_ids=frozenset(),
-            created_at=datetime.min.replace(tzinfo=UTC),
-            status=ItemStatus.DELETED,
-        )
-
-    def open_at(self, when: datetime, *, delivered: bool = False) -> bool:
-        """Was the item open at `when`? Open now, or won/lost/closed after `when`. A deleted item
-        only for an email whose activity the CRM already has linked to it (`delivered`), when
-        the email was exchanged before the deletion (or the deletion date is unknown)."""
-        if when < self.created_at:
-            return False
-        if self.status is ItemStatus.OPEN:
-            return True
-        if self.status is ItemStatus.DELETED:
-            return delivered and (self.closed_at is None or self.closed_at > when)
-        return self.closed_at is not None and self.closed_at > when
+from maillink.model import Item, ItemRef, Message, Person
 
 
 class Reason(enum.StrEnum):

@@ -15,18 +15,10 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 
 from maillink.crm.base import CRM
 from maillink.linking.activity_claims import claim_activities
-from maillink.linking.facts import (
-    Decision,
-    Facts,
-    Item,
-    ItemRef,
-    LinkingPolicy,
-    Person,
-    ThreadInput,
-)
+from maillink.linking.facts import Decision, Facts, LinkingPolicy, ThreadInput
 from maillink.linking.new_persons import PersonCreator, unknown_addresses
 from maillink.linking.rules import decide_thread, external_participants
-from maillink.model import Message
+from maillink.model import Item, ItemRef, Message, Person
 from maillink.store import Store, cache, mail
 from maillink.store.accounts import Account
 from maillink.store.schema import activities, decision_log, messages
@@ -50,7 +42,6 @@ class FactGatherer:
         self.crm = crm
         self.ttl = ttl
         self.clock = clock
-        self.crm_reads = 0
 
     def gather(self, emails: Iterable[str], *, remember: bool = True) -> Facts:
         """The facts about these addresses; `remember=False` leaves the caches as they are."""
@@ -61,7 +52,6 @@ class FactGatherer:
         fetched_persons: dict[str, list[Person]] = {}
         for email in sorted(wanted - persons.keys()):
             fetched_persons[email] = self.crm.search_persons(email)
-            self.crm_reads += 1
         persons.update(fetched_persons)
         person_ids = {p.id for found in persons.values() for p in found}
         with self.store.transaction() as conn:
@@ -71,7 +61,6 @@ class FactGatherer:
         fetched_items: dict[int, list[Item]] = {}
         for person_id in sorted(person_ids - items.keys()):
             fetched_items[person_id] = self.crm.items_of_person(person_id)
-            self.crm_reads += 1
         items.update(fetched_items)
         if fetched_items and remember:
             with self.store.transaction() as conn:
@@ -89,7 +78,6 @@ class FactGatherer:
             extra = [
                 i for i in self.crm.archived_items_of_person(person_id) if str(i.ref) not in known
             ]
-            self.crm_reads += 1
             items[person_id] = items.get(person_id, []) + extra
             added[person_id] = items[person_id]
         if added and remember:

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from maillink.crm.base import CRM, CRMRefused, CRMUnavailable
-from maillink.linking.facts import Facts, Item, LinkingPolicy, Person
+from maillink.linking.facts import Facts, LinkingPolicy
 from maillink.linking.rules import external_participants
-from maillink.model import Message
+from maillink.model import Item, Message, Person
 from maillink.store import Store, cache
 
 log = logging.getLogger(__name__)

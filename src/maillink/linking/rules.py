@@ -38,17 +38,13 @@ from fnmatch import fnmatchcase
 from maillink.linking.facts import (
     Decision,
     Facts,
-    Item,
-    ItemRef,
-    ItemStatus,
     LinkingPolicy,
     MultipleOpenItems,
-    Person,
     Reason,
     ThreadInput,
     ThreadOutcome,
 )
-from maillink.model import Address, Direction, Message
+from maillink.model import Address, Direction, Item, ItemRef, ItemStatus, Message, Person
 
 AUTO = "auto"
 USER = "user"

@@ -30,8 +30,6 @@ GMAIL_UNITS: Mapping[str, Mapping[str, int]] = {
         "history.list": 2,
     },
 }
-GMAIL_QUOTA_PER_MINUTE = {"2025": 15_000, "2026": 6_000}  # per user
-GRAPH_REQUESTS_PER_10_MINUTES = 10_000  # per app and mailbox
 _SLACK = 1e-6  # units: float rounding must not leave a call waiting for a sliver forever
 
 

@@ -151,7 +151,3 @@ def set_cursor(conn: Connection, account_id: int, value: str, name: str = "mailb
 
 def delete_cursor(conn: Connection, account_id: int, name: str) -> None:
     conn.execute(delete(cursors).where(cursors.c.account_id == account_id, cursors.c.name == name))
-
-
-def clear_cursors(conn: Connection, account_id: int) -> None:
-    conn.execute(delete(cursors).where(cursors.c.account_id == account_id))

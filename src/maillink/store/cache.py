@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from maillink.linking.facts import Item, ItemRef, ItemStatus, Person
+from maillink.model import Item, ItemRef, ItemStatus, Person
 from maillink.store.schema import crm_state, item_cache, person_cache
 
 

@@ -9,8 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
-from maillink.linking.facts import ItemRef
-from maillink.model import Address, Direction, Message
+from maillink.model import Address, Direction, ItemRef, Message
 from maillink.store.schema import messages, threads
 
 _CHUNK = 500  # bound on the size of IN (...) lists
@@ -266,13 +265,6 @@ def get_thread(conn: Connection, thread_id: int) -> StoredThread | None:
     return _thread(row) if row else None
 
 
-def find_thread(conn: Connection, account_id: int, key: str) -> StoredThread | None:
-    row = conn.execute(
-        select(threads).where(threads.c.account_id == account_id, threads.c.key == key)
-    ).first()
-    return _thread(row) if row else None
-
-
 def thread_messages(conn: Connection, thread_id: int) -> list[Any]:
     """The thread's message rows (mappings), oldest first."""
     rows = conn.execute(
@@ -338,27 +330,6 @@ def undecided_threads(conn: Connection, account_id: int, limit: int = 1000) -> l
     )
 
 
-def save_thread_outcome(
-    conn: Connection,
-    thread_id: int,
-    link: ItemRef | None,
-    link_source: str | None,
-    waiting: bool,
-    candidates: Sequence[ItemRef],
-) -> None:
-    conn.execute(
-        update(threads)
-        .where(threads.c.id == thread_id)
-        .values(
-            link=str(link) if link else None,
-            link_source=link_source,
-            waiting=waiting,
-            candidates=[str(c) for c in candidates],
-            updated_at=datetime.now(UTC),
-        )
-    )
-
-
 def thread_outcome_values(thread_id: int, outcome: Any) -> dict[str, Any]:
     """One row of `save_thread_outcomes`, from a `ThreadOutcome`."""
     return {
@@ -371,7 +342,8 @@ def thread_outcome_values(thread_id: int, outcome: Any) -> dict[str, Any]:
 
 
 def save_thread_outcomes(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """`save_thread_outcome` for many threads in one statement (executemany)."""
+    """Each thread's link, waiting flag and candidates after a replay, in one statement
+    (executemany)."""
     if not rows:
         return
     conn.execute(
