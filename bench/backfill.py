@@ -311,7 +311,7 @@ class _Outlook:
         label_ids: tuple[str, ...],
         snippet: str,
     ) -> str:
-        from maillink.sandbox.microsoft_mailbox import new_conversation_id
+        from maillink.sandbox.microsoft.mailbox import new_conversation_id
 
         conversation = (
             self._conversations[thread_id]

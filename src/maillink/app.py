@@ -7,13 +7,14 @@ so `maillink accounts` works without CRM credentials and `maillink demo` without
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from maillink.config import Credentials, Settings, linking_policy
+from maillink.config import Credentials, MicrosoftCredentials, Settings, linking_policy
 from maillink.crm.base import CRM
 from maillink.errors import ConfigError
 from maillink.linking.facts import LinkingPolicy
@@ -86,8 +87,14 @@ class App:
     def outbox(self) -> Outbox:
         return Outbox(self.store, self.crm, redecide=lambda ids: self.linker().redecide(ids))
 
-    def syncer(self) -> Syncer:
-        return Syncer(self.store, self.linker(), self.outbox)
+    def syncer(self, store: Store | None = None) -> Syncer:
+        """The syncer, its linker and outbox writing through `store` (the App's by default).
+
+        A mailbox round takes the mailbox's lease and passes its fenced store
+        (`maillink.daemon.rounds.Rounds.hold`); the App's own store is for dry runs and tests."""
+        store = self.store if store is None else store
+        linker = Linker(store, self.facts, self.policy())
+        return Syncer(store, linker, Outbox(store, self.crm, redecide=linker.redecide))
 
     # -- mailboxes -----------------------------------------------------------------------------
     def account(self, email: str) -> Account:
@@ -187,7 +194,7 @@ class App:
         rate = per_10_minutes / 600.0
         return Pacers(lambda: Pacer(rate, rate * 60))
 
-    def _microsoft_client(self) -> Any:
+    def _microsoft_client(self) -> MicrosoftCredentials:
         client = self.credentials.microsoft
         if client is None:
             raise ConfigError(
@@ -203,7 +210,7 @@ class App:
         device_code: bool = False,
         port: int = 0,
         out: Any = None,
-        announce: Any = None,
+        announce: Callable[[str], None] | None = None,
     ) -> Account:
         """OAuth onboarding of one Microsoft 365 mailbox (MSAL, PKCE); its token cache is stored
         encrypted."""
@@ -248,7 +255,12 @@ class App:
         return [a for a in found if a.status == accounts.ACTIVE or not active_only]
 
     def connect_gmail(
-        self, *, open_browser: bool, port: int = 0, out: Any = None, announce: Any = None
+        self,
+        *,
+        open_browser: bool,
+        port: int = 0,
+        out: Any = None,
+        announce: Callable[[str], None] | None = None,
     ) -> Account:
         """OAuth onboarding of one Gmail mailbox; its refresh token is stored encrypted."""
         from maillink.onboarding.google import connect_google

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING
 
 from maillink.errors import ConfigError
 from maillink.linking.rules import external_participants
 from maillink.model import Item, ItemKind, ItemRef, ItemStatus
 from maillink.store import accounts, mail
+from maillink.store.decisions import messages_to_decide
+
+if TYPE_CHECKING:
+    from maillink.app import App
 
 _INTEGER_ID = re.compile(r"[1-9][0-9]{0,17}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -39,7 +43,7 @@ def parse_item(text: str) -> ItemRef:
     return well_formed(ItemRef.parse(text))
 
 
-def thread_person_items(app: Any, thread_id: int, *, fresh: bool = False) -> dict[ItemRef, Item]:
+def thread_person_items(app: App, thread_id: int, *, fresh: bool = False) -> dict[ItemRef, Item]:
     """The items of the thread's persons (the CRM persons of its external participants), from the
     caches, or, with `fresh`, read again from the CRM. Deleted items are left out."""
     with app.store.engine.connect() as conn:
@@ -47,14 +51,12 @@ def thread_person_items(app: Any, thread_id: int, *, fresh: bool = False) -> dic
         if thread is None:
             raise ConfigError(f"no thread {thread_id} (see: maillink pending)")
         account = accounts.get_by_id(conn, thread.account_id)
-        rows = mail.thread_messages(conn, thread_id)
-    assert account is not None
+        assert account is not None
+        stored = messages_to_decide(conn, account.email, {thread_id: thread})[thread_id]
     policy = app.policy()
     emails: set[str] = set()
-    for row in rows:
-        external, _blocked = external_participants(
-            mail.message_from_row(account.email, thread.key, row), policy
-        )
+    for m in stored:
+        external, _blocked = external_participants(m.message, policy)
         emails.update(a.email for a in external)
     facts = app.facts.gather(emails)
     person_ids = {p.id for found in facts.persons_by_email.values() for p in found}
@@ -69,7 +71,7 @@ def thread_person_items(app: Any, thread_id: int, *, fresh: bool = False) -> dic
     return found
 
 
-def check_choice(app: Any, thread_id: int, item: ItemRef) -> ItemRef:
+def check_choice(app: App, thread_id: int, item: ItemRef) -> ItemRef:
     """`item`, canonical, if it may be chosen for the thread; ConfigError saying why not."""
     try:
         item = well_formed(item)
@@ -85,7 +87,7 @@ def check_choice(app: Any, thread_id: int, item: ItemRef) -> ItemRef:
     )
 
 
-def _apply(app: Any, thread_id: int, choice: ItemRef | None, unlinked: bool) -> Counter[str]:
+def _apply(app: App, thread_id: int, choice: ItemRef | None, unlinked: bool) -> Counter[str]:
     with app.store.transaction() as conn:
         thread = mail.get_thread(conn, thread_id)
         if thread is None:
@@ -98,7 +100,7 @@ def _apply(app: Any, thread_id: int, choice: ItemRef | None, unlinked: bool) -> 
     return reasons
 
 
-def choose_item(app: Any, thread_id: int, item: ItemRef) -> str:
+def choose_item(app: App, thread_id: int, item: ItemRef) -> str:
     """Link the thread to `item`: its messages exchanged while the item was open follow it.
 
     ConfigError when `item` is not one of the thread's persons' items (see `check_choice`)."""
@@ -113,6 +115,6 @@ def choose_item(app: Any, thread_id: int, item: ItemRef) -> str:
     return text
 
 
-def unlink_thread(app: Any, thread_id: int) -> str:
+def unlink_thread(app: App, thread_id: int) -> str:
     reasons = _apply(app, thread_id, None, unlinked=True)
     return f"thread {thread_id} unlinked: {sum(reasons.values())} message(s) now linked to persons only"

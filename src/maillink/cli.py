@@ -11,11 +11,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from maillink.errors import ConfigError, ConnectError
+
+if TYPE_CHECKING:
+    from maillink.app import App
+    from maillink.store.accounts import Account
 
 log = logging.getLogger("maillink")
 
@@ -26,10 +30,10 @@ class Obj:
     def __init__(self, config: str | None, debug: bool):
         self.config = config
         self.debug = debug
-        self._app: Any = None
+        self._app: App | None = None
 
     @property
-    def checked_app(self) -> Any:
+    def checked_app(self) -> App:
         """The App, with credentials.json read and checked now: fail before any work is done."""
         app = self.app
         _ = app.credentials
@@ -37,7 +41,7 @@ class Obj:
         return app
 
     @property
-    def app(self) -> Any:
+    def app(self) -> App:
         if self._app is None:
             from maillink.app import App
             from maillink.config import load_settings
@@ -142,24 +146,16 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
     """List connected mailboxes (or pause, resume, remove one)."""
     if ctx.invoked_subcommand is not None:
         return
-    from sqlalchemy import func, select
-
     from maillink.outbox import failed_count
     from maillink.store import accounts as store_accounts
-    from maillink.store.schema import messages, threads
+    from maillink.store.read_models import messages_by_reason, waiting_threads_count
 
     app = ctx.ensure_object(Obj).app
     rows = []
     with app.store.engine.connect() as conn:
         for a in store_accounts.all_accounts(conn):
-            count = conn.execute(
-                select(func.count()).select_from(messages).where(messages.c.account_id == a.id)
-            ).scalar_one()
-            waiting = conn.execute(
-                select(func.count())
-                .select_from(threads)
-                .where(threads.c.account_id == a.id, threads.c.waiting.is_(True))
-            ).scalar_one()
+            count = sum(n for _id, _reason, n in messages_by_reason(conn, [a.id]))
+            waiting = waiting_threads_count(conn, [a.id]).get(a.id, 0)
             rows.append(
                 {
                     "email": a.email,
@@ -234,7 +230,7 @@ def _parse_since(value: str | None) -> datetime | None:
         raise click.BadParameter(f"{value!r} is not a date: write YYYY-MM-DD") from None
 
 
-def _targets(app: Any, email: str | None) -> list[Any]:
+def _targets(app: App, email: str | None) -> list[Account]:
     from maillink.store import accounts as store_accounts
 
     if email is not None:
@@ -275,7 +271,7 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
         click.echo("no active mailbox to backfill: maillink connect gmail")
         return
     failed = False
-    from maillink.leased_round import HELD_ELSEWHERE, Holding, held_elsewhere, hold_mailbox
+    from maillink.daemon import HELD_ELSEWHERE, Holding, held_elsewhere, hold_mailbox
     from maillink.sync_report import skip_line
 
     with StopFlag().installed() as stop:

@@ -17,8 +17,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from maillink.app import App
 from maillink.config import load_settings
 from maillink.daemon import sync_round
@@ -34,7 +32,7 @@ from maillink.sandbox.seed import (
     odd_messages,
 )
 from maillink.sandbox.workspace import write_workspace
-from maillink.store.schema import messages
+from maillink.store.read_models import reason_counts
 
 
 @contextmanager
@@ -54,8 +52,9 @@ def _trusting(ca_bundle: str) -> Iterator[None]:
 
 def _reasons(app: App) -> Counter[str]:
     with app.store.engine.connect() as conn:
-        rows = conn.execute(select(messages.c.reason, func.count()).group_by(messages.c.reason))
-        return Counter({reason or "undecided": count for reason, count in rows})
+        return Counter(
+            {reason or "undecided": count for reason, count in reason_counts(conn).items()}
+        )
 
 
 def _table(counts: Counter[str], out: Callable[[str], None]) -> None:

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection
 
-from maillink.store import mail
+from maillink.store import accounts, mail
 from maillink.store.outbox import delivery_state
-from maillink.store.schema import accounts, decision_log, item_cache, messages, threads
+from maillink.store.read_models import (
+    cached_items,
+    decision_history,
+    find_message,
+    threads_with_key,
+)
 
 
-def _item_titles(conn: Connection) -> dict[str, dict[str, Any]]:
-    titles: dict[str, dict[str, Any]] = {}
-    for (items,) in conn.execute(select(item_cache.c["items"])):
-        for item in items:
-            titles[item["ref"]] = item
-    return titles
+def _account_email(conn: Connection, account_id: int) -> str | None:
+    account = accounts.get_by_id(conn, account_id)
+    return account.email if account is not None else None
 
 
 def _describe(ref: str, titles: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -60,19 +62,10 @@ def _message(row: Any, log: list[Any], delivery: dict[str, Any] | None) -> dict[
 
 
 def _thread(conn: Connection, thread: mail.StoredThread) -> dict[str, Any]:
-    email = conn.execute(
-        select(accounts.c.email).where(accounts.c.id == thread.account_id)
-    ).scalar()
+    email = _account_email(conn, thread.account_id)
     rows = mail.thread_messages(conn, thread.id)
-    logs: dict[int, list[Any]] = {row["id"]: [] for row in rows}
-    if logs:
-        for entry in conn.execute(
-            select(decision_log)
-            .where(decision_log.c.message_id.in_(list(logs)))
-            .order_by(decision_log.c.id)
-        ):
-            logs[entry.message_id].append(entry)
-    titles = _item_titles(conn)
+    logs = decision_history(conn, [row["id"] for row in rows])
+    titles = cached_items(conn)
     return {
         "thread": thread.id,
         "account": email,
@@ -101,26 +94,18 @@ def explain(
         if found:
             candidates.append(found)
     if not candidates:
-        bare = target.strip("<>")
-        row = conn.execute(
-            select(messages.c.thread_id, messages.c.provider_id).where(
-                or_(
-                    messages.c.message_id == bare,
-                    messages.c.provider_id == target,
-                    messages.c.key == bare,
-                )
-            )
-        ).first()
-        if row is not None:
-            thread = mail.get_thread(conn, row.thread_id)
+        message = find_message(conn, target)
+        if message is not None:
+            thread_id, provider_id = message
+            thread = mail.get_thread(conn, thread_id)
             if thread:
                 result = _thread(conn, thread)
                 if account_ids is not None and thread.account_id not in account_ids:
                     return None
-                result["focus"] = row.provider_id
+                result["focus"] = provider_id
                 return result
-        for row in conn.execute(select(threads).where(threads.c.key == target)):
-            found = mail.get_thread(conn, row.id)
+        for thread_id in threads_with_key(conn, target):
+            found = mail.get_thread(conn, thread_id)
             if found:
                 candidates.append(found)
     for thread in candidates:
@@ -131,12 +116,10 @@ def explain(
 
 def pending(conn: Connection, account_ids: list[int] | None = None) -> list[dict[str, Any]]:
     """Threads waiting for the user's choice, with their candidates."""
-    titles = _item_titles(conn)
+    titles = cached_items(conn)
     out = []
     for thread in mail.waiting_threads(conn, account_ids):
-        email = conn.execute(
-            select(accounts.c.email).where(accounts.c.id == thread.account_id)
-        ).scalar()
+        email = _account_email(conn, thread.account_id)
         rows = mail.thread_messages(conn, thread.id)
         participants = sorted(
             {a[0] for row in rows for key in ("to", "cc") for a in row["headers"].get(key) or ()}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from maillink.crm.activity import draft_from_json
@@ -50,7 +50,6 @@ from maillink.crm.base import (
 from maillink.store import Store, cache
 from maillink.store import outbox as outbox_rows
 from maillink.store.outbox import failed_count, pending_count
-from maillink.store.schema import activities, messages
 
 __all__ = ["Delivery", "Outbox", "failed_count", "pending_count"]
 
@@ -79,28 +78,6 @@ class Delivery:
 
 # Decides the given threads again (fresh CRM facts) and records the new decisions and writes.
 Redecide = Callable[[Sequence[int]], object]
-
-
-_CLAIM = (
-    update(activities)
-    .where(
-        activities.c.key == bindparam("b_key"),
-        activities.c.attempts == bindparam("b_attempts"),
-        activities.c.crm_id.is_(None),
-    )
-    .values(attempt_started_at=bindparam("b_started"), attempts=bindparam("b_next"))
-)
-_DELIVERED = (
-    update(activities)
-    .where(activities.c.key == bindparam("b_key"))
-    .values(
-        crm_id=bindparam("b_crm_id"),
-        delivered_version=bindparam("b_version"),
-        last_error=None,
-        next_attempt_at=None,
-        updated_at=bindparam("b_now"),
-    )
-)
 
 
 class _OneWriterAtATime:
@@ -292,21 +269,8 @@ class Outbox:
         the same activity, only one goes on)."""
         if not rows:
             return set()
-        claimed: set[str] = set()
         with self.store.transaction() as conn:
-            for row in rows:
-                count = conn.execute(
-                    _CLAIM,
-                    {
-                        "b_key": row["key"],
-                        "b_attempts": row["attempts"],
-                        "b_started": self.clock(),
-                        "b_next": row["attempts"] + 1,
-                    },
-                ).rowcount
-                if count == 1:
-                    claimed.add(row["key"])
-        return claimed
+            return outbox_rows.claim_creates(conn, rows, self.clock())
 
     def _record_delivered(self, delivered: list[tuple[Any, str]]) -> None:
         """Record the creates that went through, in one commit (executemany)."""
@@ -315,18 +279,7 @@ class Outbox:
         done, delivered[:] = list(delivered), []
         now = self.clock()
         with self.store.transaction() as conn:
-            conn.execute(
-                _DELIVERED,
-                [
-                    {
-                        "b_key": row["key"],
-                        "b_crm_id": crm_id,
-                        "b_version": row["desired_version"],
-                        "b_now": now,
-                    }
-                    for row, crm_id in done
-                ],
-            )
+            outbox_rows.mark_delivered(conn, done, now)
 
     def _due(
         self,
@@ -336,26 +289,10 @@ class Outbox:
         due_by: datetime | None = None,
     ) -> list[Any]:
         now = max(self.clock(), due_by) if due_by is not None else self.clock()
-        query = (
-            select(activities)
-            .select_from(
-                activities.outerjoin(messages, messages.c.id == activities.c.owner_message_id)
-            )
-            .where(
-                activities.c.delivered_version < activities.c.desired_version,
-                or_(activities.c.next_attempt_at.is_(None), activities.c.next_attempt_at <= now),
-                activities.c.failed_at.is_(None),
-                # An email waiting to be decided again (after a refusal) waits for its decision.
-                or_(activities.c.owner_message_id.is_(None), messages.c.reason.is_not(None)),
-            )
-            .order_by(activities.c.updated_at, activities.c.key)
-            .limit(limit + len(exclude))
-        )
-        if account_id is not None:
-            query = query.where(messages.c.account_id == account_id)
         with self.store.engine.connect() as conn:
-            rows = conn.execute(query)
-            return [row._mapping for row in rows if row.key not in exclude][:limit]
+            return outbox_rows.due_activities(
+                conn, limit, now, exclude=exclude, account_id=account_id
+            )
 
     def _deliver_one(self, row: Any, result: Delivery) -> None:
         draft = draft_from_json(row["desired"])
@@ -367,23 +304,11 @@ class Outbox:
             if crm_id is not None:
                 result.found_again += 1
                 with self.store.transaction() as conn:
-                    conn.execute(
-                        update(activities)
-                        .where(activities.c.key == row["key"])
-                        .values(crm_id=crm_id)
-                    )
+                    outbox_rows.record_found(conn, row["key"], crm_id)
         if crm_id is None:
             with self.store.transaction() as conn:
-                claimed = conn.execute(
-                    update(activities)
-                    .where(
-                        activities.c.key == row["key"],
-                        activities.c.attempts == row["attempts"],
-                        activities.c.crm_id.is_(None),
-                    )
-                    .values(attempt_started_at=self.clock(), attempts=row["attempts"] + 1)
-                ).rowcount
-            if claimed != 1:
+                claimed = outbox_rows.claim_creates(conn, [row], self.clock())
+            if not claimed:
                 return  # another process is delivering this row: leave it to it
             crm_id = self.crm.create_activity(draft)
             result.created += 1
@@ -391,17 +316,7 @@ class Outbox:
             self.crm.update_activity(crm_id, draft)
             result.updated += 1
         with self.store.transaction() as conn:
-            conn.execute(
-                update(activities)
-                .where(activities.c.key == row["key"])
-                .values(
-                    crm_id=crm_id,
-                    delivered_version=row["desired_version"],
-                    last_error=None,
-                    next_attempt_at=None,
-                    updated_at=self.clock(),
-                )
-            )
+            outbox_rows.mark_delivered(conn, [(row, crm_id)], self.clock())
 
     def _refused(
         self,
@@ -464,12 +379,10 @@ class Outbox:
         result.failed += 1
         result.errors.append(f"{row['key']}: {error}")
         with self.store.transaction() as conn:
-            conn.execute(
-                update(activities)
-                .where(activities.c.key == row["key"])
-                .values(
-                    attempts=row["attempts"] + 1,
-                    last_error=error[:2000],
-                    next_attempt_at=self.clock() + _backoff(row["attempts"]),
-                )
+            outbox_rows.retry_later(
+                conn,
+                row["key"],
+                row["attempts"] + 1,
+                error,
+                self.clock() + _backoff(row["attempts"]),
             )

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from maillink.crm.base import CRM, CRMAuthError, CRMRateLimited, CRMUnavailable
@@ -29,7 +28,7 @@ from maillink.providers.base import MailProvider, NeedsReauth, Page, ProviderErr
 from maillink.providers.retry import Throttled
 from maillink.store import Store, accounts, cache, mail
 from maillink.store.accounts import Account
-from maillink.store.schema import activities, crm_state, messages
+from maillink.store.outbox import left_for_later
 
 CHANGES_SINCE = "crm_changes_since"
 MAILBOX = "mailbox"  # the incremental cursor of a mailbox
@@ -92,29 +91,6 @@ class CrmRetry:
 RETRY_WINDOW = timedelta(hours=1)  # the outbox's longest backoff: in-run retries ignore it
 
 
-def left_for_later(conn: Connection, account_id: int) -> tuple[int, int]:
-    """This mailbox's CRM writes not yet delivered, and its messages not yet decided.
-
-    Writes the CRM refused for good (`failed_at`) wait for a person, not for a later run: they
-    are counted apart (`maillink outbox list`)."""
-    writes = conn.execute(
-        select(func.count())
-        .select_from(activities)
-        .join(messages, messages.c.id == activities.c.owner_message_id)
-        .where(
-            messages.c.account_id == account_id,
-            activities.c.delivered_version < activities.c.desired_version,
-            activities.c.failed_at.is_(None),
-        )
-    ).scalar_one()
-    undecided = conn.execute(
-        select(func.count())
-        .select_from(messages)
-        .where(messages.c.account_id == account_id, messages.c.reason.is_(None))
-    ).scalar_one()
-    return int(writes), int(undecided)
-
-
 def _merge(total: Delivery, part: Delivery) -> None:
     total.created += part.created
     total.updated += part.updated
@@ -147,11 +123,7 @@ def poll_crm_changes(store: Store, crm: CRM, now: datetime | None = None) -> int
     changes = crm.changes_since(datetime.fromisoformat(last))
     with store.transaction() as conn:
         cache.forget(conn, emails=changes.emails, person_ids=changes.person_ids)
-        conn.execute(
-            update(crm_state)
-            .where(crm_state.c.name == CHANGES_SINCE, crm_state.c.value == last)
-            .values(value=changes.until.isoformat())
-        )
+        cache.replace_state(conn, CHANGES_SINCE, last, changes.until.isoformat())
     return len(changes.emails) + len(changes.person_ids)
 
 

@@ -15,12 +15,11 @@ from tests.e2e.support import DOMAIN, NOW, connect
 
 from maillink.app import App
 from maillink.config import load_settings
-from maillink.daemon import Daemon
-from maillink.leased_round import finish, is_conflict
+from maillink.daemon import Daemon, Schedule
+from maillink.daemon.rounds import finish, is_conflict
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
 from maillink.sandbox.workspace import write_workspace
-from maillink.schedule import Schedule
 from maillink.store import accounts, leases
 from maillink.store.leases import Lease
 from maillink.sync import RoundResult

@@ -30,7 +30,7 @@ from maillink.outbox import pending_count
 from maillink.sandbox._server import Fault
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
-from maillink.sandbox.pipedrive_data import note_lines
+from maillink.sandbox.pipedrive.data import note_lines
 from maillink.sandbox.workspace import write_workspace
 from maillink.store.schema import accounts, leases, messages
 

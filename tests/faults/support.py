@@ -18,10 +18,10 @@ from typing import Any
 from sqlalchemy import select
 
 from maillink.outbox import pending_count
-from maillink.sandbox.gmail_api import decode_token
 from maillink.sandbox.google import GoogleSandbox
+from maillink.sandbox.google.gmail import decode_token
 from maillink.sandbox.pipedrive import PipedriveSandbox
-from maillink.sandbox.pipedrive_data import note_lines
+from maillink.sandbox.pipedrive.data import note_lines
 from maillink.sandbox.workspace import write_workspace
 from maillink.store import Store
 from maillink.store.schema import accounts, activities, cursors, messages

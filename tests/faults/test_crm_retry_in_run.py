@@ -19,7 +19,7 @@ from maillink.outbox import pending_count
 from maillink.sandbox._server import Fault
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
-from maillink.sandbox.pipedrive_data import note_lines
+from maillink.sandbox.pipedrive.data import note_lines
 from maillink.sync import CrmRetry
 from maillink.sync_report import mailbox_line, round_json, totals_line
 

@@ -25,7 +25,7 @@ from maillink.providers.headers import (
     normalize_message_id,
     parse_references,
 )
-from maillink.sandbox.pipedrive_data import note_has_key as sandbox_note_has_key
+from maillink.sandbox.pipedrive.data import note_has_key as sandbox_note_has_key
 from maillink.store.mail import _headers
 
 ACCOUNT = "owner@team.example"

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from maillink.linking.linker import _delivered_links
 from maillink.model import ItemRef
 from maillink.store import Store
+from maillink.store.activity_claims import delivered_links as _delivered_links
 from maillink.store.schema import activities
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

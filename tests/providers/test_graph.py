@@ -347,15 +347,30 @@ def test_throttling_with_retry_after_pauses_the_whole_mailbox(ms: MicrosoftSandb
     assert max(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.95
 
 
+class SteppingClock:
+    """A clock that moves on by `step` each time it is read (and not otherwise)."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.now += self.step
+            return self.now
+
+
 def test_the_gate_holds_every_request_while_paused() -> None:
-    gate = MailboxGate(4)
+    clock = SteppingClock(0.1)  # read by the gate only: the pause is counted in its seconds
+    gate = MailboxGate(4, clock=clock)
     gate.pause(0.3)
-    started = time.monotonic()
+    started = clock.now
     waits: list[float] = []
 
     def request() -> None:
         with gate.slot():
-            waits.append(time.monotonic() - started)
+            waits.append(clock.now - started)
 
     threads = [threading.Thread(target=request) for _ in range(3)]
     for thread in threads:

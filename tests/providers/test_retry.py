@@ -10,20 +10,17 @@ import pytest
 from google.auth import exceptions as auth_exceptions
 from googleapiclient.errors import HttpError
 
-from maillink.providers.base import NeedsReauth, ProviderError
-from maillink.providers.gmail_api import classify
-from maillink.providers.retry import (
+from maillink.http_policy import (
     CONNECTION,
     INVALID_GRANT,
     TIMEOUT,
     Action,
     Failure,
-    ItemGone,
-    ResyncRequired,
-    RetryPolicy,
-    Throttled,
     parse_retry_after,
 )
+from maillink.providers.base import NeedsReauth, ProviderError
+from maillink.providers.gmail_api import classify
+from maillink.providers.retry import ItemGone, ResyncRequired, RetryPolicy, Throttled
 
 
 class Sleeps(list[float]):

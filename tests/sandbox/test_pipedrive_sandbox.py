@@ -11,13 +11,13 @@ import requests
 
 import openapi_check
 from maillink.sandbox.pipedrive import TOKEN_COSTS, V2_QUERY_PARAMS, PipedriveSandbox
-from maillink.sandbox.pipedrive_data import (
+from maillink.sandbox.pipedrive.data import (
     ACTIVITY_BODY_FIELDS,
     NULLABLE_ACTIVITY_FIELDS,
     PARTICIPANT_FIELDS,
     Records,
 )
-from maillink.sandbox.pipedrive_views import PipedriveViews
+from maillink.sandbox.pipedrive.views import PipedriveViews
 
 NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
 T0 = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)

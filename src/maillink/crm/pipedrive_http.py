@@ -1,27 +1,26 @@
-"""How maillink speaks HTTP to Pipedrive: auth, token costs, the error policy, retries, paging.
+"""How maillink speaks HTTP to Pipedrive: auth, token costs, retries, paging.
 
-The error policy is a table (`ERROR_POLICY`): what each status means for the caller. Reads and
-PATCHes are retried on connection errors, timeouts and 5xx, honouring Retry-After; a POST is retried
-only when Pipedrive cannot have received it (no connection, or a 429), because a create whose answer
-was lost may exist: the caller then gets `WriteOutcomeUnknown` and looks the record up.
+What each answer means is Pipedrive's part of the one error policy (`maillink.http_policy`), and
+calls run in its retry loop. Reads and PATCHes are retried on connection errors, timeouts and
+5xx, honouring Retry-After; a POST is retried only when Pipedrive cannot have received it (no
+connection, or a 429), because a create whose answer was lost may exist: the caller then gets
+`WriteOutcomeUnknown` and looks the record up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import ipaddress
 import math
+import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from maillink.crm.base import (
     CRMAuthError,
@@ -37,6 +36,18 @@ from maillink.crm.pipedrive_transport import (
     RequestsTransport,
     Transport,
     Urllib3Transport,
+)
+from maillink.http_policy import (
+    CONNECTION,
+    DAILY_LIMIT,
+    NO_ANSWER,
+    PIPEDRIVE,
+    TRANSIENT,
+    Action,
+    Failure,
+    decide,
+    parse_retry_after,
+    retry_calls,
 )
 
 # Operation -> tokens it costs (the specs' x-token-cost, December 2025).
@@ -70,35 +81,6 @@ class WriteOutcomeUnknown(CRMUnavailable):
 
 class PaginationLoop(CRMError):
     """Pipedrive offered a page it had already given: stop rather than loop."""
-
-
-class Action(enum.Enum):
-    SUCCESS = "success"
-    RETRY = "retry"  # transient: try again (after Retry-After)
-    RATE_LIMITED = "rate_limited"  # burst: wait for the reset; daily budget: park writes
-    AUTH = "auth"  # the credentials must change
-    NOT_FOUND = "not_found"
-    FAIL = "fail"  # a retry will not help
-
-
-ERROR_POLICY: dict[int, Action] = {
-    400: Action.FAIL,
-    401: Action.AUTH,
-    402: Action.FAIL,  # the company's subscription needs payment
-    403: Action.AUTH,  # no permission, or Pipedrive blocking a client that ignored 429s
-    404: Action.NOT_FOUND,
-    408: Action.RETRY,
-    410: Action.NOT_FOUND,
-    429: Action.RATE_LIMITED,
-}
-
-
-def action_for(status: int) -> Action:
-    if 200 <= status < 300:
-        return Action.SUCCESS
-    if status in ERROR_POLICY:
-        return ERROR_POLICY[status]
-    return Action.RETRY if status >= 500 else Action.FAIL
 
 
 class _Retry(Exception):
@@ -162,11 +144,10 @@ def _check_base_url(base_url: str) -> str:
     )
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+def _backoff(attempt: int) -> float:
+    """The pause after the `attempt`-th failure without a Retry-After: 0.25 s doubling, plus up
+    to 0.25 s of jitter, at most 8 s."""
+    return min(0.25 * 2 ** (attempt - 1) + random.uniform(0, 0.25), 8.0)
 
 
 def _until_utc_midnight() -> float:
@@ -212,7 +193,6 @@ class PipedriveHTTP:
         self.max_retries = max_retries
         self.max_wait = max_wait
         self._sleep = sleep
-        self._backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.25)
         self._lock = threading.Lock()
         self.tokens_spent = 0
         self.requests_made = 0
@@ -227,15 +207,16 @@ class PipedriveHTTP:
         json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One API call; returns Pipedrive's envelope `{success, data, additional_data}`."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retry),
-            sleep=self._sleep,
-            retry_error_callback=_raise_final,
-        )
-        result: dict[str, Any] = retrying(self._once, operation, method, path, params, json)
-        return result
+        try:
+            return retry_calls(
+                lambda: self._once(operation, method, path, params, json),
+                attempts=self.max_retries + 1,
+                retryable=lambda exc: isinstance(exc, _Retry),
+                delay=_delay,
+                sleep=self._sleep,
+            )
+        except _Retry as exhausted:
+            raise exhausted.final from exhausted
 
     def pages(
         self,
@@ -253,12 +234,6 @@ class PipedriveHTTP:
             envelope = self.call(operation, "GET", path, params={**params, **paginator.params})
             yield envelope.get("data")
             paginator.advance(envelope)
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retry) and exc.wait is not None:
-            return exc.wait
-        return float(self._backoff(state))
 
     def _count(self, operation: str | None) -> None:
         with self._lock:
@@ -287,48 +262,59 @@ class PipedriveHTTP:
                 headers=self._auth,
                 timeout=self.timeout,
             )
-        except NeverSent as exc:
-            raise _Retry(CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")) from exc
-        except NoAnswer as exc:
-            if idempotent:
-                raise _Retry(CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")) from exc
-            raise WriteOutcomeUnknown(f"no answer from Pipedrive to {where}: {exc}") from exc
+        except (NeverSent, NoAnswer) as exc:
+            # NeverSent: Pipedrive cannot have received it; NoAnswer: it may have.
+            failure = Failure(None, NO_ANSWER if isinstance(exc, NoAnswer) else CONNECTION)
+            if failure.reason == NO_ANSWER and not idempotent:
+                raise WriteOutcomeUnknown(f"no answer from Pipedrive to {where}: {exc}") from exc
+            unreachable = CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")
+            if decide(PIPEDRIVE, failure) is Action.RETRY:
+                raise _Retry(unreachable) from exc
+            raise unreachable from exc
 
         if isinstance(self.session, _Observed):
             for hook in self.session.hooks.get("response", ()):
                 hook(response)
         status = response.status_code
-        action = action_for(status)
-        if action not in (Action.AUTH, Action.RATE_LIMITED, Action.RETRY):
+        if 200 <= status < 300:
             self._count(operation)
-        if action is Action.SUCCESS:
             return self._envelope(response, where, idempotent)
+        headers = response.headers
+        daily = status == 429 and (headers.get(DAILY_REMAINING) or "").strip() == "0"
+        failure = Failure(
+            status,
+            DAILY_LIMIT if daily else None,
+            parse_retry_after(headers.get("Retry-After")),
+        )
+        action = decide(PIPEDRIVE, failure)
+        if action not in (Action.REAUTH, Action.WAIT, Action.PARK, Action.RETRY):
+            self._count(operation)  # refused tokens, limits and Pipedrive's own trouble: no cost
         answer = _error_text(response)
         message = f"Pipedrive answered {status} to {where}: {answer}"
         if action is Action.RETRY:
             if not idempotent:
                 raise WriteOutcomeUnknown(message)
-            wait = _seconds(response.headers.get("Retry-After"))
+            wait = failure.retry_after
             if wait is not None and wait > self.max_wait:
                 raise CRMUnavailable(f"{message} (retry after {wait:.0f} s)")
             raise _Retry(CRMUnavailable(message), wait)
-        if action is Action.RATE_LIMITED:
-            raise self._rate_limited(response, message)
-        if action is Action.AUTH:
+        if action is Action.PARK:
+            wait = failure.retry_after
+            wait = wait if wait is not None else _until_utc_midnight()
+            raise CRMRateLimited(f"daily token budget spent: {message}", wait, daily=True)
+        if action is Action.WAIT:
+            raise self._burst(failure, headers, message)
+        if action is Action.REAUTH:
             raise CRMAuthError(message)
-        if action is Action.NOT_FOUND:
+        if action is Action.SKIP:
             raise PipedriveNotFound(message, status, answer)
         raise CRMRefused(message, status, answer)
 
-    def _rate_limited(self, response: Answer, message: str) -> Exception:
-        """A daily-budget 429 at once as CRMRateLimited(daily=True); a burst 429 to wait out."""
-        headers = response.headers
-        retry_after = _seconds(headers.get("Retry-After"))
-        if (headers.get(DAILY_REMAINING) or "").strip() == "0":
-            wait = retry_after if retry_after is not None else _until_utc_midnight()
-            return CRMRateLimited(f"daily token budget spent: {message}", wait, daily=True)
-        reset = _seconds(headers.get("x-ratelimit-reset"))
-        waits = [w for w in (reset, retry_after) if w is not None]
+    def _burst(self, failure: Failure, headers: Mapping[str, str], message: str) -> Exception:
+        """A burst 429: waited out (the longest of its reset and Retry-After, else the window),
+        or raised as CRMRateLimited when that is longer than `max_wait`."""
+        reset = parse_retry_after(headers.get("x-ratelimit-reset"))
+        waits = [w for w in (reset, failure.retry_after) if w is not None]
         wait = float(math.ceil(max(waits))) if waits else BURST_WINDOW
         limited = CRMRateLimited(message, wait, daily=False)
         if wait > self.max_wait:
@@ -344,16 +330,18 @@ class PipedriveHTTP:
         if isinstance(envelope, dict) and envelope.get("success") is not False:
             return envelope
         problem = f"Pipedrive answered {response.status_code} to {where} without a valid body"
-        if idempotent:
+        if not idempotent:
+            raise WriteOutcomeUnknown(problem)
+        if decide(PIPEDRIVE, Failure(response.status_code, TRANSIENT)) is Action.RETRY:
             raise _Retry(CRMUnavailable(problem))
-        raise WriteOutcomeUnknown(problem)
+        raise CRMUnavailable(problem)
 
 
-def _raise_final(state: RetryCallState) -> Any:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, _Retry):
-        raise exc.final from exc
-    raise CRMUnavailable("Pipedrive call failed") from exc
+def _delay(exc: BaseException, attempt: int) -> float:
+    """The pause before the next attempt: the wait the answer asked for, else the backoff."""
+    if isinstance(exc, _Retry) and exc.wait is not None:
+        return exc.wait
+    return _backoff(attempt)
 
 
 def _error_text(response: Answer) -> str:

@@ -1,5 +1,6 @@
-"""The linker: gathers CRM facts (through the caches), replays threads through the rules, and
-records each decision, its reason and the activity to write (the outbox) in one transaction.
+"""The linker: gathers CRM facts (through the caches), replays threads through the rules, and asks
+the store to record each decision, its reason and the activity to write (the outbox) in one
+transaction. It builds no statement: `store.decisions` and `store.activity_claims` hold them.
 """
 
 from __future__ import annotations
@@ -11,17 +12,32 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection
 
+from maillink.crm.activity import draft_for, draft_to_json
 from maillink.crm.base import CRM
-from maillink.linking.activity_claims import claim_activities
-from maillink.linking.facts import Decision, Facts, LinkingPolicy, ThreadInput
+from maillink.linking.explanations import Why
+from maillink.linking.facts import Decision, Facts, LinkingPolicy, Reason, ThreadInput
 from maillink.linking.new_persons import PersonCreator, unknown_addresses
 from maillink.linking.rules import decide_thread, external_participants
-from maillink.model import Item, ItemRef, Message, Person
+from maillink.model import Item, Person
 from maillink.store import Store, cache, mail
 from maillink.store.accounts import Account
-from maillink.store.schema import activities, decision_log, messages
+from maillink.store.activity_claims import (
+    ActivityClaim,
+    OwnedElsewhere,
+    claim_activities,
+    delivered_links,
+)
+from maillink.store.decisions import (
+    StoredDecision,
+    StoredMessage,
+    messages_to_decide,
+    record_decisions,
+)
+
+# The stored messages of the threads being decided, by thread id.
+Stored = Mapping[int, Sequence[StoredMessage]]
 
 
 def _now() -> datetime:
@@ -86,54 +102,32 @@ class FactGatherer:
         return Facts(persons_by_email=facts.persons_by_email, items_by_person=items)
 
 
-def _message_keys(
-    account: Account,
-    rows_by_thread: Mapping[int, Sequence[Any]],
-    threads: Mapping[int, mail.StoredThread],
-) -> list[str]:
-    return [
-        mail.message_from_row(account.email, threads[tid].key, row).key
-        for tid, rows in rows_by_thread.items()
-        if tid in threads
-        for row in rows
-    ]
-
-
-def _delivered_links(conn: Connection, keys: Iterable[str]) -> dict[str, frozenset[ItemRef]]:
-    """The items each of these emails' activities already carries in the CRM: those created
-    there whose latest version was delivered (a pending version's items are not the CRM's yet).
-    """
-    wanted = sorted(set(keys))
-    found: dict[str, frozenset[ItemRef]] = {}
-    for start in range(0, len(wanted), 500):
-        for key, desired in conn.execute(
-            select(activities.c.key, activities.c.desired).where(
-                activities.c.key.in_(wanted[start : start + 500]),
-                activities.c.crm_id.is_not(None),
-                activities.c.delivered_version >= activities.c.desired_version,
-            )
-        ):
-            found[key] = frozenset(ItemRef.parse(ref) for ref in desired.get("items", ()))
-    return found
-
-
-def _stored_decision(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (
-        row["reason"],
-        list(row["person_ids"]),
-        list(row["items"]),
-        list(row["candidates"]),
-        row["detail"],
+def _stored(d: Decision) -> StoredDecision:
+    return StoredDecision(
+        reason=d.reason.value,
+        person_ids=tuple(d.person_ids),
+        items=tuple(str(i) for i in d.items),
+        candidates=tuple(str(c) for c in d.candidates),
+        detail=d.detail,
     )
 
 
-def _decision_values(d: Decision) -> tuple[Any, ...]:
-    return (
-        d.reason.value,
-        list(d.person_ids),
-        [str(i) for i in d.items],
-        [str(c) for c in d.candidates],
-        d.detail,
+def _claim(stored: StoredMessage, decision: Decision) -> ActivityClaim:
+    """The activity this decision wants for its email (None when it writes none)."""
+    desired = None
+    if decision.reason.writes_activity:
+        draft = draft_for(stored.message, decision.person_ids, decision.items)
+        desired = draft_to_json(draft)
+    return ActivityClaim(stored.id, stored.message.key, desired)
+
+
+def _duplicate(decision: Decision, owner: OwnedElsewhere) -> Decision:
+    """The decision of a copy of an email whose activity another stored copy writes."""
+    return Decision(
+        provider_id=decision.provider_id,
+        reason=Reason.DUPLICATE_MESSAGE,
+        person_ids=decision.person_ids,
+        why=Why(key=owner.key, first=owner.describe()),
     )
 
 
@@ -146,17 +140,11 @@ class Linker:
         self.policy = policy
 
     # -- facts ---------------------------------------------------------------------------------
-    def _addresses(
-        self,
-        account: Account,
-        rows_by_thread: Mapping[int, Sequence[Any]],
-        threads: Mapping[int, mail.StoredThread],
-    ) -> set[str]:
+    def _addresses(self, stored: Stored) -> set[str]:
         emails: set[str] = set()
-        for tid, rows in rows_by_thread.items():
-            for row in rows:
-                message = mail.message_from_row(account.email, threads[tid].key, row)
-                external, _blocked = external_participants(message, self.policy)
+        for found in stored.values():
+            for m in found:
+                external, _blocked = external_participants(m.message, self.policy)
                 emails.update(a.email for a in external)
         return emails
 
@@ -180,19 +168,21 @@ class Linker:
         reader = nullcontext(conn) if conn is not None else self.store.engine.connect()
         with reader as read:
             threads = mail.threads_by_id(read, ids)
-            rows = mail.messages_of_threads(read, ids)
-            delivered = _delivered_links(read, _message_keys(account, rows, threads))
-        facts = self.facts.gather(self._addresses(account, rows, threads), remember=conn is None)
+            stored = messages_to_decide(read, account.email, threads)
+            keys = [m.message.key for found in stored.values() for m in found]
+            delivered = delivered_links(read, keys)
+        facts = self.facts.gather(self._addresses(stored), remember=conn is None)
         if self.policy.create_persons and conn is None:  # never in a dry run
-            facts = self._with_new_persons(account, rows, threads, facts)
-        unseen = self._persons_with_unseen_items(account, rows, threads, facts)
+            facts = self._with_new_persons(stored, facts)
+        unseen = self._persons_with_unseen_items(stored, threads, facts)
         if unseen:
             facts = self.facts.with_archived(facts, unseen, remember=conn is None)
         facts = replace(facts, delivered=delivered)
+        built = {m.id: m for found in stored.values() for m in found}
         if conn is not None:
-            return self._record(conn, account, ids, facts, cause)
+            return self._record(conn, account, ids, facts, cause, built)
         with self.store.transaction() as write:
-            return self._record(write, account, ids, facts, cause)
+            return self._record(write, account, ids, facts, cause, built)
 
     def redecide(self, thread_ids: Iterable[int], *, cause: str = "crm_refusal") -> Counter[str]:
         """Decide these threads (of any mailboxes) again: the outbox calls it when the CRM
@@ -210,29 +200,15 @@ class Linker:
                 counted.update(self.decide(account, ids, cause=cause))
         return counted
 
-    def _with_new_persons(
-        self,
-        account: Account,
-        rows_by_thread: Mapping[int, Sequence[Any]],
-        threads: Mapping[int, mail.StoredThread],
-        facts: Facts,
-    ) -> Facts:
+    def _with_new_persons(self, stored: Stored, facts: Facts) -> Facts:
         """`facts` plus the CRM persons created for the threads' unknown external addresses."""
-        messages = (
-            mail.message_from_row(account.email, threads[tid].key, row)
-            for tid, rows in rows_by_thread.items()
-            for row in rows
-        )
+        messages = (m.message for found in stored.values() for m in found)
         wanted = unknown_addresses(messages, self.policy, facts)
         creator = PersonCreator(self.store, self.facts.crm, clock=self.facts.clock)
         return creator.add_to(facts, wanted)
 
     def _persons_with_unseen_items(
-        self,
-        account: Account,
-        rows_by_thread: Mapping[int, Sequence[Any]],
-        threads: Mapping[int, mail.StoredThread],
-        facts: Facts,
+        self, stored: Stored, threads: Mapping[int, mail.StoredThread], facts: Facts
     ) -> set[int]:
         """Persons of threads whose stored links name an item the CRM's open lists lack.
 
@@ -241,35 +217,41 @@ class Linker:
         """
         seen = {str(i.ref) for found in facts.items_by_person.values() for i in found}
         persons: set[int] = set()
-        for tid, rows in rows_by_thread.items():
+        for tid, found in stored.items():
             thread = threads[tid]
             named = {str(r) for r in (thread.link, thread.choice) if r is not None}
-            named.update(ref for row in rows for ref in row["items"])
+            named.update(ref for m in found for ref in m.decision.items)
             if not named - seen:
                 continue
-            for row in rows:
-                message = mail.message_from_row(account.email, thread.key, row)
-                for address in external_participants(message, self.policy)[0]:
+            for m in found:
+                for address in external_participants(m.message, self.policy)[0]:
                     persons.update(p.id for p in facts.persons_by_email.get(address.email, ()))
         return persons
 
     # -- recording -----------------------------------------------------------------------------
     def _record(
-        self, conn: Connection, account: Account, ids: Sequence[int], facts: Facts, cause: str
+        self,
+        conn: Connection,
+        account: Account,
+        ids: Sequence[int],
+        facts: Facts,
+        cause: str,
+        built: Mapping[int, StoredMessage],
     ) -> Counter[str]:
-        """Replay each thread, then write what changed in a few statements (executemany)."""
+        """Replay each thread (its messages read again in this transaction, reusing those built
+        before), then ask the store to record what changed."""
         counted: Counter[str] = Counter()
         threads = mail.threads_by_id(conn, ids)
-        rows_by_thread = mail.messages_of_threads(conn, ids)
+        stored = messages_to_decide(conn, account.email, threads, built)
         now = datetime.now(UTC)
-        replayed: list[tuple[Any, Message, Decision]] = []
+        replayed: list[tuple[StoredMessage, Decision]] = []
         outcomes: list[dict[str, Any]] = []
         for tid in ids:
             thread = threads.get(tid)
-            rows = rows_by_thread.get(tid, [])
-            if thread is None or not rows:
+            found = stored.get(tid, [])
+            if thread is None or not found:
                 continue
-            msgs = [mail.message_from_row(account.email, thread.key, row) for row in rows]
+            msgs = [m.message for m in found]
             created_at = thread.first_message_at or min(
                 (m.date for m in msgs if m.date is not None), default=now
             )
@@ -285,57 +267,19 @@ class Linker:
                 self.policy,
             )
             outcomes.append(mail.thread_outcome_values(tid, outcome))
-            by_provider_id = {row["provider_id"]: row for row in rows}
-            by_id = {m.provider_id: m for m in msgs}
+            by_provider_id = {m.message.provider_id: m for m in found}
             for decision in outcome.decisions:
-                pid = decision.provider_id
-                replayed.append((by_provider_id[pid], by_id[pid], decision))
+                replayed.append((by_provider_id[decision.provider_id], decision))
         mail.save_thread_outcomes(conn, outcomes)
-        claimed = claim_activities(conn, replayed, now)
-        changed: list[dict[str, Any]] = []
-        for (row, _message, _wanted), decision in zip(replayed, claimed, strict=True):
+        owners = claim_activities(conn, [_claim(m, d) for m, d in replayed], now)
+        changed: list[tuple[int, StoredDecision]] = []
+        for (m, decision), owner in zip(replayed, owners, strict=True):
+            if owner is not None:
+                decision = _duplicate(decision, owner)
             counted[decision.reason.value] += 1
-            values = _decision_values(decision)
-            if row["reason"] is not None and _stored_decision(row) == values:
+            wanted = _stored(decision)
+            if m.decision.reason is not None and m.decision == wanted:
                 continue
-            reason, person_ids, items, candidates, detail = values
-            changed.append(
-                {
-                    "b_id": row["id"],
-                    "b_reason": reason,
-                    "b_person_ids": person_ids,
-                    "b_items": items,
-                    "b_candidates": candidates,
-                    "b_detail": detail,
-                }
-            )
-        if changed:
-            conn.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("b_id"))
-                .values(
-                    reason=bindparam("b_reason"),
-                    person_ids=bindparam("b_person_ids"),
-                    items=bindparam("b_items"),
-                    candidates=bindparam("b_candidates"),
-                    detail=bindparam("b_detail"),
-                    decided_at=now,
-                ),
-                changed,
-            )
-            conn.execute(
-                insert(decision_log),
-                [
-                    {
-                        "message_id": c["b_id"],
-                        "reason": c["b_reason"],
-                        "items": c["b_items"],
-                        "person_ids": c["b_person_ids"],
-                        "detail": c["b_detail"],
-                        "cause": cause,
-                        "decided_at": now,
-                    }
-                    for c in changed
-                ],
-            )
+            changed.append((m.id, wanted))
+        record_decisions(conn, changed, cause, now)
         return counted

@@ -1,16 +1,20 @@
-"""The linking rules (docs/linking-rules.md) as a pure function: a thread and the CRM facts in, one decision
-per message and the thread's link out. No I/O, no clock, deterministic.
+"""The linking rules (docs/linking-rules.md) as a pure function: a thread and the CRM facts in,
+one decision per message and the thread's link out. No I/O, no clock, deterministic. A decision
+is its reason, its persons, items and candidates, and the facts its explanation names (`Why`);
+the sentence itself comes from the table of linking/explanations.py.
 
-`decide_thread` replays the thread: its messages sorted by (date, provider_id), each decided by the rules in
-turn with the thread's link carried forward. Replaying the whole thread on every change is what makes
-the same mailbox synced in any order, in any page split, give the same links. In the replay:
+`decide_thread` replays the thread: its messages sorted by (date, provider_id), each decided by
+the rules in turn with the thread's link carried forward. Replaying the whole thread on every
+change is what makes the same mailbox synced in any order, in any page split, give the same
+links. In the replay:
 
-- a message without a date, or one for which rule 1 writes nothing (no external participant, all of
-  them blocked, no known person), leaves the thread's state as it was;
-- rule 5 holds from the thread's first message: with a user's choice, each message goes to the chosen
-  item iff that item was open at the message's date; an unlinked thread gives persons only;
-- rule 3: once rule 4 linked the thread, later messages go to its item while it is open, to their
-  persons only after it closed (rule 6); the thread keeps the item either way;
+- a message without a date, or one for which rule 1 writes nothing (no external participant,
+  all of them blocked, no known person), leaves the thread's state as it was;
+- rule 5 holds from the thread's first message: with a user's choice, each message goes to the
+  chosen item iff that item was open at the message's date; an unlinked thread gives persons
+  only;
+- rule 3: once rule 4 linked the thread, later messages go to its item while it is open, to
+  their persons only after it closed (rule 6); the thread keeps the item either way;
 - a deleted item is never a candidate (rule 2) and no new write names it: the CRM no longer has
   it. Rule 6 still holds for a thread linked to an item deleted later: an email whose activity
   the CRM already has linked to the item (`Facts.delivered`) and that was exchanged before the
@@ -18,23 +22,26 @@ the same mailbox synced in any order, in any page split, give the same links. In
   nothing is rewritten; the thread stays linked to the item through it, and rule 3 gives later
   messages their persons only. An item such an email carries that the CRM no longer lists
   among its persons' items (a deleted lead leaves no trace) is taken as deleted at an unknown
-  date (`Item.gone`), so the link is kept too. Any other email (exchanged after the deletion, or whose activity
-  the CRM does not have yet) never goes to the deleted item: with no delivered email before it,
-  the thread is replayed without the item (its persons only, or the thread's other candidate if
-  rule 4 now finds exactly one), and a user's choice of it links only the emails that already
-  carry it;
-- rule 4 otherwise, over the message's candidates (rule 2): one links the thread; several leave it
-  waiting for the user's choice under policy "ask" (for good: later messages only add candidates),
-  link the newest under "newest", or link the message to all of them and the thread to the newest
-  (which later messages then follow) under "all"; none leaves the thread free for the next message.
+  date (`Item.gone`), so the link is kept too. Any other email (exchanged after the deletion,
+  or whose activity the CRM does not have yet) never goes to the deleted item: with no
+  delivered email before it, the thread is replayed without the item (its persons only, or the
+  thread's other candidate if rule 4 now finds exactly one), and a user's choice of it links
+  only the emails that already carry it;
+- rule 4 otherwise, over the message's candidates (rule 2): one links the thread; several leave
+  it waiting for the user's choice under policy "ask" (for good: later messages only add
+  candidates), link the newest under "newest", or link the message to all of them and the
+  thread to the newest (which later messages then follow) under "all"; none leaves the thread
+  free for the next message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
 
+from maillink.linking.explanations import Why
 from maillink.linking.facts import (
     Decision,
     Facts,
@@ -102,78 +109,34 @@ class _Replay:
         self.chosen = _find_item(facts, thread.choice) if thread.choice is not None else None
         self.auto: Item | None = None  # the item rule 4 linked the thread to
         self.waiting = False  # several candidates under policy "ask"
-        self.gathered: set[ItemRef] = set()  # every candidate rule 4 gathered
+        self.gathered: dict[ItemRef, Item] = {}  # every candidate rule 4 gathered
 
     def decide(self, message: Message) -> Decision:
-        pid = message.provider_id
-        when = message.date
+        """Rule 1 finds the message's persons; then the thread's item, when it has one (the
+        user's, rule 5, or rule 4's: rule 3 follows it); otherwise rule 4 over the message's
+        candidates (rule 2). Rule 6 is in `_open`."""
+        pid, when = message.provider_id, message.date
         if when is None:
-            return Decision(
-                pid, Reason.NO_DATE, detail="the message has no date: nothing is written"
-            )
+            return Decision(pid, Reason.NO_DATE)
         external, blocked = external_participants(message, self.policy)
         if not external:
-            if blocked:
-                return Decision(
-                    pid,
-                    Reason.BLOCKED,
-                    detail=f"every external participant is blocked ({_emails(blocked)}): "
-                    "nothing is written",
-                )
-            return Decision(
-                pid,
-                Reason.INTERNAL_ONLY,
-                detail="no external participant, only the team's own addresses: nothing is written",
-            )
-        persons = _persons(message, external, self.facts)
+            reason = Reason.BLOCKED if blocked else Reason.INTERNAL_ONLY
+            return Decision(pid, reason, why=Why(addresses=_emails(blocked)))
+        persons = self._persons(message, external)
         if not persons:
-            return Decision(
-                pid,
-                Reason.NO_KNOWN_CONTACT,
-                detail=f"no external participant is a CRM person ({_emails(external)}): "
-                "nothing is written",
-            )
+            return Decision(pid, Reason.NO_KNOWN_CONTACT, why=Why(addresses=_emails(external)))
         person_ids = tuple(person.id for person in persons)
+        verdict = _Verdicts(pid, person_ids, when, self.thread.created_at, self.thread.choice)
         if self.thread.unlinked:
-            return Decision(
-                pid,
-                Reason.UNLINKED_BY_USER,
-                person_ids,
-                detail="the user unlinked this thread: linked to its persons only",
-            )
+            return verdict.persons_only(Reason.UNLINKED_BY_USER)
         if self.thread.choice is not None:
-            return self._follow_choice(message, when, person_ids, self.thread.choice)
+            chosen = self._chosen(message, self.thread.choice)
+            if chosen is None:
+                return verdict.persons_only(Reason.ITEM_NOT_OPEN_AT_MESSAGE)
+            return self._follow(verdict, message, when, chosen, Reason.USER_CHOICE)
         if self.auto is not None:
-            return self._follow_thread_item(message, when, person_ids, self.auto)
-        items = _items_of(persons, self.facts)
-        items += self._gone_items(message, items)
-        candidates = self._candidates(items, message, when)
-        self.gathered.update(item.ref for item in candidates)
-        if self.waiting:
-            choices = ", ".join(str(ref) for ref in sorted(self.gathered))
-            return Decision(
-                pid,
-                Reason.MULTIPLE_OPEN_ITEMS,
-                person_ids,
-                candidates=tuple(sorted(self.gathered)),
-                detail=f"the thread waits for the user's choice among {choices}: "
-                "linked to its persons only",
-            )
-        if len(candidates) == 1:
-            (self.auto,) = candidates
-            return Decision(
-                pid,
-                Reason.SINGLE_OPEN_ITEM,
-                person_ids,
-                items=(self.auto.ref,),
-                candidates=(self.auto.ref,),
-                detail=f"{_name(self.auto)} is the only item of its persons created before the "
-                f"thread ({_iso(self.thread.created_at)}) and open on {_iso(when)}: "
-                f"the thread is linked to it{_kept((self.auto,))}",
-            )
-        if candidates:
-            return self._several(pid, person_ids, candidates)
-        return self._no_candidate(pid, when, person_ids, items)
+            return self._follow(verdict, message, when, self.auto, Reason.LINKED_THREAD_ITEM)
+        return self._one_several_or_none(verdict, message, when, persons)
 
     def outcome(self, decisions: tuple[Decision, ...]) -> ThreadOutcome:
         if self.thread.unlinked:
@@ -192,22 +155,32 @@ class _Replay:
             decisions=decisions,
         )
 
-    def _gone_items(self, message: Message, items: Iterable[Item]) -> list[Item]:
-        """The items this email's activity carries in the CRM that the CRM no longer lists
-        among its persons' items (a deleted lead, a deal deleted long ago): deleted, date
-        unknown, so the email keeps the link (rule 6)."""
-        listed = {item.ref for item in items}
-        carried = self.facts.delivered.get(message.key, frozenset())
-        return [Item.gone(ref) for ref in sorted(carried) if ref not in listed]
+    # Rule 1: the persons.
 
-    def _open(self, item: Item, message: Message, when: datetime) -> bool:
-        """Was `item` open at the message's date, for this message? A deleted item only if the
-        CRM already has the message's activity linked to it (rule 6 keeps that link)."""
-        delivered = item.status is ItemStatus.DELETED and self.facts.carries(message, item.ref)
-        return item.open_at(when, delivered=delivered)
+    def _persons(self, message: Message, external: Sequence[Address]) -> list[Person]:
+        """Every person of every external address, the primary first (the sender of an inbound
+        email, the first recipient of an outbound one), deduplicated by id. Several persons with one
+        address come by id, whatever order the CRM listed them in."""
+        ordered = list(external)
+        if message.direction is Direction.OUTBOUND:
+            recipients = {
+                address.email.lower() for address in message.to + message.cc + message.bcc
+            }
+            ordered.sort(key=lambda address: address.email.lower() not in recipients)  # stable
+        persons: list[Person] = []
+        seen: set[int] = set()
+        for address in ordered:
+            found = self.facts.persons_by_email.get(address.email.strip().lower(), ())
+            for person in sorted(found, key=lambda p: p.id):
+                if person.id not in seen:
+                    seen.add(person.id)
+                    persons.append(person)
+        return persons
+
+    # Rule 2: the candidates.
 
     def _candidates(self, items: Iterable[Item], message: Message, when: datetime) -> list[Item]:
-        """Rule 2: created before the thread and open at the message's date, sorted by ref."""
+        """Created before the thread and open at the message's date, sorted by ref."""
         return sorted(
             (
                 item
@@ -217,171 +190,156 @@ class _Replay:
             key=_ref,
         )
 
-    def _follow_choice(
-        self, message: Message, when: datetime, person_ids: tuple[int, ...], ref: ItemRef
-    ) -> Decision:
-        """Rule 5: the user's item, for every message exchanged while it was open."""
-        pid = message.provider_id
-        item = self.chosen
-        if item is None and self.facts.carries(message, ref):
-            item = Item.gone(ref)  # no longer listed, but this email's activity carries it
-        if item is None:
-            return Decision(
-                pid,
-                Reason.ITEM_NOT_OPEN_AT_MESSAGE,
-                person_ids,
-                detail=f"the user chose {ref} for the thread, but it is unknown to the CRM "
-                "(deleted or never read): linked to its persons only",
-            )
-        if self._open(item, message, when):
-            return Decision(
-                pid,
-                Reason.USER_CHOICE,
-                person_ids,
-                items=(ref,),
-                detail=f"linked to {_name(item)}, the item the user chose for the thread, "
-                f"open on {_iso(when)}{_kept((item,))}",
-            )
-        if when < item.created_at:
-            return Decision(
-                pid,
-                Reason.ITEM_NOT_OPEN_AT_MESSAGE,
-                person_ids,
-                detail=f"the user chose {_name(item)} for the thread, but it was created on "
-                f"{_iso(item.created_at)}, after this message ({_iso(when)}): "
-                "linked to its persons only",
-            )
-        return Decision(
-            pid,
-            Reason.ITEM_CLOSED_BEFORE_MESSAGE,
-            person_ids,
-            detail=f"the user chose {_name(item)} for the thread, but it was {_gone(item, when)}, "
-            f"not open on {_iso(when)}: linked to its persons only",
-        )
-
-    def _follow_thread_item(
-        self, message: Message, when: datetime, person_ids: tuple[int, ...], item: Item
-    ) -> Decision:
-        """Rules 3 and 6: the thread's item while it is open, persons only after."""
-        pid = message.provider_id
-        if self._open(item, message, when):
-            return Decision(
-                pid,
-                Reason.LINKED_THREAD_ITEM,
-                person_ids,
-                items=(item.ref,),
-                detail=f"linked to {_name(item)}, the thread's item, open on {_iso(when)}"
-                f"{_kept((item,))}",
-            )
-        return Decision(
-            pid,
-            Reason.ITEM_CLOSED_BEFORE_MESSAGE,
-            person_ids,
-            detail=f"the thread's item {_name(item)} was {_gone(item, when)}, not open on "
-            f"{_iso(when)}: linked to its persons only",
-        )
-
-    def _several(self, pid: str, person_ids: tuple[int, ...], candidates: list[Item]) -> Decision:
-        """Rule 4, several candidates: the policy says wait, take the newest, or take them all."""
-        refs = tuple(item.ref for item in candidates)
-        listed = ", ".join(_name(item) for item in candidates)
-        if self.policy.multiple_open_items is MultipleOpenItems.ASK:
-            self.waiting = True
-            return Decision(
-                pid,
-                Reason.MULTIPLE_OPEN_ITEMS,
-                person_ids,
-                candidates=refs,
-                detail=f"several open items ({listed}): the thread waits for the user's choice, "
-                "linked to its persons only",
-            )
-        newest = max(candidates, key=lambda item: (item.created_at, item.ref))
-        self.auto = newest
-        if self.policy.multiple_open_items is MultipleOpenItems.NEWEST:
-            return Decision(
-                pid,
-                Reason.NEWEST_OPEN_ITEM,
-                person_ids,
-                items=(newest.ref,),
-                candidates=refs,
-                detail=f"several open items ({listed}): policy 'newest' links the thread to "
-                f"{_name(newest)}, created on {_iso(newest.created_at)}{_kept((newest,))}",
-            )
-        return Decision(
-            pid,
-            Reason.ALL_OPEN_ITEMS,
-            person_ids,
-            items=refs,
-            candidates=refs,
-            detail=f"several open items ({listed}): policy 'all' links the message to each, "
-            f"and the thread to the newest, {_name(newest)}{_kept(candidates)}",
-        )
-
-    def _no_candidate(
-        self, pid: str, when: datetime, person_ids: tuple[int, ...], items: list[Item]
-    ) -> Decision:
-        """Rule 4, no candidate: say which rule-2 condition excluded each item of the persons."""
-        if not items:
-            return Decision(
-                pid,
-                Reason.NO_OPEN_ITEMS,
-                person_ids,
-                detail="its persons have no lead, deal or project: linked to its persons only",
-            )
-        started = _iso(self.thread.created_at)
-        excluded = [(item, self._exclusion(item, when)) for item in sorted(items, key=_ref)]
-        reasons = {reason for _, reason in excluded}
-        reason = reasons.pop() if len(reasons) == 1 else Reason.NO_OPEN_ITEMS
-        if reason is Reason.ITEM_CREATED_AFTER_THREAD:
-            lead = f"no item was created before the thread started ({started})"
-
-        elif reason is Reason.ITEM_CLOSED_BEFORE_MESSAGE:
-            lead = f"no item was open on {_iso(when)}"
-        else:
-            lead = (
-                f"no item was both created before the thread ({started}) and open on {_iso(when)}"
-            )
-        why = "; ".join(
-            f"{_name(item)} {self._why(item, reason, when)}" for item, reason in excluded
-        )
-        return Decision(
-            pid, reason, person_ids, detail=f"{lead}: {why}; linked to its persons only"
-        )
-
     def _exclusion(self, item: Item, when: datetime) -> Reason:
+        """Why `item` is no candidate for a message of `when`."""
         if item.created_at >= self.thread.created_at:
             return Reason.ITEM_CREATED_AFTER_THREAD
         if when < item.created_at:  # only when a message predates its thread's creation
             return Reason.ITEM_NOT_OPEN_AT_MESSAGE
         return Reason.ITEM_CLOSED_BEFORE_MESSAGE
 
-    @staticmethod
-    def _why(item: Item, reason: Reason, when: datetime) -> str:
-        if reason is Reason.ITEM_CREATED_AFTER_THREAD:
-            return f"was created on {_iso(item.created_at)}, not before the thread"
-        if reason is Reason.ITEM_NOT_OPEN_AT_MESSAGE:
-            return f"was created on {_iso(item.created_at)}, after the message"
+    # Rule 3: the thread's item.
 
-        return f"was {_gone(item, when)}"
+    def _follow(
+        self, verdict: _Verdicts, message: Message, when: datetime, item: Item, reason: Reason
+    ) -> Decision:
+        """The thread's item (the user's, or rule 4's), while it is open at the message's date;
+        after it closed (rule 6), the persons only."""
+        if self._open(item, message, when):
+            return verdict.linked(reason, [item], about=item)
+        if when < item.created_at:  # a chosen item only: rule 4's was open at an earlier message
+            return verdict.persons_only(Reason.ITEM_NOT_OPEN_AT_MESSAGE, about=item)
+        return verdict.persons_only(Reason.ITEM_CLOSED_BEFORE_MESSAGE, about=item)
+
+    # Rule 4: one, several or no candidate.
+
+    def _one_several_or_none(
+        self, verdict: _Verdicts, message: Message, when: datetime, persons: list[Person]
+    ) -> Decision:
+        """The candidates of all the persons together: exactly one links the thread; several
+        leave it waiting for the user's choice (or the policy takes the newest, or all); none
+        leaves the message to its persons."""
+        items = _items_of(persons, self.facts)
+        items += self._gone_items(message, items)
+        candidates = self._candidates(items, message, when)
+        self.gathered.update((item.ref, item) for item in candidates)
+        if self.waiting:
+            gathered = [self.gathered[ref] for ref in sorted(self.gathered)]
+            return verdict.persons_only(
+                Reason.MULTIPLE_OPEN_ITEMS, candidates=gathered, waiting=True
+            )
+        if len(candidates) == 1:
+            (self.auto,) = candidates
+            return verdict.linked(
+                Reason.SINGLE_OPEN_ITEM, candidates, about=self.auto, candidates=candidates
+            )
+        if not candidates:
+            return self._none(verdict, when, items)
+        if self.policy.multiple_open_items is MultipleOpenItems.ASK:
+            self.waiting = True
+            return verdict.persons_only(Reason.MULTIPLE_OPEN_ITEMS, candidates=candidates)
+        self.auto = max(candidates, key=lambda item: (item.created_at, item.ref))
+        if self.policy.multiple_open_items is MultipleOpenItems.NEWEST:
+            return verdict.linked(
+                Reason.NEWEST_OPEN_ITEM, [self.auto], about=self.auto, candidates=candidates
+            )
+        return verdict.linked(
+            Reason.ALL_OPEN_ITEMS, candidates, about=self.auto, candidates=candidates
+        )
+
+    def _none(self, verdict: _Verdicts, when: datetime, items: list[Item]) -> Decision:
+        """No candidate: the one reason rule 2 excluded every item of the persons for, if there
+        is one (they may have no item at all)."""
+        excluded = tuple((item, self._exclusion(item, when)) for item in sorted(items, key=_ref))
+        reasons = {reason for _, reason in excluded}
+        reason = reasons.pop() if len(reasons) == 1 else Reason.NO_OPEN_ITEMS
+        return verdict.persons_only(reason, excluded=excluded)
+
+    # Rule 5: the user's choice.
+
+    def _chosen(self, message: Message, ref: ItemRef) -> Item | None:
+        """The item the user chose, as the CRM lists it; one it no longer lists only for an
+        email whose activity already carries it (None: unknown to the CRM)."""
+        if self.chosen is None and self.facts.carries(message, ref):
+            return Item.gone(ref)
+        return self.chosen
+
+    # Rule 6: closed and deleted items.
+
+    def _open(self, item: Item, message: Message, when: datetime) -> bool:
+        """Was `item` open at the message's date, for this message? A deleted item only if the
+        CRM already has the message's activity linked to it (rule 6 keeps that link)."""
+        delivered = item.status is ItemStatus.DELETED and self.facts.carries(message, item.ref)
+        return item.open_at(when, delivered=delivered)
+
+    def _gone_items(self, message: Message, items: Iterable[Item]) -> list[Item]:
+        """The items this email's activity carries in the CRM that the CRM no longer lists
+        among its persons' items (a deleted lead, a deal deleted long ago): deleted, date
+        unknown, so the email keeps the link."""
+        listed = {item.ref for item in items}
+        carried = self.facts.delivered.get(message.key, frozenset())
+        return [Item.gone(ref) for ref in sorted(carried) if ref not in listed]
 
 
-def _persons(message: Message, external: Sequence[Address], facts: Facts) -> list[Person]:
-    """Rule 1: every person of every external address, the primary first (the sender of an inbound
-    email, the first recipient of an outbound one), deduplicated by id. Several persons with one
-    address come by id, whatever order the CRM listed them in."""
-    ordered = list(external)
-    if message.direction is Direction.OUTBOUND:
-        recipients = {address.email.lower() for address in message.to + message.cc + message.bcc}
-        ordered.sort(key=lambda address: address.email.lower() not in recipients)  # stable
-    persons: list[Person] = []
-    seen: set[int] = set()
-    for address in ordered:
-        found = facts.persons_by_email.get(address.email.strip().lower(), ())
-        for person in sorted(found, key=lambda p: p.id):
-            if person.id not in seen:
-                seen.add(person.id)
-                persons.append(person)
-    return persons
+@dataclass(frozen=True)
+class _Verdicts:
+    """The decisions open to a message once rule 1 found its persons, with the facts their
+    explanation names (linking/explanations.py): the message's date, the thread's, the user's
+    choice, and the item(s) each decision is about."""
+
+    provider_id: str
+    person_ids: tuple[int, ...]
+    when: datetime
+    started: datetime
+    chosen: ItemRef | None
+
+    def linked(
+        self,
+        reason: Reason,
+        items: Sequence[Item],
+        *,
+        about: Item,
+        candidates: Sequence[Item] = (),
+    ) -> Decision:
+        return self._decision(reason, items, about, candidates)
+
+    def persons_only(
+        self,
+        reason: Reason,
+        *,
+        about: Item | None = None,
+        candidates: Sequence[Item] = (),
+        excluded: tuple[tuple[Item, Reason], ...] = (),
+        waiting: bool = False,
+    ) -> Decision:
+        return self._decision(reason, (), about, candidates, excluded, waiting)
+
+    def _decision(
+        self,
+        reason: Reason,
+        items: Sequence[Item],
+        about: Item | None,
+        candidates: Sequence[Item],
+        excluded: tuple[tuple[Item, Reason], ...] = (),
+        waiting: bool = False,
+    ) -> Decision:
+        why = Why(
+            when=self.when,
+            started=self.started,
+            item=about,
+            candidates=tuple(candidates),
+            excluded=excluded,
+            chosen=self.chosen,
+            waiting=waiting,
+        )
+        return Decision(
+            self.provider_id,
+            reason,
+            self.person_ids,
+            items=_refs(items),
+            candidates=_refs(candidates),
+            why=why,
+        )
 
 
 def _items_of(persons: Iterable[Person], facts: Facts) -> list[Item]:
@@ -406,39 +364,9 @@ def _ref(item: Item) -> ItemRef:
     return item.ref
 
 
-def _name(item: Item) -> str:
-    return f"{item.ref} {item.title!r}"
+def _refs(items: Iterable[Item]) -> tuple[ItemRef, ...]:
+    return tuple(item.ref for item in items)
 
 
-def _iso(when: datetime) -> str:
-    return when.isoformat()
-
-
-def _closed(item: Item) -> str:
-    verb = "closed" if item.status is ItemStatus.OPEN else item.status.value
-    if item.closed_at is None:
-        return f"{verb} (date unknown)"
-    return f"{verb} on {_iso(item.closed_at)}"
-
-
-def _gone(item: Item, when: datetime) -> str:
-    """How the item closed; for one deleted after the message, why that still excludes it."""
-    text = _closed(item)
-    if item.status is ItemStatus.DELETED and (item.closed_at is None or item.closed_at > when):
-        text += " (only an email whose activity the CRM already has linked to it keeps the link)"
-    return text
-
-
-def _kept(items: Iterable[Item]) -> str:
-    """The detail's note on deleted items a message is linked to: only an email whose activity
-    the CRM already has linked to one keeps that link (rule 6)."""
-    return "".join(
-        f"; {_name(item)} was {_closed(item)}: this email was linked to it before "
-        "(its activity in the CRM carries it), so it keeps the link"
-        for item in items
-        if item.status is ItemStatus.DELETED
-    )
-
-
-def _emails(addresses: Iterable[Address]) -> str:
-    return ", ".join(address.email for address in addresses)
+def _emails(addresses: Iterable[Address]) -> tuple[str, ...]:
+    return tuple(address.email for address in addresses)

@@ -15,12 +15,11 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import select
 
 from maillink.outbox import failed_count, pending_count
 from maillink.providers.retry import Classifier, Failure, RetryPolicy
 from maillink.store import Store
-from maillink.store.schema import accounts
+from maillink.store.accounts import last_syncs
 
 log = logging.getLogger("maillink.ops")
 
@@ -114,11 +113,7 @@ class _StoreCollector(Collector):
             with self.store.engine.connect() as conn:
                 depth = pending_count(conn)
                 failed = failed_count(conn)
-                synced = conn.execute(
-                    select(accounts.c.id, accounts.c.last_sync_at).where(
-                        accounts.c.last_sync_at.is_not(None)
-                    )
-                ).all()
+                synced = last_syncs(conn)
         except Exception as exc:  # a scrape must not fail because the database is away
             log.warning("metrics: cannot read the store: %s", type(exc).__name__)
             return

@@ -21,7 +21,6 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -88,8 +87,7 @@ def create_ops_app(ctx: OpsContext) -> Flask:
     def healthz() -> Response:
         body: dict[str, Any] = dict(ctx.status())
         try:
-            with ctx.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
+            ctx.store.ping()
             body["database"] = "ok"
         except SQLAlchemyError:
             body["database"] = "unreachable"

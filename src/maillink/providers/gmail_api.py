@@ -24,16 +24,17 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from maillink.providers.pacing import GMAIL_UNITS, Pacer
-from maillink.providers.retry import (
+from maillink.http_policy import (
     CONNECTION,
+    GMAIL,
     INVALID_GRANT,
     TIMEOUT,
     TRANSIENT,
     Failure,
-    RetryPolicy,
     parse_retry_after,
 )
+from maillink.providers.pacing import GMAIL_UNITS, Pacer
+from maillink.providers.retry import RetryPolicy
 
 SCOPE_METADATA = "https://www.googleapis.com/auth/gmail.metadata"
 METADATA_HEADERS = (
@@ -174,7 +175,7 @@ class GmailApi:
         self._history = self._users.history()
         self._batch_uri = api_endpoint.rstrip("/") + "/batch/gmail/v1"
         self._batch_size = batch_size
-        self._policy = policy
+        self._policy = policy.for_service(GMAIL)
         self._pacer = pacer
         self._units = GMAIL_UNITS[quota_model]
         self.quota_units = 0

@@ -5,7 +5,7 @@
   with Retry-After pauses every request of the mailbox until it has passed.
 - Every link Graph hands back (nextLink, deltaLink) is followed verbatim, but only once it is
   known to point at the configured Graph root: the bearer token never goes to another host.
-- Failures are classified for the shared policy (`retry.RULES`); a 401 first gets one fresh
+- Failures are classified for the shared policy (`http_policy.RULES`); a 401 first gets one fresh
   token, then means the grant is gone.
 """
 
@@ -24,17 +24,18 @@ from urllib.parse import urlsplit
 
 import requests
 
-from maillink.providers.base import ProviderError
-from maillink.providers.gmail_api import check_endpoint
-from maillink.providers.pacing import Pacer
-from maillink.providers.retry import (
+from maillink.http_policy import (
     CONNECTION,
+    GRAPH,
     TIMEOUT,
     TRANSIENT,
     Failure,
-    RetryPolicy,
     parse_retry_after,
 )
+from maillink.providers.base import ProviderError
+from maillink.providers.gmail_api import check_endpoint
+from maillink.providers.pacing import Pacer
+from maillink.providers.retry import RetryPolicy
 
 log = logging.getLogger("maillink.providers.graph")
 
@@ -191,7 +192,7 @@ class GraphApi:
         self._origin = (root.scheme, (root.hostname or "").lower(), root.port or _port(root.scheme))
         self._prefix = root.path.rstrip("/") + "/"
         self._token_source = token_source
-        self._policy = policy
+        self._policy = policy.for_service(GRAPH)
         self._timeout = http_timeout
         self._prefer = f'odata.maxpagesize={page_size}, IdType="ImmutableId"'
         self._batch_size = batch_size

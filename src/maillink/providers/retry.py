@@ -1,26 +1,23 @@
-"""The retry and error policy of the providers, as data.
+"""The mail providers' side of the error policy (`maillink.http_policy`): calls run under it.
 
-One table (`RULES`) says what each failure means — retry with backoff, wait for Retry-After,
-resync, needs re-auth, skip the item, fail — instead of `if` chains spread through the adapters.
-An adapter only says what a failure *is* (a `Failure`: HTTP status, the provider's error reason,
-Retry-After); `RetryPolicy` runs calls under the table with tenacity. Provider-neutral: Gmail uses
-it now, Microsoft Graph later.
+The table of what each failure means (`http_policy.RULES`), the `Failure` an adapter classifies its
+exceptions into, and the Retry-After parser are shared with the CRM clients. Here `RetryPolicy`
+runs Gmail and Graph calls under the table with the shared retry loop, and turns what a failure
+means into what the sync loop understands (`Throttled`, `ResyncRequired`, `ItemGone`,
+`NeedsReauth`).
 """
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import logging
 import random
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-import tenacity
-
+from maillink.http_policy import GMAIL, RULES, Action, Failure, Rule, decide, retry_calls
 from maillink.providers.base import NeedsReauth, ProviderError
 
 log = logging.getLogger("maillink.providers")
@@ -28,87 +25,14 @@ log = logging.getLogger("maillink.providers")
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 
-# Reasons for failures that have no HTTP status; adapters classify their exceptions into these.
-CONNECTION = "connection"  # refused, reset, DNS, TLS handshake dropped
-TIMEOUT = "timeout"
-TRANSIENT = "transient"  # the library says a retry may help (e.g. token endpoint 5xx)
-INVALID_GRANT = "invalid_grant"  # OAuth: refresh token revoked or expired
-
-
-class Action(enum.StrEnum):
-    RETRY = "retry"  # transient: back off (exponential, jitter) and try again
-    WAIT = "wait"  # throttled: wait Retry-After (else back off) and try again
-    RESYNC = "resync"  # the cursor or page token is no longer valid: start the round over
-    REAUTH = "reauth"  # the grant is gone: the account must reconnect
-    SKIP = "skip"  # the item is gone (deleted meanwhile): move on without it
-    FAIL = "fail"  # a retry will not help
-
-
-@dataclass(frozen=True)
-class Failure:
-    """What a failed call was, in the table's terms. `detail` is for messages: never a token."""
-
-    status: int | None = None  # HTTP status; None for connection errors and auth-library errors
-    reason: str | None = None  # Gmail errors[].reason, Graph error.code, OAuth error
-    retry_after: float | None = None  # seconds, from the Retry-After header
-    detail: str = ""
-
-    def __str__(self) -> str:
-        parts = [str(self.status) if self.status is not None else "", self.reason or ""]
-        text = " ".join(part for part in parts if part) or "error"
-        return f"{text}: {self.detail}" if self.detail else text
-
-
-@dataclass(frozen=True)
-class Rule:
-    """`action` for failures with this `status` and/or `reason`, on calls of kind `call`.
-
-    A None field matches anything. `call` names the kind of call the rule is about: "history"
-    (a change feed from a stored cursor), "page" (a resumed page token), "item" (one message or
-    thread). The first matching rule of the table wins, so specific rules come first.
-    """
-
-    action: Action
-    status: int | None = None
-    reason: str | None = None
-    call: str | None = None
-
-    def matches(self, failure: Failure, call: str | None) -> bool:
-        return (
-            (self.status is None or self.status == failure.status)
-            and (self.reason is None or self.reason == failure.reason)
-            and (self.call is None or self.call == call)
-        )
-
-
-RULES: tuple[Rule, ...] = (
-    # The grant: a revoked refresh token, a 401 that survived the token refresh, a consent given
-    # without the scope (Google's granular consent lets the user untick it).
-    Rule(Action.REAUTH, reason=INVALID_GRANT),
-    Rule(Action.REAUTH, status=401),
-    Rule(Action.REAUTH, status=403, reason="insufficientPermissions"),
-    Rule(Action.REAUTH, status=403, reason="ACCESS_TOKEN_SCOPE_INSUFFICIENT"),
-    # Cursors that expired, page tokens refused, items deleted between listing and fetching.
-    Rule(Action.RESYNC, status=404, call="history"),  # Gmail startHistoryId too old
-    Rule(Action.RESYNC, status=410),  # Graph delta token expired
-    Rule(Action.RESYNC, reason="syncStateNotFound"),
-    Rule(Action.RESYNC, reason="resyncRequired"),
-    Rule(Action.RESYNC, status=400, call="page"),
-    Rule(Action.SKIP, status=404, call="item"),
-    # Throttling: wait what the server asks.
-    Rule(Action.WAIT, status=429),
-    Rule(Action.WAIT, status=403, reason="rateLimitExceeded"),
-    Rule(Action.WAIT, status=403, reason="userRateLimitExceeded"),
-    Rule(Action.WAIT, status=503),
-    Rule(Action.WAIT, status=504),
-    # Transient trouble: back off and try again.
-    Rule(Action.RETRY, status=500),
-    Rule(Action.RETRY, status=502),
-    Rule(Action.RETRY, status=408),
-    Rule(Action.RETRY, reason=CONNECTION),
-    Rule(Action.RETRY, reason=TIMEOUT),
-    Rule(Action.RETRY, reason=TRANSIENT),
-)
+__all__ = [
+    "Classifier",
+    "Failure",  # the shared policy's, for the callers that meter the attempts
+    "ItemGone",
+    "ResyncRequired",
+    "RetryPolicy",
+    "Throttled",
+]
 
 
 class ResyncRequired(ProviderError):
@@ -131,29 +55,12 @@ Classifier = Callable[[BaseException], Failure | None]
 """Says what an exception is, or None for exceptions that are not a provider failure (bugs)."""
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """Runs provider calls under `rules`: bounded attempts, exponential backoff with full jitter,
     Retry-After honoured (up to `max_retry_after`; a longer wait raises `Throttled` so that the
-    caller pauses the mailbox instead of holding a worker)."""
+    caller pauses the mailbox instead of holding a worker). `service` picks the service's rows of
+    the table; each adapter binds its own (`for_service`)."""
 
     rules: tuple[Rule, ...] = RULES
     attempts: int = 5
@@ -161,12 +68,14 @@ class RetryPolicy:
     max_backoff: float = 30.0
     max_retry_after: float = 120.0
     sleep: Callable[[float], None] = time.sleep
+    service: str = GMAIL
+
+    def for_service(self, service: str) -> RetryPolicy:
+        """This policy for `service`'s calls (itself when it already is)."""
+        return self if self.service == service else dataclasses.replace(self, service=service)
 
     def action(self, failure: Failure, call: str | None = None) -> Action:
-        for rule in self.rules:
-            if rule.matches(failure, call):
-                return rule.action
-        return Action.FAIL
+        return decide(self.service, failure, call, self.rules)
 
     def retryable(self, failure: Failure, call: str | None = None) -> bool:
         if self.action(failure, call) not in (Action.RETRY, Action.WAIT):
@@ -193,7 +102,7 @@ class RetryPolicy:
         if action is Action.SKIP:
             return ItemGone(f"{where}{failure}")
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        if action is Action.WAIT or failure.retry_after is not None:
+        if action in (Action.WAIT, Action.PARK) or failure.retry_after is not None:
             return Throttled(f"{where}throttled ({failure}){tries}", failure.retry_after)
         return ProviderError(f"{where}{failure}{tries}")
 
@@ -206,25 +115,12 @@ class RetryPolicy:
             failure = classify(exc)
             return failure is not None and self.retryable(failure, call)
 
-        def wait(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            failure = classify(exc) if exc is not None else None
-            return self.delay(failure or Failure(), state.attempt_number)
+        def delay(exc: BaseException, attempt: int) -> float:
+            return self.delay(classify(exc) or Failure(), attempt)
 
-        def before_sleep(state: tenacity.RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            failure = classify(exc) if exc is not None else None
-            wait_s = state.next_action.sleep if state.next_action else 0.0
-            log.warning("%s: %s; retry %d in %.1fs", what, failure, state.attempt_number, wait_s)
+        def before_retry(exc: BaseException, attempt: int, seconds: float) -> None:
+            log.warning("%s: %s; retry %d in %.1fs", what, classify(exc), attempt, seconds)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(retry),
-            wait=wait,
-            stop=tenacity.stop_after_attempt(self.attempts),
-            sleep=self.sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         attempts = 0
 
         def attempt() -> T:
@@ -233,7 +129,14 @@ class RetryPolicy:
             return fn()
 
         try:
-            return retrying(attempt)
+            return retry_calls(
+                attempt,
+                attempts=self.attempts,
+                retryable=retry,
+                delay=delay,
+                sleep=self.sleep,
+                before_retry=before_retry,
+            )
         except Exception as exc:
             failure = classify(exc)
             if failure is None:

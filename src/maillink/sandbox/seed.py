@@ -218,85 +218,110 @@ class _Gen:
         rep = self.rng.choice(self.reps)
         dates = self.dates(size)
         thread = SeedThread(kind)
-        start = dates[0]
-        others: list[SeedPerson] = []
-        if kind == "internal":
-            colleague = [r for r in self.reps if r != rep] or [f"ops@{self.domain}"]
-            parties = [("Colleague", self.rng.choice(colleague))]
-        elif kind == "blocked":
-            parties = [
-                ("Notifications", f"noreply@notifications.{self.rng.choice(COMPANIES)}.example")
-            ]
-        else:
-            regular = self.returning(start) if kind == "single" else None
-            customer = regular[0] if regular else self.customer(known=kind != "unknown")
-            parties = [(customer.name, customer.email)]
-            before = start - timedelta(days=self.rng.uniform(1, 60))
-            if regular:
-                thread.items.append(regular[1])
-            elif kind in ("single", "group"):
-                thread.items.append(self.item("deal", customer, before))
-                if kind == "single":
-                    self._regulars.append((customer, thread.items[-1]))
-            elif kind == "multi":
-                thread.items.append(self.item("deal", customer, before))
-                thread.items.append(self.item("lead", customer, before + timedelta(hours=3)))
-            elif kind == "late_deal":
-                thread.items.append(self.item("deal", customer, start + timedelta(hours=1)))
-            elif kind == "closed_before":
-                thread.items.append(
-                    self.item(
-                        "deal", customer, before - timedelta(days=30), status="lost", closed=before
-                    )
-                )
-            elif kind == "won_midway":
-                won = (
-                    dates[len(dates) // 2] - timedelta(minutes=30)
-                    if size > 1
-                    else dates[0] + timedelta(hours=1)
-                )
-                thread.items.append(self.item("deal", customer, before, status="won", closed=won))
-            elif kind == "project":
-                thread.items.append(self.item("project", customer, before))
-            if kind == "group":
-                for _ in range(self.rng.randint(2, 3)):
-                    other = self.customer(known=False)
-                    others.append(other)
-                    parties.append((other.name, other.email))
+        parties = self._parties(kind, rep, dates, thread)
         subject = self.rng.choice(SUBJECTS)
         references: list[str] = []
         for i, date in enumerate(dates):
             outbound = kind != "blocked" and (i % 2 == 0) == (self.rng.random() < 0.5)
-            name, addr = parties[0]
-            rep_name = rep.split("@")[0].title()
-            if outbound:
-                sender, recipients = (rep_name, rep), parties
-            else:
-                sender, recipients = (name, addr), [(rep_name, rep)] + parties[1:]
-            mid = self.message_id()
-            headers = [
-                ("From", f"{sender[0]} <{sender[1]}>"),
-                ("To", ", ".join(f"{n} <{a}>" for n, a in recipients)),
-                ("Subject", subject if i == 0 else f"Re: {subject}"),
-                ("Date", format_datetime(date)),
-                ("Message-ID", mid),
-            ]
-            if references:
-                headers += [("In-Reply-To", references[-1]), ("References", " ".join(references))]
-            references.append(mid)
-            mailboxes = [rep]
-            if kind == "internal":
-                mailboxes = [r for r in {rep, recipients[0][1]} if r in self.reps]
-            thread.messages.append(
-                SeedMessage(
-                    mailboxes,
-                    headers,
-                    date,
-                    rep if outbound else None,
-                    f"message {i + 1} about {subject.lower()}",
-                )
-            )
+            message = self._message(kind, rep, parties, outbound, i, date, subject, references)
+            thread.messages.append(message)
         return thread
+
+    def _parties(
+        self, kind: str, rep: str, dates: list[datetime], thread: SeedThread
+    ) -> list[tuple[str, str]]:
+        """Who the rep writes with (name, address), first the main party; their CRM items
+        go into `thread.items`."""
+        if kind == "internal":
+            colleague = [r for r in self.reps if r != rep] or [f"ops@{self.domain}"]
+            return [("Colleague", self.rng.choice(colleague))]
+        if kind == "blocked":
+            return [
+                ("Notifications", f"noreply@notifications.{self.rng.choice(COMPANIES)}.example")
+            ]
+        start = dates[0]
+        regular = self.returning(start) if kind == "single" else None
+        customer = regular[0] if regular else self.customer(known=kind != "unknown")
+        parties = [(customer.name, customer.email)]
+        before = start - timedelta(days=self.rng.uniform(1, 60))
+        if regular:
+            thread.items.append(regular[1])
+        else:
+            thread.items.extend(self._customer_items(kind, customer, dates, before))
+        if kind == "group":
+            for _ in range(self.rng.randint(2, 3)):
+                other = self.customer(known=False)
+                parties.append((other.name, other.email))
+        return parties
+
+    def _customer_items(
+        self, kind: str, customer: SeedPerson, dates: list[datetime], before: datetime
+    ) -> list[SeedItem]:
+        """The CRM items a thread of this kind is about, made before (or during) it."""
+        start = dates[0]
+        if kind in ("single", "group"):
+            deal = self.item("deal", customer, before)
+            if kind == "single":
+                self._regulars.append((customer, deal))
+            return [deal]
+        if kind == "multi":
+            deal = self.item("deal", customer, before)
+            return [deal, self.item("lead", customer, before + timedelta(hours=3))]
+        if kind == "late_deal":
+            return [self.item("deal", customer, start + timedelta(hours=1))]
+        if kind == "closed_before":
+            closed = before - timedelta(days=30)
+            return [self.item("deal", customer, closed, status="lost", closed=before)]
+        if kind == "won_midway":
+            won = (
+                dates[len(dates) // 2] - timedelta(minutes=30)
+                if len(dates) > 1
+                else dates[0] + timedelta(hours=1)
+            )
+            return [self.item("deal", customer, before, status="won", closed=won)]
+        if kind == "project":
+            return [self.item("project", customer, before)]
+        return []
+
+    def _message(
+        self,
+        kind: str,
+        rep: str,
+        parties: list[tuple[str, str]],
+        outbound: bool,
+        i: int,
+        date: datetime,
+        subject: str,
+        references: list[str],
+    ) -> SeedMessage:
+        """The thread's i-th message; its Message-ID joins `references` for the next ones."""
+        name, addr = parties[0]
+        rep_name = rep.split("@")[0].title()
+        if outbound:
+            sender, recipients = (rep_name, rep), parties
+        else:
+            sender, recipients = (name, addr), [(rep_name, rep)] + parties[1:]
+        mid = self.message_id()
+        headers = [
+            ("From", f"{sender[0]} <{sender[1]}>"),
+            ("To", ", ".join(f"{n} <{a}>" for n, a in recipients)),
+            ("Subject", subject if i == 0 else f"Re: {subject}"),
+            ("Date", format_datetime(date)),
+            ("Message-ID", mid),
+        ]
+        if references:
+            headers += [("In-Reply-To", references[-1]), ("References", " ".join(references))]
+        references.append(mid)
+        mailboxes = [rep]
+        if kind == "internal":
+            mailboxes = [r for r in {rep, recipients[0][1]} if r in self.reps]
+        return SeedMessage(
+            mailboxes,
+            headers,
+            date,
+            rep if outbound else None,
+            f"message {i + 1} about {subject.lower()}",
+        )
 
 
 def _kinds(rng: random.Random) -> Iterator[str]:

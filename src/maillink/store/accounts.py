@@ -112,6 +112,14 @@ def all_accounts(conn: Connection) -> list[Account]:
     return [_account(row) for row in conn.execute(select(accounts).order_by(accounts.c.email))]
 
 
+def last_syncs(conn: Connection) -> list[tuple[int, datetime]]:
+    """(mailbox id, when it last finished a round without error) of the mailboxes that did."""
+    rows = conn.execute(
+        select(accounts.c.id, accounts.c.last_sync_at).where(accounts.c.last_sync_at.is_not(None))
+    )
+    return [(account_id, when) for account_id, when in rows]
+
+
 def set_status(conn: Connection, account_id: int, status: str, error: str | None = None) -> None:
     conn.execute(
         update(accounts).where(accounts.c.id == account_id).values(status=status, last_error=error)

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink.model import Item, ItemRef, ItemStatus, Person
@@ -168,6 +168,21 @@ def get_state(conn: Connection, name: str) -> str | None:
 def set_state(conn: Connection, name: str, value: str) -> None:
     """Set (or replace) a value; two daemons setting it at once both succeed, the last wins."""
     upsert(conn, crm_state, "name", [{"name": name, "value": value}])
+
+
+def add_state(conn: Connection, name: str, value: str) -> None:
+    """Set a value that must not exist yet: IntegrityError when another process set it first."""
+    conn.execute(insert(crm_state).values(name=name, value=value))
+
+
+def replace_state(conn: Connection, name: str, old: str, new: str) -> bool:
+    """Compare-and-set: `new` only while the value is still `old`; whether it was replaced."""
+    replaced = conn.execute(
+        update(crm_state)
+        .where(crm_state.c.name == name, crm_state.c.value == old)
+        .values(value=new)
+    ).rowcount
+    return bool(replaced)
 
 
 # -- persons maillink creates ([linking] create_persons) -----------------------------------------

@@ -4,11 +4,11 @@ statements."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, select, update
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
 
 from maillink.store import cache
 from maillink.store.schema import accounts, activities, messages
@@ -52,7 +52,7 @@ def failed_deliveries(conn: Connection, keys: Sequence[str] | None = None) -> li
     query = _failed_rows().order_by(activities.c.failed_at, activities.c.key)
     if keys is not None:
         query = query.where(activities.c.key.in_(list(keys)))
-    emails = dict(conn.execute(select(accounts.c.id, accounts.c.email)).tuples().all())
+    emails = {i: e for i, e in conn.execute(select(accounts.c.id, accounts.c.email))}
     found = []
     for row in conn.execute(query).mappings():
         desired = row["desired"] or {}
@@ -185,3 +185,131 @@ def _participants(headers: Any) -> set[str]:
         if pair and isinstance(pair[0], str):
             found.add(pair[0].strip().lower())
     return found
+
+
+# -- delivery: what `maillink.outbox` asks of the rows ---------------------------------------------
+_CLAIM = (
+    update(activities)
+    .where(
+        activities.c.key == bindparam("b_key"),
+        activities.c.attempts == bindparam("b_attempts"),
+        activities.c.crm_id.is_(None),
+    )
+    .values(attempt_started_at=bindparam("b_started"), attempts=bindparam("b_next"))
+)
+_DELIVERED = (
+    update(activities)
+    .where(activities.c.key == bindparam("b_key"))
+    .values(
+        crm_id=bindparam("b_crm_id"),
+        delivered_version=bindparam("b_version"),
+        last_error=None,
+        next_attempt_at=None,
+        updated_at=bindparam("b_now"),
+    )
+)
+
+
+def due_activities(
+    conn: Connection,
+    limit: int,
+    now: datetime,
+    *,
+    exclude: Collection[str] = (),
+    account_id: int | None = None,
+) -> list[Any]:
+    """The rows whose write is due by `now`, oldest first (mappings), but those in `exclude`;
+    with `account_id`, only the rows whose email was stored first from that mailbox."""
+    query = (
+        select(activities)
+        .select_from(activities.outerjoin(messages, messages.c.id == activities.c.owner_message_id))
+        .where(
+            activities.c.delivered_version < activities.c.desired_version,
+            or_(activities.c.next_attempt_at.is_(None), activities.c.next_attempt_at <= now),
+            activities.c.failed_at.is_(None),
+            # An email waiting to be decided again (after a refusal) waits for its decision.
+            or_(activities.c.owner_message_id.is_(None), messages.c.reason.is_not(None)),
+        )
+        .order_by(activities.c.updated_at, activities.c.key)
+        .limit(limit + len(exclude))
+    )
+    if account_id is not None:
+        query = query.where(messages.c.account_id == account_id)
+    rows = conn.execute(query)
+    return [row._mapping for row in rows if row.key not in exclude][:limit]
+
+
+def claim_creates(conn: Connection, rows: Iterable[Any], started: datetime) -> set[str]:
+    """Mark these rows' creates as attempted; the keys this caller claimed. A compare-and-set on
+    the attempt count: of two processes about to create the same activity, only one goes on."""
+    claimed: set[str] = set()
+    for row in rows:
+        count = conn.execute(
+            _CLAIM,
+            {
+                "b_key": row["key"],
+                "b_attempts": row["attempts"],
+                "b_started": started,
+                "b_next": row["attempts"] + 1,
+            },
+        ).rowcount
+        if count == 1:
+            claimed.add(row["key"])
+    return claimed
+
+
+def mark_delivered(conn: Connection, delivered: Sequence[tuple[Any, str]], now: datetime) -> None:
+    """Record (row, crm id) pairs as delivered at the rows' desired versions (executemany)."""
+    if not delivered:
+        return
+    conn.execute(
+        _DELIVERED,
+        [
+            {
+                "b_key": row["key"],
+                "b_crm_id": crm_id,
+                "b_version": row["desired_version"],
+                "b_now": now,
+            }
+            for row, crm_id in delivered
+        ],
+    )
+
+
+def record_found(conn: Connection, key: str, crm_id: str) -> None:
+    """A create whose outcome was unknown did reach the CRM: its activity is `crm_id`."""
+    conn.execute(update(activities).where(activities.c.key == key).values(crm_id=crm_id))
+
+
+def retry_later(
+    conn: Connection, key: str, attempts: int, error: str, next_attempt_at: datetime
+) -> None:
+    """A transient failure: the write is due again at `next_attempt_at`."""
+    conn.execute(
+        update(activities)
+        .where(activities.c.key == key)
+        .values(attempts=attempts, last_error=error[:2000], next_attempt_at=next_attempt_at)
+    )
+
+
+def left_for_later(conn: Connection, account_id: int) -> tuple[int, int]:
+    """This mailbox's CRM writes not yet delivered, and its messages not yet decided.
+
+    Writes the CRM refused for good (`failed_at`) wait for a person, not for a later run: they
+    are counted apart (`maillink outbox list`)."""
+    writes = conn.execute(
+        select(func.count())
+        .select_from(activities)
+        .join(messages, messages.c.id == activities.c.owner_message_id)
+        .where(
+            messages.c.account_id == account_id,
+            activities.c.delivered_version < activities.c.desired_version,
+            activities.c.failed_at.is_(None),
+        )
+    ).scalar_one()
+    undecided = conn.execute(
+        select(func.count())
+        .select_from(messages)
+        .where(messages.c.account_id == account_id, messages.c.reason.is_(None))
+    ).scalar_one()
+    return int(writes), int(undecided)

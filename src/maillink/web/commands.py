@@ -9,9 +9,20 @@ from __future__ import annotations
 import json
 import signal
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
+
+if TYPE_CHECKING:
+    from maillink.app import App
+
+
+class Obj(Protocol):
+    """What these commands use of the CLI's shared object (`maillink.cli.Obj`)."""
+
+    @property
+    def app(self) -> App: ...
+
 
 PUBLIC_URL_ENV = "MAILLINK_PUBLIC_URL"
 PUBLIC_URL_HELP = (
@@ -37,7 +48,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 @click.option("--public-url", envvar=PUBLIC_URL_ENV, metavar="URL", help=PUBLIC_URL_HELP)
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
 @click.pass_obj
-def serve(obj: Any, host: str, port: int, public_url: str | None, threads: int) -> None:
+def serve(obj: Obj, host: str, port: int, public_url: str | None, threads: int) -> None:
     """The web app: sign in, connect mailboxes, choose the deal of waiting threads."""
     from waitress import create_server
 
@@ -101,7 +112,7 @@ LINK_HOURS_OPTION = click.option(
 )
 
 
-def _print_link(obj: Any, public_url: str, email: str, link_hours: int | None, **how: Any) -> None:
+def _print_link(obj: Obj, public_url: str, email: str, link_hours: int | None, **how: Any) -> None:
     """Issue the link (`how`: is_admin for `add`; nothing for `link`, an existing user) and print it."""
     from datetime import timedelta
 
@@ -146,7 +157,7 @@ def _print_link(obj: Any, public_url: str, email: str, link_hours: int | None, *
 @PUBLIC_URL_OPTION
 @LINK_HOURS_OPTION
 @click.pass_obj
-def add(obj: Any, email: str, admin: bool, public_url: str, link_hours: int | None) -> None:
+def add(obj: Obj, email: str, admin: bool, public_url: str, link_hours: int | None) -> None:
     """Add a web user (or give them a new link) and print their sign-in link, once."""
     _print_link(obj, public_url, email, link_hours, is_admin=admin)
 
@@ -156,7 +167,7 @@ def add(obj: Any, email: str, admin: bool, public_url: str, link_hours: int | No
 @PUBLIC_URL_OPTION
 @LINK_HOURS_OPTION
 @click.pass_obj
-def link(obj: Any, email: str, public_url: str, link_hours: int | None) -> None:
+def link(obj: Obj, email: str, public_url: str, link_hours: int | None) -> None:
     """Print a new sign-in link for a web user, once (the old link and their sessions end)."""
     _print_link(obj, public_url, email, link_hours)
 
@@ -164,7 +175,7 @@ def link(obj: Any, email: str, public_url: str, link_hours: int | None) -> None:
 @users.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def list_users(obj: Any, as_json: bool) -> None:
+def list_users(obj: Obj, as_json: bool) -> None:
     """The web users (never their links)."""
     from maillink.store import users as store_users
 
@@ -191,7 +202,7 @@ def list_users(obj: Any, as_json: bool) -> None:
 @users.command("remove")
 @click.argument("email")
 @click.pass_obj
-def remove(obj: Any, email: str) -> None:
+def remove(obj: Obj, email: str) -> None:
     """Remove a web user: their link and sessions end at once; their mailboxes stay."""
     from maillink.errors import ConfigError
     from maillink.store import users as store_users
@@ -203,7 +214,7 @@ def remove(obj: Any, email: str) -> None:
     click.echo(f"removed {email}")
 
 
-def end_web_sessions(app: Any) -> None:
+def end_web_sessions(app: App) -> None:
     """End every web session (`maillink keys rotate`): everyone signs in again with a new link."""
     from maillink.store import users as store_users
 

@@ -8,7 +8,7 @@ signed with a key kept encrypted in the store (`session_key`). Every form carrie
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from flask import Flask, render_template
@@ -24,6 +24,9 @@ from maillink.web.context import EXTENSION, WebContext
 from maillink.web.jobs import SyncJobs
 from maillink.web.session_key import session_key
 from maillink.web.settings import WebSettings
+
+if TYPE_CHECKING:
+    from maillink.app import App
 
 SESSION_HOURS = int(SESSION_LIFETIME.total_seconds() // 3600)
 MAX_ID = 2**31 - 1  # the largest id an Integer column holds on PostgreSQL (and that SQLite reaches)
@@ -42,7 +45,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _consent_origins(app: Any) -> list[str]:
+def _consent_origins(app: App) -> list[str]:
     """Where the "Connect" forms may redirect the browser to (the providers' consent pages)."""
     try:
         google = app.credentials.google or {}
@@ -66,7 +69,7 @@ def _when(value: Any) -> str:
     return str(value)
 
 
-def create_app(app: Any, settings: WebSettings, *, testing: bool = False) -> Flask:
+def create_app(app: App, settings: WebSettings, *, testing: bool = False) -> Flask:
     """The web app; `app` is the maillink `App` (its store, cipher, CRM and providers)."""
     web = Flask(__name__)
     secure = settings.secure

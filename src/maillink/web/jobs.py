@@ -1,7 +1,10 @@
 """Syncs the web app starts in the background: a mailbox's first sync right after it is connected.
 
-One sync at a time per mailbox; each page is committed as it comes (the sync is resumable), and
-on shutdown the running syncs finish their page in hand and stop.
+One sync at a time per mailbox; each is a mailbox round like the daemon's (`maillink.daemon`):
+it holds the mailbox's lease, so it never runs beside a daemon's round. While a daemon holds the
+mailbox, the job waits for it (`held_by`: the page says the daemon is syncing it) and syncs once
+it is given back. Each page is committed as it comes (the sync is resumable), and on shutdown the
+running syncs finish their page in hand and stop.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ import logging
 import threading
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from maillink.daemon.rounds import Rounds
 from maillink.providers.base import Page
 from maillink.store import accounts
 from maillink.store.accounts import Account
+from maillink.store.leases import LeaseLost, LeaseState
 from maillink.sync import MAILBOX, RoundResult
+
+if TYPE_CHECKING:
+    from maillink.app import App
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,7 @@ class SyncJob:
     pages: int = 0
     messages: int = 0  # new messages stored so far
     error: str | None = None
+    held_by: str | None = None  # the daemon holding the mailbox while this job waits for it
 
     @property
     def running(self) -> bool:
@@ -39,8 +48,9 @@ class SyncJob:
 class SyncJobs:
     """The background syncs of this process, by account id."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: App, *, poll: float = 1.0) -> None:
         self.app = app
+        self.poll = poll  # seconds between looks at a mailbox a daemon holds
         self._jobs: dict[int, SyncJob] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -87,6 +97,10 @@ class SyncJobs:
         with self._lock:
             self._jobs[account_id] = replace(self._jobs[account_id], **changes)
 
+    def _first(self, account: Account) -> bool:
+        with self.app.store.engine.connect() as conn:
+            return accounts.get_cursor(conn, account.id, MAILBOX) is None
+
     def _run(self, account: Account) -> None:
         job = self.get(account.id)
         assert job is not None
@@ -94,19 +108,35 @@ class SyncJobs:
         def on_page(page: Page, result: RoundResult) -> None:
             self._update(account.id, pages=result.pages, messages=result.messages)
 
-        error: str | None
+        def on_held(state: LeaseState) -> None:
+            self._update(account.id, held_by=state.owner)
+
+        error: str | None = None
         try:
-            provider = self.app.provider_for(account)
-            syncer = self.app.syncer()
-            sync = syncer.backfill if job.first else syncer.run
-            result = sync(account, provider, on_page=on_page, should_stop=self._stopping.is_set)
-            error = result.error
-        except Exception as exc:  # one mailbox's failure is recorded on it, never raised
+            with (
+                Rounds(self.app) as rounds,
+                rounds.hold(
+                    account,
+                    should_stop=self._stopping.is_set,
+                    wait=None,
+                    poll=self.poll,
+                    on_held=on_held,
+                ) as held,
+            ):
+                if held.syncer is not None:
+                    first = self._first(account)  # a daemon may have listed it meanwhile
+                    self._update(account.id, held_by=None, first=first)
+                    try:
+                        error = held.sync(self.app.provider_for, first=first, on_page=on_page).error
+                    except LeaseLost:
+                        raise
+                    except Exception as exc:  # one mailbox's failure is recorded on it
+                        error = str(exc) or type(exc).__name__
+                        log.warning("sync of %s failed: %s", account.email, error)
+                        held.record_error(error)
+            if held.lost:
+                error = held.result.error if held.result is not None else None
+        except Exception as exc:  # the store itself failed: the job says so
             error = str(exc) or type(exc).__name__
             log.warning("sync of %s failed: %s", account.email, error)
-            try:
-                with self.app.store.transaction() as conn:
-                    accounts.synced(conn, account.id, error)
-            except Exception:  # the store itself failed: the message above says enough
-                log.warning("could not record the failed sync of %s", account.email)
         self._update(account.id, finished_at=datetime.now(UTC), error=error)

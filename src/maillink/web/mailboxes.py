@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from maillink.linking.facts import Reason
 from maillink.store import accounts as store_accounts
-from maillink.store import users
+from maillink.store import read_models, users
 from maillink.store.accounts import Account
-from maillink.store.schema import item_cache, messages, threads
-from maillink.web.jobs import SyncJob
+from maillink.store.read_models import item_titles, last_dates
+from maillink.web.jobs import SyncJob, SyncJobs
+
+__all__ = ["Mailbox", "item_titles", "last_dates", "state_of", "summaries", "visible_accounts"]
 
 STATES = {
     "syncing": "Syncing…",
+    "daemon": "Being synced by the daemon",
     "up_to_date": "Up to date",
     "needs_reauth": "Needs re-authorisation",
     "paused": "Paused",
@@ -46,7 +49,7 @@ class Mailbox:
 
     @property
     def syncing(self) -> bool:
-        return self.state == "syncing"
+        return self.state in ("syncing", "daemon")
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -65,7 +68,7 @@ class Mailbox:
 
 def state_of(account: Account, job: SyncJob | None) -> str:
     if job is not None and job.running:
-        return "syncing"
+        return "daemon" if job.held_by else "syncing"
     if account.status == store_accounts.NEEDS_REAUTH:
         return "needs_reauth"
     if account.status == store_accounts.PAUSED:
@@ -85,28 +88,18 @@ def _linking(reason: str | None) -> bool:
 
 
 def summaries(
-    conn: Connection, found: Sequence[Account], jobs: Any, *, with_owner: bool = False
+    conn: Connection, found: Sequence[Account], jobs: SyncJobs, *, with_owner: bool = False
 ) -> list[Mailbox]:
     """The mailboxes `found`, each with its counts, in their order."""
     ids = [a.id for a in found]
     stored: dict[int, int] = dict.fromkeys(ids, 0)
     linked: dict[int, int] = dict.fromkeys(ids, 0)
     waiting: dict[int, int] = dict.fromkeys(ids, 0)
-    if ids:
-        for account_id, reason, count in conn.execute(
-            select(messages.c.account_id, messages.c.reason, func.count())
-            .where(messages.c.account_id.in_(ids))
-            .group_by(messages.c.account_id, messages.c.reason)
-        ):
-            stored[account_id] += count
-            if _linking(reason):
-                linked[account_id] += count
-        for account_id, count in conn.execute(
-            select(threads.c.account_id, func.count())
-            .where(threads.c.account_id.in_(ids), threads.c.waiting.is_(True))
-            .group_by(threads.c.account_id)
-        ):
-            waiting[account_id] = count
+    for account_id, reason, count in read_models.messages_by_reason(conn, ids):
+        stored[account_id] += count
+        if _linking(reason):
+            linked[account_id] += count
+    waiting.update(read_models.waiting_threads_count(conn, ids))
     owners = users.owner_emails(conn) if with_owner else {}
     out = []
     for account in found:
@@ -138,32 +131,3 @@ def visible_accounts(conn: Connection, user: users.WebUser) -> list[Account]:
     every = store_accounts.all_accounts(conn)
     ids = users.visible_account_ids(conn, user)
     return every if ids is None else [a for a in every if a.id in set(ids)]
-
-
-def last_dates(conn: Connection, thread_ids: Sequence[int]) -> dict[int, datetime | None]:
-    """The date of each thread's newest message."""
-    if not thread_ids:
-        return {}
-    rows = conn.execute(
-        select(messages.c.thread_id, func.max(messages.c.date))
-        .where(messages.c.thread_id.in_(list(thread_ids)))
-        .group_by(messages.c.thread_id)
-    )
-    return {thread_id: latest for thread_id, latest in rows}
-
-
-def item_titles(conn: Connection, refs: Sequence[str], person_ids: Iterable[int]) -> dict[str, str]:
-    """The titles the CRM cache knows for these items (`deal:12` → "Renewal 2026"), among the
-    items of these persons only: a page never names an item of someone else's contacts."""
-    wanted = set(refs)
-    persons = sorted(set(person_ids))
-    titles: dict[str, str] = {}
-    if wanted and persons:
-        rows = conn.execute(
-            select(item_cache.c["items"]).where(item_cache.c.person_id.in_(persons))
-        )
-        for (items,) in rows:
-            for item in items:
-                if item.get("ref") in wanted and item.get("title"):
-                    titles[item["ref"]] = item["title"]
-    return titles

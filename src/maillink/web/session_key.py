@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import secrets
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from maillink.errors import WrongKeyError
 from maillink.secrets import TokenCipher
-from maillink.store import Store
-from maillink.store.schema import crm_state
+from maillink.store import Store, cache
 
 NAME = "web.session_key"
 log = logging.getLogger(__name__)
@@ -28,9 +27,7 @@ def session_key(store: Store, cipher: TokenCipher) -> str:
     """The session-signing key, made and stored on first use."""
     for _ in range(2):  # a second round only when another process stored one meanwhile
         with store.transaction() as conn:
-            stored = conn.execute(
-                select(crm_state.c.value).where(crm_state.c.name == NAME)
-            ).scalar()
+            stored = cache.get_state(conn, NAME)
             if stored is not None:
                 try:
                     key = cipher.decrypt(stored)
@@ -43,12 +40,12 @@ def session_key(store: Store, cipher: TokenCipher) -> str:
                     stored = cipher.encrypt(key)
                 else:
                     stored = cipher.rotate(stored)
-                conn.execute(update(crm_state).where(crm_state.c.name == NAME).values(value=stored))
+                cache.set_state(conn, NAME, stored)
                 return key
         try:
             key = secrets.token_urlsafe(48)
             with store.transaction() as conn:
-                conn.execute(insert(crm_state).values(name=NAME, value=cipher.encrypt(key)))
+                cache.add_state(conn, NAME, cipher.encrypt(key))
             return key
         except IntegrityError:
             continue
@@ -57,10 +54,8 @@ def session_key(store: Store, cipher: TokenCipher) -> str:
 
 def rotate_session_key(conn: Connection, cipher: TokenCipher) -> bool:
     """Re-encrypt the stored session key under the newest key; False when there is none."""
-    stored = conn.execute(select(crm_state.c.value).where(crm_state.c.name == NAME)).scalar()
+    stored = cache.get_state(conn, NAME)
     if stored is None:
         return False
-    conn.execute(
-        update(crm_state).where(crm_state.c.name == NAME).values(value=cipher.rotate(stored))
-    )
+    cache.set_state(conn, NAME, cipher.rotate(stored))
     return True

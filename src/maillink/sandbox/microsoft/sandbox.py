@@ -25,11 +25,11 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
-from maillink.sandbox.microsoft_batch import BATCH_PART, Traffic
-from maillink.sandbox.microsoft_grants import Grant, IdentityState, User
-from maillink.sandbox.microsoft_graph import GraphContext, register_graph_routes
-from maillink.sandbox.microsoft_identity import register_identity_routes
-from maillink.sandbox.microsoft_mailbox import (
+from maillink.sandbox.microsoft.batch import BATCH_PART, Traffic
+from maillink.sandbox.microsoft.grants import Grant, IdentityState, User
+from maillink.sandbox.microsoft.graph import GraphContext, register_graph_routes
+from maillink.sandbox.microsoft.identity import register_identity_routes
+from maillink.sandbox.microsoft.mailbox import (
     Mailbox,
     Recipient,
     StoredMessage,
@@ -38,8 +38,8 @@ from maillink.sandbox.microsoft_mailbox import (
     new_ids,
     recipient,
 )
-from maillink.sandbox.microsoft_odata import graph_error
-from maillink.sandbox.microsoft_tls import ThrowawayCA
+from maillink.sandbox.microsoft.odata import graph_error
+from maillink.sandbox.microsoft.tls import ThrowawayCA
 
 __all__ = ["MicrosoftSandbox"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
-from maillink.sandbox.pipedrive_data import (
+from maillink.sandbox.pipedrive.data import (
     DEAL_STATUSES,
     PROJECT_STATUSES,
     InvalidBody,
@@ -28,7 +28,7 @@ from maillink.sandbox.pipedrive_data import (
     project_json,
     v2_time,
 )
-from maillink.sandbox.pipedrive_query import (
+from maillink.sandbox.pipedrive.query import (
     ApiError,
     bool_arg,
     choices_arg,

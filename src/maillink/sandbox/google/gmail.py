@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from flask import Flask, Response, request
 
 from maillink.sandbox._server import Meter
-from maillink.sandbox.gmail_errors import (
+from maillink.sandbox.google.errors import (
     QueryArgs,
     bad_request,
     forbidden,
@@ -28,14 +28,14 @@ from maillink.sandbox.gmail_errors import (
     rate_limited,
     unauthenticated,
 )
-from maillink.sandbox.gmail_mailbox import (
+from maillink.sandbox.google.mailbox import (
     HISTORY_TYPES,
     HistoryExpiredError,
     HistoryRecord,
     Mailbox,
     StoredMessage,
 )
-from maillink.sandbox.gmail_oauth import SCOPE_METADATA, OAuthState
+from maillink.sandbox.google.oauth import SCOPE_METADATA, Grant, OAuthState
 
 # Quota units per call (Google's model before 2026; [gmail] quota_model, docs/configuration.md).
 UNITS = {
@@ -126,10 +126,17 @@ def _fetcher() -> str:
 
 
 def _begin_call(ctx: GmailContext, name: str, user_id: str) -> Mailbox:
-    """Authenticate, authorize, and charge one call; the caller holds the lock."""
+    """Count, authenticate, authorize and charge one call; the caller holds the lock."""
     ctx.meter.count(name)
+    grant = _authorize(ctx.oauth, user_id)
+    _charge(ctx, name, grant.email)
+    return ctx.mailboxes[grant.email]
+
+
+def _authorize(oauth: OAuthState, user_id: str) -> Grant:
+    """The grant of the request's bearer token, if it may read `user_id`'s metadata."""
     token = _bearer_token()
-    grant = ctx.oauth.grant_for(token) if token else None
+    grant = oauth.grant_for(token) if token else None
     if grant is None:
         raise unauthenticated()
     if SCOPE_METADATA not in grant.scopes:
@@ -138,12 +145,16 @@ def _begin_call(ctx: GmailContext, name: str, user_id: str) -> Mailbox:
         )
     if user_id != "me" and user_id.lower() != grant.email:
         raise forbidden(f"Delegation denied for {grant.email}")
+    return grant
+
+
+def _charge(ctx: GmailContext, name: str, mailbox: str) -> None:
+    """Take the call's quota units from the mailbox's bucket (429 when empty), then meter them."""
     if ctx.quota is not None:
-        wait = ctx.quota.take(grant.email, UNITS[name])
+        wait = ctx.quota.take(mailbox, UNITS[name])
         if wait > 0:
             raise rate_limited(max(1, math.ceil(wait)))
     ctx.meter.count(name, UNITS[name], n=0)
-    return ctx.mailboxes[grant.email]
 
 
 def _message_format(args: QueryArgs) -> str:
@@ -197,12 +208,35 @@ def _history_body(record: HistoryRecord) -> dict[str, object]:
 
 def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
     """Mount the Gmail API v1 methods under /gmail/v1/users/{userId}/ on `app`."""
-    base = "/gmail/v1/users/<user_id>"
+    GmailRoutes(ctx).register(app)
 
-    @app.get(f"{base}/profile")
-    def get_profile(user_id: str) -> Response:
-        with ctx.lock:
-            mailbox = _begin_call(ctx, "gmail.users.getProfile", user_id)
+
+_LIST_ARGS = frozenset({"maxResults", "pageToken", "labelIds", "includeSpamTrash", "q"})
+_GET_ARGS = frozenset({"format", "metadataHeaders"})
+_HISTORY_ARGS = frozenset({"startHistoryId", "historyTypes", "pageToken", "maxResults", "labelId"})
+
+
+class GmailRoutes:
+    """One handler per Gmail method: begin the call (auth, quota, meter), parse its query,
+    answer from the mailbox, render the resource. Each holds the sandbox lock throughout."""
+
+    def __init__(self, ctx: GmailContext) -> None:
+        self.ctx = ctx
+
+    def register(self, app: Flask) -> None:
+        base = "/gmail/v1/users/<user_id>"
+        for rule, view in (
+            ("/profile", self.get_profile),
+            ("/messages", self.list_messages),
+            ("/messages/<message_id>", self.get_message),
+            ("/threads/<thread_id>", self.get_thread),
+            ("/history", self.list_history),
+        ):
+            app.add_url_rule(base + rule, view.__name__, view, methods=["GET"])
+
+    def get_profile(self, user_id: str) -> Response:
+        with self.ctx.lock:
+            mailbox = _begin_call(self.ctx, "gmail.users.getProfile", user_id)
             QueryArgs(request.args, frozenset())
             body = {
                 "emailAddress": mailbox.email,
@@ -212,100 +246,140 @@ def register_gmail_routes(app: Flask, ctx: GmailContext) -> None:
             }
         return json_response(body)
 
-    @app.get(f"{base}/messages")
-    def list_messages(user_id: str) -> Response:
-        allowed = frozenset({"maxResults", "pageToken", "labelIds", "includeSpamTrash", "q"})
-        with ctx.lock:
-            mailbox = _begin_call(ctx, "gmail.messages.list", user_id)
-            args = QueryArgs(request.args, allowed)
-            if "q" in args:
-                raise forbidden("Metadata scope does not support 'q' parameter")
-            limit = args.integer("maxResults", DEFAULT_PAGE, MAX_PAGE)
-            label_ids = args.strings("labelIds")
-            include_spam_trash = args.boolean("includeSpamTrash", False)
-            token = args.string("pageToken")
-            before = None
-            if token:
-                ms, seq, message_id = decode_token(token, "m", 4)
-                if not (
-                    isinstance(ms, int) and isinstance(seq, int) and isinstance(message_id, str)
-                ):
-                    raise bad_request("Invalid pageToken")
-                before = (ms, seq, message_id)
-            page, next_key = mailbox.list_page(label_ids, include_spam_trash, before, limit)
-            body: dict[str, object] = {}
-            if page:
-                body["messages"] = [{"id": m.id, "threadId": m.thread_id} for m in page]
-            if next_key is not None:
-                body["nextPageToken"] = encode_token("m", *next_key)
-            body["resultSizeEstimate"] = mailbox.estimate(label_ids, include_spam_trash)
-        return json_response(body)
+    def list_messages(self, user_id: str) -> Response:
+        with self.ctx.lock:
+            mailbox = _begin_call(self.ctx, "gmail.messages.list", user_id)
+            query = _ListQuery.parse(QueryArgs(request.args, _LIST_ARGS))
+            page, next_key = mailbox.list_page(
+                query.label_ids, query.include_spam_trash, query.before, query.limit
+            )
+            estimate = mailbox.estimate(query.label_ids, query.include_spam_trash)
+        return json_response(_list_body(page, next_key, estimate))
 
-    @app.get(f"{base}/messages/<message_id>")
-    def get_message(user_id: str, message_id: str) -> Response:
-        with ctx.lock:
-            mailbox = _begin_call(ctx, "gmail.messages.get", user_id)
-            args = QueryArgs(request.args, frozenset({"format", "metadataHeaders"}))
+    def get_message(self, user_id: str, message_id: str) -> Response:
+        with self.ctx.lock:
+            mailbox = _begin_call(self.ctx, "gmail.messages.get", user_id)
+            args = QueryArgs(request.args, _GET_ARGS)
             fmt = _message_format(args)
             message = mailbox.messages.get(message_id)
             if message is None:
                 raise not_found()
             body = message_body(message, fmt, args.strings("metadataHeaders"))
-            ctx.record_fetch(mailbox.email, [message.id])
+            self.ctx.record_fetch(mailbox.email, [message.id])
         return json_response(body)
 
-    @app.get(f"{base}/threads/<thread_id>")
-    def get_thread(user_id: str, thread_id: str) -> Response:
-        with ctx.lock:
-            mailbox = _begin_call(ctx, "gmail.threads.get", user_id)
-            args = QueryArgs(request.args, frozenset({"format", "metadataHeaders"}))
+    def get_thread(self, user_id: str, thread_id: str) -> Response:
+        with self.ctx.lock:
+            mailbox = _begin_call(self.ctx, "gmail.threads.get", user_id)
+            args = QueryArgs(request.args, _GET_ARGS)
             fmt = _message_format(args)
             try:
                 messages = mailbox.thread(thread_id)
             except KeyError:
                 raise not_found() from None
-            headers = args.strings("metadataHeaders")
-            body = {
-                "id": thread_id,
-                "historyId": str(max(m.history_id for m in messages)),
-                "messages": [message_body(m, fmt, headers) for m in messages],
-            }
-            ctx.record_fetch(mailbox.email, [m.id for m in messages])
+            body = _thread_body(thread_id, messages, fmt, args.strings("metadataHeaders"))
+            self.ctx.record_fetch(mailbox.email, [m.id for m in messages])
         return json_response(body)
 
-    @app.get(f"{base}/history")
-    def list_history(user_id: str) -> Response:
-        allowed = frozenset(
-            {"startHistoryId", "historyTypes", "pageToken", "maxResults", "labelId"}
-        )
-        with ctx.lock:
-            mailbox = _begin_call(ctx, "gmail.history.list", user_id)
-            args = QueryArgs(request.args, allowed)
-            start = args.uint64("startHistoryId")
-            if start is None:
-                raise bad_request("Required parameter: startHistoryId")
-            types = args.strings("historyTypes")
-            for kind in types:
-                if kind not in HISTORY_TYPES:
-                    raise bad_request(f"Invalid value at 'history_types', \"{kind}\"")
-            limit = args.integer("maxResults", DEFAULT_PAGE, MAX_PAGE)
-            token = args.string("pageToken")
-            after = None
-            if token:
-                (value,) = decode_token(token, "h", 2)
-                if not isinstance(value, int):
-                    raise bad_request("Invalid pageToken")
-                after = value
+    def list_history(self, user_id: str) -> Response:
+        with self.ctx.lock:
+            mailbox = _begin_call(self.ctx, "gmail.history.list", user_id)
+            query = _HistoryQuery.parse(QueryArgs(request.args, _HISTORY_ARGS))
             try:
                 page, next_after = mailbox.history_page(
-                    start, types, args.string("labelId"), after, limit
+                    query.start, query.types, query.label_id, query.after, query.limit
                 )
             except HistoryExpiredError:
                 raise not_found() from None
-            body: dict[str, object] = {}
-            if page:
-                body["history"] = [_history_body(record) for record in page]
-            if next_after is not None:
-                body["nextPageToken"] = encode_token("h", next_after)
-            body["historyId"] = str(mailbox.history_id)
+            body = _history_list_body(page, next_after, mailbox.history_id)
         return json_response(body)
+
+
+@dataclass(frozen=True)
+class _ListQuery:
+    """messages.list's parameters, checked in the order Gmail checks them."""
+
+    limit: int
+    label_ids: list[str]
+    include_spam_trash: bool
+    before: tuple[int, int, str] | None
+
+    @classmethod
+    def parse(cls, args: QueryArgs) -> _ListQuery:
+        if "q" in args:
+            raise forbidden("Metadata scope does not support 'q' parameter")
+        limit = args.integer("maxResults", DEFAULT_PAGE, MAX_PAGE)
+        label_ids = args.strings("labelIds")
+        include_spam_trash = args.boolean("includeSpamTrash", False)
+        token = args.string("pageToken")
+        before = None
+        if token:
+            ms, seq, message_id = decode_token(token, "m", 4)
+            if not (isinstance(ms, int) and isinstance(seq, int) and isinstance(message_id, str)):
+                raise bad_request("Invalid pageToken")
+            before = (ms, seq, message_id)
+        return cls(limit, label_ids, include_spam_trash, before)
+
+
+@dataclass(frozen=True)
+class _HistoryQuery:
+    """history.list's parameters, checked in the order Gmail checks them."""
+
+    start: int
+    types: list[str]
+    limit: int
+    after: int | None
+    label_id: str | None
+
+    @classmethod
+    def parse(cls, args: QueryArgs) -> _HistoryQuery:
+        start = args.uint64("startHistoryId")
+        if start is None:
+            raise bad_request("Required parameter: startHistoryId")
+        types = args.strings("historyTypes")
+        for kind in types:
+            if kind not in HISTORY_TYPES:
+                raise bad_request(f"Invalid value at 'history_types', \"{kind}\"")
+        limit = args.integer("maxResults", DEFAULT_PAGE, MAX_PAGE)
+        token = args.string("pageToken")
+        after = None
+        if token:
+            (value,) = decode_token(token, "h", 2)
+            if not isinstance(value, int):
+                raise bad_request("Invalid pageToken")
+            after = value
+        return cls(start, types, limit, after, args.string("labelId"))
+
+
+def _list_body(
+    page: list[StoredMessage], next_key: tuple[int, int, str] | None, estimate: int
+) -> dict[str, object]:
+    body: dict[str, object] = {}
+    if page:
+        body["messages"] = [{"id": m.id, "threadId": m.thread_id} for m in page]
+    if next_key is not None:
+        body["nextPageToken"] = encode_token("m", *next_key)
+    body["resultSizeEstimate"] = estimate
+    return body
+
+
+def _thread_body(
+    thread_id: str, messages: list[StoredMessage], fmt: str, header_names: list[str]
+) -> dict[str, object]:
+    return {
+        "id": thread_id,
+        "historyId": str(max(m.history_id for m in messages)),
+        "messages": [message_body(m, fmt, header_names) for m in messages],
+    }
+
+
+def _history_list_body(
+    page: list[HistoryRecord], next_after: int | None, history_id: int
+) -> dict[str, object]:
+    body: dict[str, object] = {}
+    if page:
+        body["history"] = [_history_body(record) for record in page]
+    if next_after is not None:
+        body["nextPageToken"] = encode_token("h", next_after)
+    body["historyId"] = str(history_id)
+    return body

@@ -17,7 +17,7 @@ from flask import Flask, Response, request
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from maillink.sandbox._server import Meter
-from maillink.sandbox.gmail_errors import GoogleApiError, bad_request
+from maillink.sandbox.google.errors import GoogleApiError, bad_request
 
 MAX_BATCH_PARTS = 100
 INNER_FLAG = "maillink.sandbox.inner"

@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Response
 
-from maillink.sandbox.microsoft_mailbox import BASIC_FORBIDDEN, StoredMessage, parse_iso
+from maillink.sandbox.microsoft.mailbox import BASIC_FORBIDDEN, StoredMessage, parse_iso
 
 # The v1.0 message resource's properties (resources/message.md), with the shape of each.
 MESSAGE_PROPERTIES = (

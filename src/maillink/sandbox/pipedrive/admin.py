@@ -9,8 +9,8 @@ from datetime import datetime
 
 from flask import Response, jsonify, request
 
-from maillink.sandbox.pipedrive_data import Records, merged_person_json
-from maillink.sandbox.pipedrive_query import ApiError
+from maillink.sandbox.pipedrive.data import Records, merged_person_json
+from maillink.sandbox.pipedrive.query import ApiError
 
 # Operation -> token cost (the v1 spec's x-token-cost); charged like `TOKEN_COSTS`.
 ADMIN_COSTS: dict[str, int] = {"persons.merge": 40}

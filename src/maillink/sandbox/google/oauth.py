@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_plus, urlencode, urlsplit
 
 from flask import Flask, Response, jsonify, redirect, request
+from werkzeug.datastructures import Authorization
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from maillink.sandbox._server import Meter
@@ -194,101 +195,152 @@ def register_oauth_routes(
     consent_as: Callable[[], str | None],
 ) -> None:
     """Mount /o/oauth2/auth (and /o/oauth2/v2/auth), /token and /revoke on `app`."""
+    OAuthRoutes(state, lock, meter, consent_as).register(app)
 
-    def authorize() -> WerkzeugResponse:
-        meter.count("oauth.authorize")
-        args = request.args
-        client_id = args.get("client_id", "")
-        if client_id not in state.clients:
-            return _error_page(401, "invalid_client", "The OAuth client was not found.")
-        redirect_uri = args.get("redirect_uri", "")
-        if not is_loopback_redirect(redirect_uri):
-            return _error_page(
-                400, "redirect_uri_mismatch", "redirect_uri must be a loopback http URI."
-            )
-        if args.get("response_type") != "code":
-            return _error_page(400, "unsupported_response_type", "response_type must be code.")
-        scopes = tuple(args.get("scope", "").split())
-        try:
-            check_scopes(scopes)
-        except ValueError:
-            return _error_page(
-                400, "invalid_scope", f"Some requested scopes were invalid: {scopes}"
-            )
-        challenge = args.get("code_challenge", "")
-        if args.get("code_challenge_method") != "S256" or not _PKCE_VALUE.match(challenge):
-            return _error_page(
-                400, "invalid_request", "PKCE with code_challenge_method=S256 is required."
-            )
-        params = {"state": args["state"]} if "state" in args else {}
-        email = consent_as()
+
+class OAuthRoutes:
+    """The OAuth endpoints, one handler each; token state is read and written under `lock`."""
+
+    def __init__(
+        self,
+        state: OAuthState,
+        lock: threading.RLock,
+        meter: Meter,
+        consent_as: Callable[[], str | None],
+    ) -> None:
+        self.state = state
+        self.lock = lock
+        self.meter = meter
+        self.consent_as = consent_as
+
+    def register(self, app: Flask) -> None:
+        app.add_url_rule("/o/oauth2/auth", "oauth_authorize", self.authorize)
+        app.add_url_rule("/o/oauth2/v2/auth", "oauth_authorize_v2", self.authorize)
+        app.add_url_rule("/token", "token", self.token, methods=["POST"])
+        app.add_url_rule("/revoke", "revoke", self.revoke, methods=["POST"])
+        app.register_error_handler(OAuthError, _oauth_error)
+
+    def authorize(self) -> WerkzeugResponse:
+        """The consent screen: redirects back with a code, or with access_denied."""
+        self.meter.count("oauth.authorize")
+        ask = _authorization_request(request.args, self.state.clients)
+        if isinstance(ask, Response):
+            return ask
+        email = self.consent_as()
         if email is None:
-            return redirect(_with_query(redirect_uri, {**params, "error": "access_denied"}))
-        with lock:
-            code = state.new_code(Grant(email, scopes, client_id), redirect_uri, challenge)
-        return redirect(
-            _with_query(redirect_uri, {**params, "code": code, "scope": " ".join(scopes)})
-        )
+            return redirect(_with_query(ask.redirect_uri, {**ask.echo, "error": "access_denied"}))
+        with self.lock:
+            code = self.state.new_code(
+                Grant(email, ask.scopes, ask.client_id), ask.redirect_uri, ask.challenge
+            )
+        answer = {**ask.echo, "code": code, "scope": " ".join(ask.scopes)}
+        return redirect(_with_query(ask.redirect_uri, answer))
 
-    app.add_url_rule("/o/oauth2/auth", "oauth_authorize", authorize)
-    app.add_url_rule("/o/oauth2/v2/auth", "oauth_authorize_v2", authorize)
-
-    @app.post("/token")
-    def token() -> Response:
-        meter.count("oauth.token")
+    def token(self) -> Response:
+        """Redeem an authorization code or a refresh token for an access token."""
+        self.meter.count("oauth.token")
         form = request.form
-        client_id, client_secret = form.get("client_id"), form.get("client_secret")
-        basic = request.authorization
-        if basic is not None and basic.type == "basic":
-            client_id = unquote_plus(basic.username or "")
-            client_secret = unquote_plus(basic.password or "")
+        client_id, client_secret = _client_credentials(form, request.authorization)
         grant_type = form.get("grant_type")
         if not grant_type:
             raise OAuthError(400, "invalid_request", "Missing required parameter: grant_type")
-        with lock:
-            state.authenticate_client(client_id, client_secret)
+        with self.lock:
+            self.state.authenticate_client(client_id, client_secret)
             assert client_id is not None
-            if grant_type == "authorization_code":
-                code = _required(form, "code")
-                grant = state.redeem_code(
-                    code, client_id, form.get("redirect_uri"), form.get("code_verifier", "")
-                )
-                refresh_token: str | None = state.issue_refresh_token(grant)
-            elif grant_type == "refresh_token":
-                grant = state.refresh(
-                    _required(form, "refresh_token"), client_id, form.get("scope")
-                )
-                refresh_token = None
-            else:
-                raise OAuthError(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
-            body: dict[str, object] = {
-                "access_token": state.issue_access_token(grant),
-                "expires_in": ACCESS_TOKEN_SECONDS,
-                "scope": " ".join(grant.scopes),
-                "token_type": "Bearer",
-            }
-        if refresh_token is not None:
-            body["refresh_token"] = refresh_token
-        response = jsonify(body)
-        response.headers["Cache-Control"] = "no-cache, no-store, max-age=0, must-revalidate"
-        response.headers["Pragma"] = "no-cache"
-        return response
+            grant, refresh_token = self._exchange(grant_type, form, client_id)
+            access_token = self.state.issue_access_token(grant)
+        return _token_response(access_token, grant, refresh_token)
 
-    @app.post("/revoke")
-    def revoke() -> Response:
-        meter.count("oauth.revoke")
+    def revoke(self) -> Response:
+        self.meter.count("oauth.revoke")
         token_value = request.form.get("token") or request.args.get("token") or ""
-        with lock:
-            revoked = state.revoke_token(token_value)
+        with self.lock:
+            revoked = self.state.revoke_token(token_value)
         if not revoked:
             raise OAuthError(400, "invalid_token", "Token expired or revoked")
         return jsonify({})
 
-    @app.errorhandler(OAuthError)
-    def oauth_error(error: OAuthError) -> Response:
-        response = jsonify({"error": error.error, "error_description": error.description})
-        response.status_code = error.status
-        return response
+    def _exchange(
+        self, grant_type: str, form: Mapping[str, str], client_id: str
+    ) -> tuple[Grant, str | None]:
+        """The grant a token request stands for, and a new refresh token when it redeems a code."""
+        if grant_type == "authorization_code":
+            code = _required(form, "code")
+            grant = self.state.redeem_code(
+                code, client_id, form.get("redirect_uri"), form.get("code_verifier", "")
+            )
+            return grant, self.state.issue_refresh_token(grant)
+        if grant_type == "refresh_token":
+            refresh_token = _required(form, "refresh_token")
+            return self.state.refresh(refresh_token, client_id, form.get("scope")), None
+        raise OAuthError(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
+
+
+@dataclass(frozen=True)
+class _AuthorizationRequest:
+    client_id: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    challenge: str
+    echo: dict[str, str]  # the client's `state`, sent back with the answer
+
+
+def _authorization_request(
+    args: Mapping[str, str], clients: Mapping[str, str]
+) -> _AuthorizationRequest | Response:
+    """The authorization request in `args`, or the error page Google shows instead of consent."""
+    client_id = args.get("client_id", "")
+    if client_id not in clients:
+        return _error_page(401, "invalid_client", "The OAuth client was not found.")
+    redirect_uri = args.get("redirect_uri", "")
+    if not is_loopback_redirect(redirect_uri):
+        return _error_page(
+            400, "redirect_uri_mismatch", "redirect_uri must be a loopback http URI."
+        )
+    if args.get("response_type") != "code":
+        return _error_page(400, "unsupported_response_type", "response_type must be code.")
+    scopes = tuple(args.get("scope", "").split())
+    try:
+        check_scopes(scopes)
+    except ValueError:
+        return _error_page(400, "invalid_scope", f"Some requested scopes were invalid: {scopes}")
+    challenge = args.get("code_challenge", "")
+    if args.get("code_challenge_method") != "S256" or not _PKCE_VALUE.match(challenge):
+        return _error_page(
+            400, "invalid_request", "PKCE with code_challenge_method=S256 is required."
+        )
+    echo = {"state": args["state"]} if "state" in args else {}
+    return _AuthorizationRequest(client_id, redirect_uri, scopes, challenge, echo)
+
+
+def _client_credentials(
+    form: Mapping[str, str], basic: Authorization | None
+) -> tuple[str | None, str | None]:
+    """The client id and secret, from HTTP Basic when sent (it wins), else from the form."""
+    if basic is not None and basic.type == "basic":
+        return unquote_plus(basic.username or ""), unquote_plus(basic.password or "")
+    return form.get("client_id"), form.get("client_secret")
+
+
+def _token_response(access_token: str, grant: Grant, refresh_token: str | None) -> Response:
+    body: dict[str, object] = {
+        "access_token": access_token,
+        "expires_in": ACCESS_TOKEN_SECONDS,
+        "scope": " ".join(grant.scopes),
+        "token_type": "Bearer",
+    }
+    if refresh_token is not None:
+        body["refresh_token"] = refresh_token
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-cache, no-store, max-age=0, must-revalidate"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+def _oauth_error(error: OAuthError) -> Response:
+    response = jsonify({"error": error.error, "error_description": error.description})
+    response.status_code = error.status
+    return response
 
 
 def _required(form: Mapping[str, str], name: str) -> str:

@@ -11,7 +11,6 @@ write is done, the answer never arrives).
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import socket
 import threading
@@ -19,14 +18,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
-from maillink.sandbox.pipedrive_admin import ADMIN_COSTS, admin_routes
-from maillink.sandbox.pipedrive_data import (
+from maillink.sandbox.pipedrive.admin import ADMIN_COSTS, admin_routes
+from maillink.sandbox.pipedrive.data import (
     DEFAULT_ACTIVITY_TYPES,
     PROJECT_STATUSES,
     Deal,
@@ -39,10 +38,10 @@ from maillink.sandbox.pipedrive_data import (
     note_has_key,
     utc,
 )
-from maillink.sandbox.pipedrive_query import ApiError
-from maillink.sandbox.pipedrive_views import TOKEN_COSTS, V2_QUERY_PARAMS, PipedriveViews
+from maillink.sandbox.pipedrive.limits import check_burst, seconds_to_utc_midnight
+from maillink.sandbox.pipedrive.query import ApiError
+from maillink.sandbox.pipedrive.views import TOKEN_COSTS, V2_QUERY_PARAMS, PipedriveViews
 
-BURST_WINDOW = 2.0  # seconds: Pipedrive's rolling burst window
 _ERROR_INFO = "Please check developers.pipedrive.com for more information about Pipedrive API."
 
 
@@ -404,6 +403,8 @@ class PipedriveSandbox:
         return scheme.lower() == "bearer" and bearer == self.oauth_token
 
     def _check_limits(self, operation: str) -> None:
+        """The burst limits, then the daily token budget (each a 429 when spent); the call joins
+        the burst windows only once all of them let it through."""
         now = time.monotonic()
         token = request.headers.get("x-api-token") or request.headers.get("Authorization", "")
         with self._limits_lock:
@@ -411,42 +412,31 @@ class PipedriveSandbox:
             limits = [("all", self.burst_per_2s)]
             if operation == "persons.search":
                 limits.append(("search", self.search_burst_per_2s))
+            admitted = []
             for scope, limit in limits:
                 if limit is None:
                     continue
                 window = self._windows.setdefault(f"{scope}:{token}", deque())
-                while window and window[0] <= now - BURST_WINDOW:
-                    window.popleft()
-                reset = max(1, math.ceil(BURST_WINDOW - (now - window[0]))) if window else 2
-                headers.update(
-                    {
-                        "x-ratelimit-limit": str(limit),
-                        "x-ratelimit-remaining": str(max(0, limit - len(window) - 1)),
-                        "x-ratelimit-reset": str(reset),
-                    }
-                )
-                if len(window) >= limit:
-                    headers.update({"x-ratelimit-remaining": "0", "Retry-After": str(reset)})
-                    raise ApiError(429, "Request over limit", headers)
-            if self.daily_token_budget is not None:
-                left = self.daily_token_budget - self.tokens_spent_today
-                headers["x-daily-ratelimit-token-limit"] = str(self.daily_token_budget)
-                headers["x-daily-ratelimit-token-remaining"] = "0"
-                if left <= 0:
-                    now_utc = datetime.now(UTC)
-                    midnight = datetime.combine(
-                        now_utc.date() + timedelta(days=1), datetime.min.time(), UTC
-                    )
-                    wait = math.ceil((midnight - now_utc).total_seconds())
-                    headers["Retry-After"] = str(wait)
-                    raise ApiError(429, "Daily API token budget exceeded", headers)
-                self.tokens_spent_today += TOKEN_COSTS.get(operation, ADMIN_COSTS.get(operation, 0))
-                left = self.daily_token_budget - self.tokens_spent_today
-                headers["x-daily-ratelimit-token-remaining"] = str(max(0, left))
-            for scope, limit in limits:
-                if limit is not None:
-                    self._windows[f"{scope}:{token}"].append(now)
+                check_burst(window, limit, now, headers)
+                admitted.append(window)
+            self._charge_budget(operation, headers)
+            for window in admitted:
+                window.append(now)
             g.rate_headers = headers
+
+    def _charge_budget(self, operation: str, headers: dict[str, str]) -> None:
+        """Spend the call's tokens from today's budget, or refuse it until UTC midnight."""
+        if self.daily_token_budget is None:
+            return
+        left = self.daily_token_budget - self.tokens_spent_today
+        headers["x-daily-ratelimit-token-limit"] = str(self.daily_token_budget)
+        headers["x-daily-ratelimit-token-remaining"] = "0"
+        if left <= 0:
+            headers["Retry-After"] = str(seconds_to_utc_midnight())
+            raise ApiError(429, "Daily API token budget exceeded", headers)
+        self.tokens_spent_today += TOKEN_COSTS.get(operation, ADMIN_COSTS.get(operation, 0))
+        left = self.daily_token_budget - self.tokens_spent_today
+        headers["x-daily-ratelimit-token-remaining"] = str(max(0, left))
 
     def _rate_headers(self, response: Response) -> Response:
         for name, value in getattr(g, "rate_headers", {}).items():

@@ -21,9 +21,9 @@ from urllib.parse import quote, unquote, urlencode
 from flask import Flask, Response, request
 
 from maillink.sandbox._server import Meter
-from maillink.sandbox.microsoft_batch import Traffic, run_batch
-from maillink.sandbox.microsoft_grants import Grant, IdentityState
-from maillink.sandbox.microsoft_mailbox import (
+from maillink.sandbox.microsoft.batch import Traffic, run_batch
+from maillink.sandbox.microsoft.grants import Grant, IdentityState
+from maillink.sandbox.microsoft.mailbox import (
     DeltaRound,
     DeltaTokens,
     Entry,
@@ -32,7 +32,7 @@ from maillink.sandbox.microsoft_mailbox import (
     StoredMessage,
     TokenExpired,
 )
-from maillink.sandbox.microsoft_odata import (
+from maillink.sandbox.microsoft.odata import (
     ODataError,
     check_order_with_filter,
     check_readable,

@@ -1,134 +1,156 @@
-"""The outbox rows of a recording: one activity per email, team-wide, claimed so that two
-daemons recording the same email (it reached two connected mailboxes) at the same moment both
-commit: insert-or-ignore and compare-and-set, then the claims that lost are decided again from
-the row that won.
+"""The outbox rows a recording claims: one activity per email, team-wide.
+
+Two daemons recording the same email (it reached two connected mailboxes) at the same moment
+both commit: insert-or-ignore and compare-and-set, then the claims that lost are claimed again
+from the row that won. The first mailbox that stored an email owns its activity; the same email
+in another connected mailbox is a duplicate and writes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Integer, bindparam, select, update
 
-from maillink.crm.activity import draft_for, draft_to_json
-from maillink.linking.facts import Decision, Reason
-from maillink.model import Message
+from maillink.model import ItemRef
 from maillink.store import cache
 from maillink.store.schema import activities, messages
 
+_CHUNK = 500  # bound on the size of IN (...) lists
 _CLAIM_ROUNDS = 5  # re-reads of outbox rows that other daemons changed meanwhile (one is usual)
 
 
-def claim_activities(
-    conn: Connection, replayed: Sequence[tuple[Any, Message, Decision]], now: datetime
-) -> list[Decision]:
-    """Each replayed decision once its email's activity is claimed in the outbox.
+@dataclass(frozen=True)
+class ActivityClaim:
+    """The activity one decided email wants: `desired` (a draft's JSON), or None when its
+    decision writes no activity."""
 
-    The same email may reach two mailboxes that two daemons record at the same moment: the
-    outbox row is written so that the other's write cannot fail this one (insert-or-ignore,
-    compare-and-set), and the claims that lost are decided again from the row that won.
+    message_row_id: int
+    key: str  # the email's maillink-id
+    desired: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class OwnedElsewhere:
+    """The email's activity belongs to another stored copy of it: that copy's decision writes it."""
+
+    key: str
+    account_id: int | None  # None: the owner's message is not found any more
+    provider_id: str | None
+
+    def describe(self) -> str:
+        if self.account_id is None:
+            return "another mailbox"
+        return f"message {self.provider_id} of account {self.account_id}"
+
+
+def delivered_links(conn: Connection, keys: Iterable[str]) -> dict[str, frozenset[ItemRef]]:
+    """The items each of these emails' activities already carries in the CRM: those created
+    there whose latest version was delivered (a pending version's items are not the CRM's yet).
     """
-    decisions = [decision for _, _, decision in replayed]
-    pending = list(range(len(replayed)))
+    wanted = sorted(set(keys))
+    found: dict[str, frozenset[ItemRef]] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        for key, desired in conn.execute(
+            select(activities.c.key, activities.c.desired).where(
+                activities.c.key.in_(wanted[start : start + _CHUNK]),
+                activities.c.crm_id.is_not(None),
+                activities.c.delivered_version >= activities.c.desired_version,
+            )
+        ):
+            found[key] = frozenset(ItemRef.parse(ref) for ref in desired.get("items", ()))
+    return found
+
+
+def claim_activities(
+    conn: Connection, claims: Sequence[ActivityClaim], now: datetime
+) -> list[OwnedElsewhere | None]:
+    """Put each claim's activity in the outbox; for each claim, None when it is this email's to
+    write (or writes nothing), or whose it is when another stored copy owns it."""
+    outcomes: list[OwnedElsewhere | None] = [None] * len(claims)
+    pending = list(range(len(claims)))
     for _ in range(_CLAIM_ROUNDS):
-        claims = ActivityClaims(
-            conn,
-            [replayed[i][1].key for i in pending if replayed[i][2].reason.writes_activity],
+        round_ = _ClaimRound(
+            conn, [claims[i].key for i in pending if claims[i].desired is not None]
         )
         for i in pending:
-            row, message, decision = replayed[i]
-            decisions[i] = claims.claim(row, message, decision, now)
-        lost = claims.write()
+            outcomes[i] = round_.claim(claims[i], now)
+        lost = round_.write()
         if not lost:
-            return decisions
-        pending = [i for i in pending if replayed[i][1].key in lost]
+            return outcomes
+        pending = [i for i in pending if claims[i].key in lost]
     raise RuntimeError(
         f"the outbox rows of {len(pending)} emails kept changing under this recording"
     )
 
 
-class ActivityClaims:
-    """The outbox rows of one recording: read at once, changed in memory, written at once.
-
-    One activity per email, team-wide: the first mailbox that stored an email owns its
-    activity; the same email in another connected mailbox is recorded as a duplicate and writes
-    nothing.
-    """
+class _ClaimRound:
+    """The outbox rows of one recording: read at once, changed in memory, written at once."""
 
     def __init__(self, conn: Connection, keys: Sequence[str]) -> None:
         self.conn = conn
         self.existing: dict[str, tuple[int | None, Any, int]] = {}
         wanted = sorted(set(keys))
-        for start in range(0, len(wanted), 500):
+        for start in range(0, len(wanted), _CHUNK):
             for key, owner, desired, version in conn.execute(
                 select(
                     activities.c.key,
                     activities.c.owner_message_id,
                     activities.c.desired,
                     activities.c.desired_version,
-                ).where(activities.c.key.in_(wanted[start : start + 500]))
+                ).where(activities.c.key.in_(wanted[start : start + _CHUNK]))
             ):
                 self.existing[key] = (owner, desired, version)
         self.read = dict(self.existing)  # as read: the updates are compare-and-set on it
         self.inserts: dict[str, dict[str, Any]] = {}
         self.updates: dict[str, dict[str, Any]] = {}
 
-    def claim(
-        self, row: Mapping[str, Any], message: Message, decision: Decision, now: datetime
-    ) -> Decision:
-        """Put the activity this decision wants in the outbox (or say whose it is)."""
-        if not decision.reason.writes_activity:
-            return decision
-        key = message.key
-        desired = draft_to_json(draft_for(message, decision.person_ids, decision.items))
+    def claim(self, claim: ActivityClaim, now: datetime) -> OwnedElsewhere | None:
+        """Put the activity this claim wants in the outbox (or say whose it is)."""
+        desired = claim.desired
+        if desired is None:
+            return None
+        key, row_id = claim.key, claim.message_row_id
         existing = self.existing.get(key)
         if existing is None:
             self.inserts[key] = {
                 "key": key,
-                "owner_message_id": row["id"],
+                "owner_message_id": row_id,
                 "desired": desired,
                 "desired_version": 1,
                 "delivered_version": 0,
                 "attempts": 0,
                 "updated_at": now,
             }
-            self.existing[key] = (row["id"], desired, 1)
-            return decision
+            self.existing[key] = (row_id, desired, 1)
+            return None
         owner, stored, version = existing
-        if owner not in (None, row["id"]):
+        if owner not in (None, row_id):
             found = self.conn.execute(
                 select(messages.c.account_id, messages.c.provider_id).where(messages.c.id == owner)
             ).first()
-            where = (
-                f"message {found.provider_id} of account {found.account_id}"
-                if found
-                else "another mailbox"
-            )
-            return Decision(
-                provider_id=decision.provider_id,
-                reason=Reason.DUPLICATE_MESSAGE,
-                person_ids=decision.person_ids,
-                detail=f"the same email ({key}) was stored first as {where}, "
-                f"whose decision writes its one activity",
-            )
+            if found is None:
+                return OwnedElsewhere(key, None, None)
+            return OwnedElsewhere(key, found.account_id, found.provider_id)
         if stored != desired:
             if key in self.inserts:  # created by this recording: still its first version
-                self.inserts[key].update(owner_message_id=row["id"], desired=desired)
-                self.existing[key] = (row["id"], desired, version)
-                return decision
+                self.inserts[key].update(owner_message_id=row_id, desired=desired)
+                self.existing[key] = (row_id, desired, version)
+                return None
             self.updates[key] = {
                 "b_key": key,
-                "b_owner": row["id"],
+                "b_owner": row_id,
                 "b_desired": desired,
                 "b_version": version + 1,
                 "b_read_owner": self.read[key][0],
                 "b_read_version": self.read[key][2],
                 "b_updated_at": now,
             }
-            self.existing[key] = (row["id"], desired, version + 1)
-        return decision
+            self.existing[key] = (row_id, desired, version + 1)
+        return None
 
     def write(self) -> set[str]:
         """Write the claims; returns the keys whose row another writer took meanwhile (its
@@ -164,11 +186,11 @@ class ActivityClaims:
         written.update({k: v["b_owner"] for k, v in self.updates.items()})
         wanted = sorted(written)
         kept: set[str] = set()
-        for start in range(0, len(wanted), 500):
+        for start in range(0, len(wanted), _CHUNK):
             rows = self.conn.execute(
                 select(
                     activities.c.key, activities.c.owner_message_id, activities.c.desired_version
-                ).where(activities.c.key.in_(wanted[start : start + 500]))
+                ).where(activities.c.key.in_(wanted[start : start + _CHUNK]))
             )
             # A message's id is its own: a row that names this recording's message at the
             # version it wrote is the one it wrote.

@@ -27,11 +27,11 @@ from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
-from maillink.sandbox.gmail_api import GmailContext, QuotaBuckets, register_gmail_routes
-from maillink.sandbox.gmail_batch import INNER_FLAG, RESET_FLAG, register_batch_route
-from maillink.sandbox.gmail_errors import GoogleApiError
-from maillink.sandbox.gmail_mailbox import Mailbox
-from maillink.sandbox.gmail_oauth import (
+from maillink.sandbox.google.batch import INNER_FLAG, RESET_FLAG, register_batch_route
+from maillink.sandbox.google.errors import GoogleApiError
+from maillink.sandbox.google.gmail import GmailContext, QuotaBuckets, register_gmail_routes
+from maillink.sandbox.google.mailbox import Mailbox
+from maillink.sandbox.google.oauth import (
     SCOPE_METADATA,
     Grant,
     OAuthState,

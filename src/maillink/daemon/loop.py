@@ -1,8 +1,7 @@
-"""Rounds over the mailboxes: `sync --once` runs one, `daemon` runs them on a schedule.
+"""`maillink daemon`: every active mailbox synced on its schedule until asked to stop.
 
-Every mailbox round runs under the mailbox's lease (`store/leases.py`): acquired from the store,
-renewed in the background while the round works, released with the mailbox's next run
-(`leased_round.py`). With
+The main thread acquires due mailboxes while workers are free; each worker runs a mailbox round
+(`rounds.py`: under the mailbox's lease, released with its next run, `schedule.py`). With
 SQLite, one daemon does the work; with PostgreSQL, several daemons on several machines share the
 store and the mailboxes divide themselves among them. One mailbox's failure is recorded on it
 (`accounts.last_error`, then backoff) and never delays the others.
@@ -17,28 +16,23 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from maillink.crm.base import CRMError
+from maillink.daemon.rounds import Holding, Rounds, is_conflict
 from maillink.errors import ConfigError
-from maillink.leased_round import (
-    LeaseKeeper,
-    either,
-    finish,
-    held_elsewhere,
-    is_conflict,
-    schedule_of,
-    sync_mailbox,
-)
 from maillink.ops.metrics import Metrics, ObservedRetryPolicy, observe_requests_session
 from maillink.providers.base import MailProvider
 from maillink.store import Store, accounts, leases
 from maillink.store.accounts import Account
-from maillink.store.leases import FencedStore, Lease, LeaseLost
-from maillink.sync import CrmRetry, RoundResult, poll_crm_changes
+from maillink.store.leases import Lease, LeaseLost
+from maillink.sync import RoundResult, poll_crm_changes
+
+if TYPE_CHECKING:
+    from maillink.app import App
 
 log = logging.getLogger("maillink.daemon")
 
@@ -46,81 +40,9 @@ TICK_SECONDS = 0.5  # how often the daemon looks for due mailboxes
 ENSURE_EVERY_SECONDS = 5.0  # how often mailboxes connected meanwhile get a lease row
 SERVICES = {"gmail": "gmail", "microsoft": "graph"}  # the API a mailbox's provider calls
 
-__all__ = ["Daemon", "run_daemon", "sync_round"]
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def sync_round(
-    app: Any,
-    *,
-    should_stop: Callable[[], bool] = lambda: False,
-    owner: str | None = None,
-    retry: CrmRetry | None = None,
-) -> list[RoundResult]:
-    """Poll the CRM's changes once, then one incremental round per active mailbox, now.
-
-    Each mailbox is synced under its lease; one a running process holds is skipped (`skipped`,
-    with `held_by` and `held_until`); one held by a process of this host that is gone is taken
-    over at once. With `retry`, each round tries transient CRM failures again (`CrmRetry`).
-    One mailbox's failure (revoked grant, provider outage, a token the key cannot decrypt) is
-    recorded on that mailbox and never stops the others.
-    """
-    with contextlib.suppress(CRMError):  # stale caches expire on their own; linking goes on
-        poll_crm_changes(app.store, app.crm)
-    owner = owner or leases.daemon_id()
-    store: Store = app.store
-    duration = timedelta(seconds=app.settings.sync.lease_seconds)
-    schedule = schedule_of(app)
-    with store.transaction() as conn:
-        leases.ensure(conn, _now())
-    with store.engine.connect() as conn:
-        targets = [a for a in accounts.all_accounts(conn) if a.status == accounts.ACTIVE]
-    results: list[RoundResult] = []
-    keeper = LeaseKeeper(store, duration).start()
-    try:
-        for account in targets:
-            if should_stop():
-                break
-            with store.transaction() as conn:
-                got = leases.acquire(
-                    conn,
-                    owner,
-                    now=_now(),
-                    duration=duration,
-                    limit=1,
-                    due_only=False,
-                    account_ids=[account.id],
-                )
-            if not got:
-                results.append(held_elsewhere(store, account))
-                continue
-            lease = got[0]
-            if lease.taken_over:
-                log.info(
-                    "mailbox taken over from %s (its process is gone or its lease expired)",
-                    lease.previous_owner,
-                    extra={"event": "takeover", "account_id": lease.account_id},
-                )
-            lost = keeper.hold(lease)
-            try:
-                result = sync_mailbox(
-                    app, account, lease, should_stop=either(should_stop, lost), retry=retry
-                )
-            except LeaseLost:
-                results.append(held_elsewhere(store, account))
-                continue
-            finally:
-                keeper.drop(lease)
-            if lease.taken_over:
-                result.taken_over_from = lease.previous_owner
-            finish(store, lease, result, schedule, now=_now())
-            results.append(result)
-    finally:
-        keeper.stop()
-    return results
 
 
 class Daemon:
@@ -134,7 +56,7 @@ class Daemon:
 
     def __init__(
         self,
-        app: Any,
+        app: App,
         *,
         should_stop: Callable[[], bool],
         owner: str | None = None,
@@ -153,14 +75,20 @@ class Daemon:
         settings = app.settings
         default_workers = 1 if self.store.engine.dialect.name == "sqlite" else 4
         self.workers = workers or settings.sync.workers or default_workers
-        self.duration = timedelta(seconds=settings.sync.lease_seconds)
-        self.schedule = schedule_of(app)
         self.crm_poll_seconds = float(settings.daemon.crm_poll_seconds)
         self.out = out
         self.clock = clock
         self.rng = rng or random.Random()
         self.tick = tick
-        self.keeper = LeaseKeeper(self.store, self.duration, clock=clock, on_lost=self._lost)
+        self.rounds = Rounds(
+            app,
+            owner=self.owner,
+            clock=clock,
+            rng=self.rng,
+            on_lost=self._lost,
+            on_takeover=lambda lease: self.metrics.lease_takeovers.inc(),
+        )
+        self.keeper = self.rounds.keeper
         self._queue: queue.Queue[Lease | None] = queue.Queue()
         self._busy = 0
         self._busy_lock = threading.Lock()
@@ -181,7 +109,7 @@ class Daemon:
             leases.wake(conn, account_id, self.clock())
         self._poke.set()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, object]:
         return {
             "owner": self.owner,
             "workers": self.workers,
@@ -238,26 +166,11 @@ class Daemon:
             return
         held = {lease.account_id for lease in self.keeper.held()}
         try:
-            with self.store.transaction() as conn:
-                got = leases.acquire(
-                    conn,
-                    self.owner,
-                    now=self.clock(),
-                    duration=self.duration,
-                    limit=free,
-                    exclude=held,
-                )
+            got = self.rounds.acquire(limit=free, exclude=held)
         except SQLAlchemyError as exc:
             log.warning("cannot acquire mailboxes: %s", type(exc).__name__)
             return
         for lease in got:
-            if lease.taken_over:
-                self.metrics.lease_takeovers.inc()
-                log.info(
-                    "mailbox taken over from %s (its process is gone or its lease expired)",
-                    lease.previous_owner,
-                    extra={"event": "takeover", "account_id": lease.account_id},
-                )
             self.keeper.hold(lease)
             with self._busy_lock:
                 self._busy += 1
@@ -303,47 +216,36 @@ class Daemon:
         with self.store.engine.connect() as conn:
             account = accounts.get_by_id(conn, lease.account_id)
         if account is None or account.status != accounts.ACTIVE:
-            finish(self.store, lease, None, self.schedule, now=self.clock())
+            self.rounds.release(lease, None)
             return
         extra = {"account_id": account.id, "account": account.email}
-        lost = self.keeper.hold(lease)
-        started = time.monotonic()
-        result: RoundResult
-        conflict = False
-        try:
-            try:
-                provider = self._provider(account)
-            except ConfigError as exc:
-                result = RoundResult(account=account.email, error=str(exc))
-                with FencedStore(self.store, lease).transaction() as conn:
-                    accounts.synced(conn, account.id, result.error)
-            else:
-                result = sync_mailbox(
-                    self.app,
-                    account,
-                    lease,
-                    provider=provider,
-                    should_stop=either(self.should_stop, lost),
-                )
-        except LeaseLost:
+        with self.rounds.hold(account, lease=lease, should_stop=self.should_stop) as job:
+            started = time.monotonic()
+            self._sync(job, extra)
+            assert job.result is not None
+            self._done(job.result, extra, seconds=round(time.monotonic() - started, 3))
+        if job.lost:
             self.metrics.rounds.labels("lease_lost").inc()
             log.warning("lease lost: round abandoned, nothing more written", extra=extra)
-            return
+
+    def _sync(self, job: Holding, extra: dict[str, object]) -> None:
+        try:
+            job.sync(self._provider)
+        except LeaseLost:
+            raise
         except Exception as exc:  # a bug or the store: this mailbox's failure, not the daemon's
-            conflict = is_conflict(exc)
-            if conflict:
+            job.conflict = is_conflict(exc)
+            if job.conflict:
                 log.info("round lost a race with another daemon; again at once", extra=extra)
             else:
                 log.error("round failed", exc_info=exc, extra=extra)
             error = f"{type(exc).__name__}: {exc}"[:2000]
-            result = RoundResult(account=account.email, error=error)
-            with (
-                contextlib.suppress(LeaseLost, SQLAlchemyError),
-                FencedStore(self.store, lease).transaction() as conn,
-            ):
-                accounts.synced(conn, account.id, error)
+            job.result = RoundResult(account=job.account.email, error=error)
+            with contextlib.suppress(LeaseLost, SQLAlchemyError):
+                job.record_error(error)
+
+    def _done(self, result: RoundResult, extra: dict[str, object], *, seconds: float) -> None:
         self._count(result)
-        seconds = round(time.monotonic() - started, 3)
         if result.messages or result.error:
             self._say(
                 f"{result.account}: {result.messages} new messages"
@@ -368,22 +270,6 @@ class Daemon:
                     "seconds": seconds,
                 },
             )
-        self.keeper.drop(lease)  # released below: no renewal may race the release
-        try:
-            released = finish(
-                self.store,
-                lease,
-                result,
-                self.schedule,
-                now=self.clock(),
-                rng=self.rng,
-                conflict=conflict,
-            )
-        except SQLAlchemyError as exc:
-            log.warning("cannot release the mailbox: %s", type(exc).__name__, extra=extra)
-            return
-        if not released:
-            log.warning("lease lost before the mailbox was released", extra=extra)
 
     def _count(self, result: RoundResult) -> None:
         outcome = "stopped" if result.stopped else "error" if result.error else "ok"
@@ -411,7 +297,7 @@ class Daemon:
 
 
 def run_daemon(
-    app: Any,
+    app: App,
     *,
     should_stop: Callable[[], bool],
     out: Callable[[str], None] | None = print,
