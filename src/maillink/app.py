@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -31,10 +31,20 @@ from maillink.sync import Syncer
 GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.metadata"
 
 
+def _naive_utc(value: Any) -> datetime | None:
+    """A stored access token's expiry, as google-auth compares it (naive UTC); None if unusable."""
+    try:
+        return datetime.fromisoformat(str(value)).replace(tzinfo=None) if value else None
+    except ValueError:
+        return None
+
+
 class App:
     def __init__(self, settings: Settings, *, crm: CRM | None = None):
         self.settings = settings
         self._unsaved_tokens: dict[int, str] = {}
+        self._policy: tuple[str | None, LinkingPolicy] | None = None  # (accounts version, policy)
+        self.policy_builds = 0  # how many times the policy was built from every mailbox
         if crm is not None:
             self.__dict__["crm"] = crm
 
@@ -67,10 +77,26 @@ class App:
 
     # -- linking -------------------------------------------------------------------------------
     def policy(self) -> LinkingPolicy:
+        """The linking policy: the configured [linking] plus every connected mailbox's addresses.
+
+        Kept between calls and rebuilt only when the mailboxes changed (`accounts.version`, one
+        indexed read), so a round never reads every mailbox of the store."""
         with self.store.engine.connect() as conn:
+            marker = accounts.version(conn)
+            kept = self._policy
+            if kept is not None and kept[0] == marker:
+                return kept[1]
             connected = accounts.all_accounts(conn)
         own = [a.email for a in connected] + [alias for a in connected for alias in a.aliases]
-        return linking_policy(self.settings, own)
+        policy = linking_policy(self.settings, own)
+        self._policy = (marker, policy)
+        self.policy_builds += 1
+        return policy
+
+    def _kept_policy(self) -> LinkingPolicy:
+        """The policy as last built (built now the first time), without looking for changes."""
+        kept = self._policy
+        return kept[1] if kept is not None else self.policy()
 
     @cached_property
     def facts(self) -> FactGatherer:
@@ -87,14 +113,23 @@ class App:
     def outbox(self) -> Outbox:
         return Outbox(self.store, self.crm, redecide=lambda ids: self.linker().redecide(ids))
 
-    def syncer(self, store: Store | None = None) -> Syncer:
+    def syncer(self, store: Store | None = None, *, record_sync: bool = True) -> Syncer:
         """The syncer, its linker and outbox writing through `store` (the App's by default).
 
         A mailbox round takes the mailbox's lease and passes its fenced store
-        (`maillink.daemon.rounds.Rounds.hold`); the App's own store is for dry runs and tests."""
+        (`maillink.daemon.rounds.Rounds.hold`); the App's own store is for dry runs and tests.
+        Without `record_sync`, the syncer leaves `last_sync_at`/`last_error` to its caller (a
+        round records them as it releases the lease)."""
         store = self.store if store is None else store
-        linker = Linker(store, self.facts, self.policy())
-        return Syncer(store, linker, Outbox(store, self.crm, redecide=linker.redecide))
+        linker = Linker(store, self.facts, self._kept_policy())
+
+        def current() -> Linker:
+            # Looked at only when the round links something: an idle round reads no mailbox.
+            linker.policy = self.policy()
+            return linker
+
+        outbox = Outbox(store, self.crm, redecide=lambda ids: current().redecide(ids))
+        return Syncer(store, linker, outbox, refresh=current, record_sync=record_sync)
 
     # -- mailboxes -----------------------------------------------------------------------------
     def account(self, email: str) -> Account:
@@ -124,7 +159,10 @@ class App:
         client = self.credentials.google_client()
         tokens = self.tokens(account)
         google = GoogleCredentials(
-            token=None,
+            # The access token a previous round (of this process or another) kept: used until it
+            # is (nearly) spent, so a daemon's start refreshes nothing still valid.
+            token=tokens.get("access_token"),
+            expiry=_naive_utc(tokens.get("access_token_expiry")),
             refresh_token=tokens["refresh_token"],
             client_id=client["client_id"],
             client_secret=client.get("client_secret"),
@@ -141,7 +179,27 @@ class App:
             pacer=self.gmail_pacers.for_mailbox(account.email) if self.gmail_pacers else None,
             quota_model=self.settings.gmail.quota_model,
             prefetch=True,
+            on_token=lambda token, expiry: self._keep_access_token(account, tokens, token, expiry),
         )
+
+    def _keep_access_token(
+        self, account: Account, tokens: dict[str, Any], token: str, expiry: datetime
+    ) -> None:
+        """A refreshed Gmail access token kept (encrypted, beside the refresh token) for the next
+        round of any process; left alone if the mailbox was reconnected meanwhile."""
+        try:
+            with self.store.transaction() as conn:
+                current = accounts.get_by_id(conn, account.id)
+                if current is None or not current.token:
+                    return
+                stored = json.loads(self.cipher.decrypt(current.token))
+                if stored.get("refresh_token") != tokens["refresh_token"]:
+                    return
+                stored["access_token"] = token
+                stored["access_token_expiry"] = expiry.isoformat()
+                accounts.set_token(conn, account.id, self.cipher.encrypt(json.dumps(stored)))
+        except OperationalError:  # a dry run holds SQLite's write lock: refreshed again next time
+            return
 
     @cached_property
     def gmail_pacers(self) -> Pacers | None:

@@ -116,7 +116,7 @@ class Outbox:
         self.redecide = redecide
 
     def parked_until(self) -> datetime | None:
-        with self.store.transaction() as conn:
+        with self.store.engine.connect() as conn:  # a read: no writing (fenced) transaction
             value = cache.get_state(conn, PARKED_UNTIL)
         if value is None:
             return None

@@ -27,8 +27,9 @@ from maillink.outbox import Delivery, Outbox
 from maillink.providers.base import MailProvider, NeedsReauth, Page, ProviderError
 from maillink.providers.retry import Throttled
 from maillink.store import Store, accounts, cache, mail
+from maillink.store import outbox as outbox_rows
 from maillink.store.accounts import Account
-from maillink.store.outbox import left_for_later
+from maillink.store.outbox import WorkLeft, left_for_later
 
 CHANGES_SINCE = "crm_changes_since"
 MAILBOX = "mailbox"  # the incremental cursor of a mailbox
@@ -128,10 +129,29 @@ def poll_crm_changes(store: Store, crm: CRM, now: datetime | None = None) -> int
 
 
 class Syncer:
-    def __init__(self, store: Store, linker: Linker, outbox: Outbox):
+    """Runs mailbox rounds. An idle round (nothing new at the provider, nothing undecided or due
+    in the outbox) reads the mailbox's pending work once and its cursor, asks the provider once,
+    and writes nothing: an unchanged cursor is not written again.
+
+    `refresh` (when given) brings the linker's policy up to date; it is called only before
+    something is linked. Without `record_sync`, `last_sync_at`/`last_error` are left to the
+    caller (a leased round records them as it releases the mailbox, `daemon.rounds.finish`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        linker: Linker,
+        outbox: Outbox,
+        *,
+        refresh: Callable[[], object] | None = None,
+        record_sync: bool = True,
+    ):
         self.store = store
         self.linker = linker
         self.outbox = outbox
+        self.refresh = refresh
+        self.record_sync = record_sync
 
     def run(
         self,
@@ -149,13 +169,21 @@ class Syncer:
 
         With `retry`, what the CRM failed transiently is tried again within the round."""
         result = RoundResult(account=account.email)
+        work: WorkLeft | None = None
+        linked = False
         try:
             if dry_run:
                 self._dry_run(account, provider, since, result, on_page, should_stop)
             else:
-                self._catch_up(account, result)
-                self._pull(account, provider, since, result, on_page, should_stop, cursor_name)
-                if not result.stopped:
+                with self.store.engine.connect() as conn:  # one read: pending work, cursor
+                    work = outbox_rows.work_left(conn, account.id, datetime.now(UTC))
+                    cursor = accounts.get_cursor(conn, account.id, cursor_name)
+                if work.undecided:
+                    self._catch_up(account, result)
+                linked = self._pull(
+                    account, provider, cursor, since, result, on_page, should_stop, cursor_name
+                )
+                if not result.stopped and (work.due or work.undecided or linked):
                     # What earlier rounds left (a CRM outage, a write to retry) is due as well.
                     _merge(result.delivery, self.outbox.deliver(account_id=account.id))
                 if retry is not None and not result.stopped:
@@ -172,10 +200,13 @@ class Syncer:
         except (ProviderError, CRMAuthError) as exc:
             result.error = str(exc)
         if not dry_run:
-            with self.store.engine.connect() as conn:
-                result.crm_writes_left, result.undecided_left = left_for_later(conn, account.id)
-            with self.store.transaction() as conn:
-                accounts.synced(conn, account.id, result.error)
+            if work is None or work.pending or work.undecided or result.messages or linked:
+                with self.store.engine.connect() as conn:
+                    left = left_for_later(conn, account.id)
+                result.crm_writes_left, result.undecided_left = left
+            if self.record_sync:
+                with self.store.transaction() as conn:
+                    accounts.synced(conn, account.id, result.error)
         return result
 
     def _retry_crm(
@@ -231,6 +262,8 @@ class Syncer:
         )
 
     def _link(self, account: Account, thread_ids: Iterable[int], result: RoundResult) -> None:
+        if self.refresh is not None:
+            self.refresh()
         try:
             result.reasons.update(self.linker.decide(account, thread_ids))
         except (CRMUnavailable, CRMRateLimited) as exc:
@@ -252,35 +285,42 @@ class Syncer:
         self,
         account: Account,
         provider: MailProvider,
+        cursor: str | None,
         since: datetime | None,
         result: RoundResult,
         on_page: Callable[[Page, RoundResult], None] | None,
         should_stop: Callable[[], bool],
         cursor_name: str,
-    ) -> None:
-        with self.store.engine.connect() as conn:
-            cursor = accounts.get_cursor(conn, account.id, cursor_name)
+    ) -> bool:
+        """Store each page with its cursor (`cursor`: the stored one), link what it touched;
+        whether anything was linked."""
         known = StoreKnown(self.store, account.id)
+        linked = False
         for page in provider.pull(cursor, known, since=since):
-            with self.store.transaction() as conn:
-                touched = mail.save_messages(
-                    conn, account.id, page.messages, dict(page.thread_dates)
-                )
-                if page.removed:
-                    mail.mark_removed(conn, account.id, page.removed)
-                if page.cursor is not None:
-                    accounts.set_cursor(conn, account.id, page.cursor, cursor_name)
+            touched: list[int] = []
+            moved = page.cursor is not None and page.cursor != cursor
+            if page.messages or page.removed or moved:  # an empty page at the same cursor: idle
+                with self.store.transaction() as conn:
+                    touched = list(
+                        mail.save_messages(conn, account.id, page.messages, dict(page.thread_dates))
+                    )
+                    if page.removed:
+                        mail.mark_removed(conn, account.id, page.removed)
+                    if page.cursor is not None and moved:
+                        accounts.set_cursor(conn, account.id, page.cursor, cursor_name)
+                        cursor = page.cursor
             result.pages += 1
             result.messages += len(page.messages)
             result.listed += page.listed
             if touched:
                 self._link(account, touched, result)
-            _merge(result.delivery, self.outbox.deliver(account_id=account.id))
+                linked = True
+                _merge(result.delivery, self.outbox.deliver(account_id=account.id))
             if on_page:
                 on_page(page, result)
             if should_stop():
                 result.stopped = True
-                return
+                return linked
         if cursor_name != MAILBOX:
             # The listing is complete: its final cursor becomes the mailbox's incremental cursor.
             with self.store.transaction() as conn:
@@ -288,6 +328,7 @@ class Syncer:
                 if final is not None:
                     accounts.set_cursor(conn, account.id, final, MAILBOX)
                 accounts.delete_cursor(conn, account.id, cursor_name)
+        return linked
 
     def _dry_run(
         self,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from maillink.crm.base import CRMError
 from maillink.daemon.rounds import Holding, Rounds, is_conflict
@@ -213,8 +213,14 @@ class Daemon:
         return provider
 
     def _round(self, lease: Lease) -> None:
-        with self.store.engine.connect() as conn:
-            account = accounts.get_by_id(conn, lease.account_id)
+        try:
+            account = self._account(lease.account_id)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The database dropped the connection (a restart, an idle timeout): the pool has
+            # discarded its connections, so the round goes on with a fresh one.
+            account = self._account(lease.account_id)
         if account is None or account.status != accounts.ACTIVE:
             self.rounds.release(lease, None)
             return
@@ -227,6 +233,10 @@ class Daemon:
         if job.lost:
             self.metrics.rounds.labels("lease_lost").inc()
             log.warning("lease lost: round abandoned, nothing more written", extra=extra)
+
+    def _account(self, account_id: int) -> Account | None:
+        with self.store.engine.connect() as conn:
+            return accounts.get_by_id(conn, account_id)
 
     def _sync(self, job: Holding, extra: dict[str, object]) -> None:
         try:

@@ -51,6 +51,8 @@ def is_conflict(exc: BaseException) -> bool:
     if isinstance(exc, IntegrityError):
         return True
     if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:  # the database dropped the connection: a fresh one now
+            return True
         return getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
     return False
 
@@ -179,7 +181,8 @@ def finish(
 ) -> bool:
     """Release the mailbox with its next run: the interval after a good round, backoff after an
     error, at once after a round stopped halfway, not run (`result` None) or that lost a race
-    with another daemon's write (`conflict`)."""
+    with another daemon's write (`conflict`). The round's outcome is recorded on the mailbox
+    (`accounts.synced`) in the same transaction."""
     failures = lease.failures
     if result is None or result.stopped or conflict:
         next_run = now
@@ -190,7 +193,12 @@ def finish(
         failures = 0
         next_run = schedule.after_success(now, rng)
     with store.transaction() as conn:
-        return leases.release(conn, lease, next_run_at=next_run, failures=failures)
+        released = leases.release(conn, lease, next_run_at=next_run, failures=failures)
+        if released and result is not None:
+            # The round's `last_sync_at`/`last_error`, in the release's transaction: an idle
+            # round writes nothing else.
+            accounts.synced(conn, lease.account_id, result.error)
+        return released
 
 
 @dataclass
@@ -373,7 +381,7 @@ class Rounds:
             yield Holding(account, None, should_stop)
             return
         lost = self.keeper.hold(lease)
-        syncer = self.app.syncer(FencedStore(self.store, lease))
+        syncer = self.app.syncer(FencedStore(self.store, lease), record_sync=False)
         holding = Holding(account, syncer, either(should_stop, lost), lease=lease)
         try:
             yield holding

@@ -10,7 +10,7 @@ means a full re-sync, deduplicated against what the store already holds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -39,7 +39,8 @@ class GmailProvider:
     `pacer` spends the mailbox's quota units at a steady rate (`quota_model` says what each call
     costs). `strategy` "per_message" is the naive way, kept for the benchmark's comparison: one
     messages.get request per message. `prefetch` reads the next page while the caller stores
-    and links the one in hand.
+    and links the one in hand. `on_token` is told of each new access token (to keep it for the
+    next process: a restart then refreshes nothing that is still valid).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class GmailProvider:
         quota_model: str = "2025",
         strategy: Strategy = "cheapest",
         prefetch: bool = False,
+        on_token: Callable[[str, datetime], None] | None = None,
     ) -> None:
         if not 1 <= page_size <= 500:
             raise ValueError(f"page_size must be 1 to 500, not {page_size}")
@@ -78,6 +80,7 @@ class GmailProvider:
             policy=policy or RetryPolicy(),
             pacer=pacer,
             quota_model=quota_model,
+            on_token=on_token,
         )
 
     @property
@@ -112,12 +115,15 @@ class GmailProvider:
             batch_size=self._batch_size,
             per_message=self._per_message,
         )
-        if state is None:
-            yield from self._listing(None, None, known, since, fetcher)
-        elif state.phase == "list":
-            yield from self._listing(state.history_id, state.page_token, known, since, fetcher)
-        else:
-            yield from self._history(state.history_id, known, since, fetcher)
+        try:
+            if state is None:
+                yield from self._listing(None, None, known, since, fetcher)
+            elif state.phase == "list":
+                yield from self._listing(state.history_id, state.page_token, known, since, fetcher)
+            else:
+                yield from self._history(state.history_id, known, since, fetcher)
+        finally:
+            self._api.release()  # idle until the next round: no client, no connection held
 
     # --- first sync ----------------------------------------------------------------------
 

@@ -4,23 +4,33 @@ Every call Gmail answered is counted in quota units (Google's per-call model, [g
 an error answer counts too), and every HTTP request at the transport, token refreshes included. Batches go to the batch endpoint built from
 the configured API endpoint, since the client library would take Google's from its discovery
 document.
+
+A mailbox costs little while idle: the API description is parsed once per process, trimmed to the
+calls below and shared by every mailbox's client (`api_description`); the client library's
+objects are built at a round's first call and dropped when the round ends (`GmailApi.release`),
+and the connections are lent to the round by one pool per process (`CONNECTIONS`), so an idle
+mailbox holds only its credentials and counters. The access token is refreshed at the first
+request that needs it (`google_token`), under the same policy as a call.
 """
 
 from __future__ import annotations
 
+import copy
 import http.client
 import json
 import ssl
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import google_auth_httplib2
 import httplib2
 from google.auth import exceptions as auth_exceptions
-from google.auth.credentials import Credentials
-from googleapiclient.discovery import build
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build_from_document
+from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
@@ -33,6 +43,7 @@ from maillink.http_policy import (
     Failure,
     parse_retry_after,
 )
+from maillink.providers.google_token import TokenRefused, due, refresh, spread
 from maillink.providers.pacing import GMAIL_UNITS, Pacer
 from maillink.providers.retry import RetryPolicy
 
@@ -43,6 +54,70 @@ METADATA_HEADERS = (
 UNITS = GMAIL_UNITS["2025"]
 HISTORY_TYPES = ("messageAdded", "labelAdded", "messageDeleted")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# The methods maillink calls, by resource of `users`; the shared description keeps only these.
+USED_METHODS: dict[str, tuple[str, ...]] = {
+    "": ("getProfile",),
+    "messages": ("list", "get"),
+    "threads": ("get",),
+    "history": ("list",),
+}
+
+_description: dict[str, Any] | None = None
+_description_lock = threading.Lock()
+
+
+def api_description() -> dict[str, Any]:
+    """Gmail v1's discovery document, parsed once per process and shared by every client.
+
+    Trimmed to `USED_METHODS` and the schemas they name, and warmed up once: the client library
+    adds the root parameters to each method's description the first time it builds it, so that
+    later builds, from any thread, change nothing in it.
+    """
+    global _description
+    with _description_lock:
+        if _description is None:
+            text = get_static_doc("gmail", "v1")
+            if text is None:
+                raise RuntimeError("googleapiclient ships no Gmail v1 discovery document")
+            description = _trimmed(json.loads(text))
+            users = build_from_document(
+                description, http=httplib2.Http(), client_options={"api_endpoint": "https://x/"}
+            ).users()
+            for name in USED_METHODS:
+                if name:
+                    getattr(users, name)()
+            _description = description
+        return _description
+
+
+def _trimmed(document: dict[str, Any]) -> dict[str, Any]:
+    """`document` with only the `users` methods of `USED_METHODS` and the schemas they use."""
+    users = document["resources"]["users"]
+    trimmed_users: dict[str, Any] = {
+        "methods": {m: users["methods"][m] for m in USED_METHODS[""]},
+        "resources": {
+            name: {"methods": {m: users["resources"][name]["methods"][m] for m in methods}}
+            for name, methods in USED_METHODS.items()
+            if name
+        },
+    }
+    schemas: dict[str, Any] = document.get("schemas", {})
+    needed: set[str] = set()
+    pending = [trimmed_users]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref not in needed and ref in schemas:
+                needed.add(ref)
+                pending.append(schemas[ref])
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    result = {k: v for k, v in document.items() if k not in ("resources", "schemas")}
+    result["resources"] = {"users": copy.deepcopy(trimmed_users)}
+    result["schemas"] = {name: schemas[name] for name in sorted(needed)}
+    return result
 
 
 def check_endpoint(url: str, what: str) -> str:
@@ -79,6 +154,13 @@ def classify(exc: BaseException) -> Failure | None:
         reason, message = _error_fields(exc.content)
         retry_after = parse_retry_after(exc.resp.get("retry-after"))
         return Failure(exc.resp.status, reason, retry_after, message)
+    if isinstance(exc, TokenRefused):
+        if exc.error == INVALID_GRANT:
+            return Failure(None, INVALID_GRANT, detail="token refresh refused")
+        if exc.status in (408, 429) or exc.status >= 500:
+            # Busy or failing: waited out (Retry-After) or retried like any call's answer.
+            return Failure(exc.status, None, exc.retry_after, detail="token endpoint")
+        return Failure(None, exc.error or "refresh_failed", detail="token refresh failed")
     if isinstance(exc, auth_exceptions.RefreshError):
         error = _oauth_error(exc)
         if error == INVALID_GRANT:
@@ -121,14 +203,110 @@ def _oauth_error(exc: auth_exceptions.RefreshError) -> str | None:
     return INVALID_GRANT if INVALID_GRANT in text else None
 
 
-class _CountingHttp(httplib2.Http):
-    """httplib2 with a count of the requests sent (a batch counts once)."""
+class _Connections:
+    """The process's idle HTTP connections to Google, lent to one round at a time.
 
-    sent = 0
+    A round takes an `httplib2.Http` (its kept-alive connections to the API and the token
+    endpoint) and gives it back when it ends, for the next round of any mailbox: connections are
+    as many as rounds run at once, whatever the number of mailboxes. No credential rides on them:
+    each request carries its mailbox's token.
+    """
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        self.sent += 1
-        return super().request(*args, **kwargs)
+    KEEP = 16  # idle ones kept; more are closed
+
+    def __init__(self) -> None:
+        self._idle: dict[float, list[httplib2.Http]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, timeout: float) -> httplib2.Http:
+        with self._lock:
+            idle = self._idle.get(timeout)
+            if idle:
+                return idle.pop()
+        return httplib2.Http(timeout=timeout)
+
+    def give(self, http: httplib2.Http, timeout: float) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(timeout, [])
+            if len(idle) < self.KEEP:
+                idle.append(http)
+                return
+        http.close()
+
+
+CONNECTIONS = _Connections()
+
+
+class _RoundHttp:
+    """One mailbox's HTTP for one round, as the client library calls it (httplib2's `request`).
+
+    Each request carries the mailbox's access token, refreshed first when it is (nearly) spent,
+    and refreshed again when Gmail answers 401 (sent once more). The connections are lent by
+    `CONNECTIONS` for the round and given back when it ends.
+    """
+
+    def __init__(self, api: GmailApi, timeout: float) -> None:
+        self._api = api
+        self._timeout = timeout
+        self._http = CONNECTIONS.take(timeout)
+
+    def _send(
+        self, uri: str, method: str, body: Any, headers: dict[str, str], **kwargs: Any
+    ) -> tuple[httplib2.Response, bytes]:
+        self._api.sent += 1
+        response, content = self._http.request(uri, method, body=body, headers=headers, **kwargs)
+        return response, content
+
+    def _send_token(
+        self, uri: str, method: str, body: str | None, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        response, content = self._send(uri, method, body, headers)
+        return response.status, dict(response), content
+
+    def _refresh(self) -> None:
+        credentials = self._api.credentials
+        refresh(credentials, self._send_token)
+        token, expiry = credentials.token, credentials.expiry
+        if self._api.on_token is not None and token and expiry is not None:
+            self._api.on_token(token, expiry)
+
+    def request(
+        self,
+        uri: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[httplib2.Response, bytes]:
+        credentials = self._api.credentials
+        if due(credentials, self._api.early):
+            self._refresh()
+        sent = dict(headers or {})
+        sent["authorization"] = f"Bearer {credentials.token}"
+        response, content = self._send(uri, method, body, sent, **kwargs)
+        if response.status == 401:  # revoked meanwhile, or the token was refused: once more
+            self._refresh()
+            sent["authorization"] = f"Bearer {credentials.token}"
+            response, content = self._send(uri, method, body, sent, **kwargs)
+        return response, content
+
+    def close(self) -> None:
+        CONNECTIONS.give(self._http, self._timeout)
+
+
+class _RoundClient:
+    """The client library's objects for one round, built from the shared description."""
+
+    def __init__(self, http: _RoundHttp, api_endpoint: str) -> None:
+        self.http = http
+        service = build_from_document(
+            api_description(), http=http, client_options={"api_endpoint": api_endpoint}
+        )
+        self.users = service.users()
+        # Built once: the client library makes a new resource object on every call otherwise.
+        self.messages = self.users.messages()
+        self.threads = self.users.threads()
+        self.history = self.users.history()
 
 
 @dataclass(frozen=True)
@@ -156,23 +334,16 @@ class GmailApi:
         policy: RetryPolicy,
         pacer: Pacer | None = None,
         quota_model: str = "2025",
+        on_token: Callable[[str, datetime], None] | None = None,
     ) -> None:
         check_endpoint(api_endpoint, "the Gmail API endpoint")
-        self._transport = _CountingHttp(timeout=http_timeout)
-        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=self._transport)
-        service = build(
-            "gmail",
-            "v1",
-            http=self._http,
-            client_options={"api_endpoint": api_endpoint},
-            static_discovery=True,
-            cache_discovery=False,
-        )
-        self._users = service.users()
-        # Built once: the client library makes a new resource object on every call otherwise.
-        self._messages = self._users.messages()
-        self._threads = self._users.threads()
-        self._history = self._users.history()
+        self.credentials = credentials
+        self.on_token = on_token  # told of each new access token and its expiry (naive UTC)
+        self.early = spread(credentials)
+        self.sent = 0
+        self._api_endpoint = api_endpoint
+        self._http_timeout = http_timeout
+        self._client: _RoundClient | None = None
         self._batch_uri = api_endpoint.rstrip("/") + "/batch/gmail/v1"
         self._batch_size = batch_size
         self._policy = policy.for_service(GMAIL)
@@ -187,7 +358,21 @@ class GmailApi:
 
     @property
     def http_requests(self) -> int:
-        return self._transport.sent
+        return self.sent
+
+    @property
+    def _round(self) -> _RoundClient:
+        """The round's client, built at its first call."""
+        if self._client is None:
+            self._client = _RoundClient(_RoundHttp(self, self._http_timeout), self._api_endpoint)
+        return self._client
+
+    def release(self) -> None:
+        """The round is over: its client is dropped, its connections given back (the token is
+        kept)."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.http.close()
 
     def _call(self, method: str, make: Callable[[], Any], call: str | None = None) -> Any:
         def attempt() -> Any:
@@ -208,7 +393,7 @@ class GmailApi:
         return result
 
     def profile(self) -> dict[str, Any]:
-        return self._call("users.getProfile", lambda: self._users.getProfile(userId="me"))
+        return self._call("users.getProfile", lambda: self._round.users.getProfile(userId="me"))
 
     def list_messages(
         self, page_token: str | None, page_size: int, *, resumed: bool = False
@@ -217,7 +402,9 @@ class GmailApi:
         (a 400 then means it is no longer valid: ResyncRequired)."""
         return self._call(
             "messages.list",
-            lambda: self._messages.list(userId="me", maxResults=page_size, pageToken=page_token),
+            lambda: self._round.messages.list(
+                userId="me", maxResults=page_size, pageToken=page_token
+            ),
             call="page" if resumed else None,
         )
 
@@ -225,7 +412,7 @@ class GmailApi:
         """A page of changes since `start`; a 404 (start too old) raises ResyncRequired."""
         return self._call(
             "history.list",
-            lambda: self._history.list(
+            lambda: self._round.history.list(
                 userId="me",
                 startHistoryId=start,
                 historyTypes=list(HISTORY_TYPES),
@@ -236,7 +423,8 @@ class GmailApi:
         )
 
     def _request(self, get: Get) -> Any:
-        resource = self._threads if get.kind == "thread" else self._messages
+        client = self._round
+        resource = client.threads if get.kind == "thread" else client.messages
         return resource.get(
             userId="me", id=get.id, format="metadata", metadataHeaders=list(METADATA_HEADERS)
         )
@@ -303,7 +491,7 @@ class GmailApi:
                 batch = BatchHttpRequest(callback=on_part, batch_uri=self._batch_uri)
                 for index, get in enumerate(parts):
                     batch.add(self._request(get), request_id=str(index))
-                batch.execute(http=self._http)
+                batch.execute(http=self._round.http)
             # Counted once the parts were answered (each part is charged as its own call).
             self.quota_units += units
 

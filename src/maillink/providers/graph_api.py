@@ -7,10 +7,13 @@
   known to point at the configured Graph root: the bearer token never goes to another host.
 - Failures are classified for the shared policy (`http_policy.RULES`); a 401 first gets one fresh
   token, then means the grant is gone.
+- Every mailbox's requests go through one connection pool per process (`shared_session`), each
+  with its own bearer token: an idle mailbox holds no connection.
 """
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import logging
 import threading
@@ -71,6 +74,25 @@ class CABundleSession(requests.Session):
         if self.ca_bundle is not None and verify in (None, True):
             settings["verify"] = self.ca_bundle
         return settings
+
+
+_sessions: dict[tuple[str | None, float | None], CABundleSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def shared_session(ca_bundle: str | None, timeout: float | None) -> CABundleSession:
+    """The process's Graph session for this CA bundle and timeout, shared by every mailbox.
+
+    It keeps no cookie: what one mailbox's answer set must never ride on another's request.
+    """
+    key = (ca_bundle, timeout)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            session = CABundleSession(ca_bundle, timeout)
+            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+            _sessions[key] = session
+        return session
 
 
 class TokenUnavailable(ProviderError):
@@ -198,7 +220,7 @@ class GraphApi:
         self._batch_size = batch_size
         self.gate = MailboxGate(max_concurrency)
         self._pacer = pacer  # requests a mailbox may send (a $batch counts its parts)
-        self._session = CABundleSession(ca_bundle, http_timeout)
+        self._session = shared_session(ca_bundle, http_timeout)
         self._count_lock = threading.Lock()
         self.http_requests = 0
 

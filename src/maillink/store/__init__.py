@@ -54,7 +54,11 @@ def _engine_for(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    # No ping per checkout (a round trip per transaction): a connection the server dropped fails
+    # its statement, is discarded by the pool, and the caller's error handling retries (a round
+    # that lost its connection runs again at once, `daemon.rounds.is_conflict`); connections are
+    # recycled before common idle timeouts close them.
+    return create_engine(parsed, pool_recycle=1800)
 
 
 def _alembic_config(connection: Connection) -> Config:

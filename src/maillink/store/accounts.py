@@ -1,7 +1,14 @@
-"""Connected mailboxes: their status, encrypted tokens and cursors."""
+"""Connected mailboxes: their status, encrypted tokens and cursors.
+
+Every change of the set of mailboxes or of their addresses (a mailbox connected, reconnected or
+removed) sets a new `accounts_version` (a `crm_state` row) in the same transaction, so that a
+process that keeps what it derived from all the mailboxes (the team's own addresses in the
+linking policy) can tell with one indexed read that it is still current.
+"""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,6 +20,7 @@ from maillink.store.schema import accounts, cursors
 ACTIVE = "active"
 PAUSED = "paused"
 NEEDS_REAUTH = "needs_reauth"
+VERSION = "accounts_version"  # crm_state: changes whenever a mailbox or an address does
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ def upsert(
     """Add a mailbox, or reconnect it (new token, active again); its cursors are kept."""
     email = email.lower()
     existing = get(conn, email)
+    _changed(conn)
     if existing is None:
         # Connected twice at the same moment (two browser tabs): the second insert is left
         # out and the second connection updates the row as a reconnection does.
@@ -144,6 +153,17 @@ def set_backfill_since(conn: Connection, account_id: int, since: datetime | None
 def remove(conn: Connection, account_id: int) -> None:
     """Forget the mailbox, its tokens, cursors, threads and messages (CRM activities stay)."""
     conn.execute(delete(accounts).where(accounts.c.id == account_id))
+    _changed(conn)
+
+
+def _changed(conn: Connection) -> None:
+    cache.set_state(conn, VERSION, uuid.uuid4().hex)
+
+
+def version(conn: Connection) -> str | None:
+    """The mailboxes' version: a new value whenever one is connected, reconnected or removed
+    (None until the first such change)."""
+    return cache.get_state(conn, VERSION)
 
 
 def get_cursor(conn: Connection, account_id: int, name: str = "mailbox") -> str | None:

@@ -13,17 +13,36 @@ once, not only when it expires: the holder id names the process (`maillink.holde
 `acquire` takes such a lease over with the next generation, fenced like any other takeover.
 
 Times come from the daemons' clocks (UTC); keep them in step (NTP) well within a lease's length.
+
+Cheap with many mailboxes (issue 11): the due mailboxes are read from `ix_leases_due` in the order
+they are taken (a few index entries, no sort), and the holders that might be gone from the few
+held leases of this host (`ix_leases_held`). On PostgreSQL the plans depend on the tables'
+statistics; where autovacuum is off nobody else keeps them, so `ensure` runs `ANALYZE` on
+`leases` and `accounts` when they are missing or stale (`keep_statistics`).
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, case, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    case,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink import holders
@@ -76,7 +95,18 @@ def ensure(conn: Connection, now: datetime) -> int:
     """Give every mailbox without a lease row one, due now; returns how many were added.
 
     Several daemons may do this at once: a row another one added meanwhile is left as it is.
+    On PostgreSQL, the first call of a process on a database (a daemon's start), then one an
+    hour, and every call that added rows also keep the statistics of `leases` and `accounts`
+    current (`keep_statistics`).
     """
+    check = _statistics_due(conn, now)
+    added = _ensure(conn, now)
+    if check or added:
+        keep_statistics(conn, added=added)
+    return added
+
+
+def _ensure(conn: Connection, now: datetime) -> int:
     missing = select(accounts.c.id).where(
         ~select(leases.c.account_id).where(leases.c.account_id == accounts.c.id).exists()
     )
@@ -95,6 +125,62 @@ def ensure(conn: Connection, now: datetime) -> int:
     else:  # pragma: no cover - maillink supports SQLite and PostgreSQL only
         conn.execute(insert(leases), rows)
     return len(ids)
+
+
+# -- statistics (PostgreSQL) ---------------------------------------------------------------------
+# The rule autovacuum applies by default: analyze once more rows changed than 50 + 10% of the table.
+ANALYZE_THRESHOLD = 50
+ANALYZE_SCALE = 0.1
+STATISTICS_EVERY = timedelta(hours=1)  # how often a running daemon checks them again
+_checked: weakref.WeakKeyDictionary[Engine, datetime] = weakref.WeakKeyDictionary()
+
+
+def _statistics_due(conn: Connection, now: datetime) -> bool:
+    """True at the first call of this process for `conn`'s database, then once an hour."""
+    if conn.dialect.name != "postgresql":
+        return False
+    last = _checked.get(conn.engine)
+    if last is not None and last <= now < last + STATISTICS_EVERY:
+        return False
+    _checked[conn.engine] = now
+    return True
+
+
+def stale_statistics(conn: Connection, *, added: int = 0) -> list[str]:
+    """Which of `leases` and `accounts` have PostgreSQL statistics that are missing (never
+    analyzed, by autovacuum or by hand) or stale (more rows changed since the last ANALYZE than
+    autovacuum's default threshold; `added` lease rows just inserted, for as many new mailboxes,
+    count too: the cumulative statistics see them only later). Always empty on SQLite."""
+    if conn.dialect.name != "postgresql":
+        return []
+    rows = conn.execute(
+        text(
+            "SELECT c.relname, c.reltuples, coalesce(s.n_mod_since_analyze, 0) AS changed,"
+            " coalesce(s.last_analyze, s.last_autoanalyze) IS NOT NULL AS analyzed"
+            " FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid"
+            " WHERE c.oid = ANY(ARRAY[to_regclass('leases'), to_regclass('accounts')])"
+        )
+    ).all()
+    stale = []
+    for row in rows:
+        changed = int(row.changed) + added
+        size = max(float(row.reltuples), 0.0)
+        if (
+            not row.analyzed
+            or row.reltuples < 0
+            or changed > ANALYZE_THRESHOLD + ANALYZE_SCALE * size
+        ):
+            stale.append(str(row.relname))
+    return sorted(stale)
+
+
+def keep_statistics(conn: Connection, *, added: int = 0) -> list[str]:
+    """`ANALYZE` the tables of `stale_statistics` (PostgreSQL; about 10 ms at 10,000 mailboxes,
+    and it blocks no reads or writes); returns the tables analyzed."""
+    stale = stale_statistics(conn, added=added)
+    if stale:
+        conn.execute(text("ANALYZE " + ", ".join(stale)))
+    return stale
 
 
 def acquire(
@@ -168,6 +254,12 @@ def acquire(
     return taken
 
 
+@functools.cache
+def _this_host() -> str:
+    """The host part of this host's holder ids (`maillink.holders`)."""
+    return holders.parse(holders.holder_id()).host or ""
+
+
 def _gone_holders(
     conn: Connection,
     now: datetime,
@@ -175,10 +267,18 @@ def _gone_holders(
     account_ids: Collection[int] | None,
     gone: Callable[[str], bool],
 ) -> set[str]:
-    """The holders of unexpired leases that are dead processes of this host (`gone`)."""
+    """The holders of unexpired leases that are dead processes of this host (`gone`).
+
+    Only held leases are read (`ix_leases_held`), and of them only those of this host: the
+    holders of another host are never judged gone."""
     query = (
         select(leases.c.owner)
-        .where(leases.c.owner.is_not(None), leases.c.owner != owner, leases.c.expires_at > now)
+        .where(
+            leases.c.owner.is_not(None),
+            leases.c.owner.startswith(f"{_this_host()}-", autoescape=True),
+            leases.c.owner != owner,
+            leases.c.expires_at > now,
+        )
         .distinct()
     )
     if account_ids is not None:

@@ -5,6 +5,7 @@ statements."""
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -313,3 +314,44 @@ def left_for_later(conn: Connection, account_id: int) -> tuple[int, int]:
         .where(messages.c.account_id == account_id, messages.c.reason.is_(None))
     ).scalar_one()
     return int(writes), int(undecided)
+
+
+@dataclass(frozen=True)
+class WorkLeft:
+    """What a mailbox's round has to do besides pulling: messages to decide, CRM writes not
+    delivered yet (`pending`), and among them writes due now (`due`)."""
+
+    undecided: bool
+    pending: bool
+    due: bool
+
+
+def work_left(conn: Connection, account_id: int, now: datetime) -> WorkLeft:
+    """The mailbox's pending work, in one read (three EXISTS probes): an idle round asks this
+    once instead of opening the outbox."""
+    owned = activities.join(messages, messages.c.id == activities.c.owner_message_id)
+    waiting = (
+        messages.c.account_id == account_id,
+        activities.c.delivered_version < activities.c.desired_version,
+        activities.c.failed_at.is_(None),
+    )
+    undecided = (
+        select(messages.c.id)
+        .where(messages.c.account_id == account_id, messages.c.reason.is_(None))
+        .exists()
+    )
+    pending = select(activities.c.key).select_from(owned).where(*waiting).exists()
+    due = (
+        select(activities.c.key)
+        .select_from(owned)
+        .where(
+            *waiting,
+            or_(activities.c.next_attempt_at.is_(None), activities.c.next_attempt_at <= now),
+            messages.c.reason.is_not(None),
+        )
+        .exists()
+    )
+    row = conn.execute(
+        select(undecided.label("undecided"), pending.label("pending"), due.label("due"))
+    ).one()
+    return WorkLeft(undecided=bool(row.undecided), pending=bool(row.pending), due=bool(row.due))

@@ -238,4 +238,29 @@ leases = Table(
     Column("next_run_at", UTCDateTime, nullable=False),
     Column("failures", Integer, nullable=False, default=0),  # failed rounds in a row (backoff)
 )
-Index("ix_leases_next_run_at", leases.c.next_run_at)
+# The due mailboxes in acquisition order (no sort), and the few leases that are held (issue 11).
+Index("ix_leases_due", leases.c.next_run_at, leases.c.account_id)
+Index(
+    "ix_leases_held",
+    leases.c.owner,
+    postgresql_where=leases.c.owner.is_not(None),
+    sqlite_where=leases.c.owner.is_not(None),
+)
+
+# What an idle round asks of its mailbox: any message undecided, any CRM write undelivered? Both
+# partial, so that the answer reads a few index entries, not every row (issue 11; migration 0007).
+Index(
+    "ix_messages_undecided",
+    messages.c.account_id,
+    postgresql_where=messages.c.reason.is_(None),
+    sqlite_where=messages.c.reason.is_(None),
+)
+_UNDELIVERED = (activities.c.delivered_version < activities.c.desired_version) & (
+    activities.c.failed_at.is_(None)
+)
+Index(
+    "ix_activities_undelivered",
+    activities.c.owner_message_id,
+    postgresql_where=_UNDELIVERED,
+    sqlite_where=_UNDELIVERED,
+)
