@@ -351,7 +351,9 @@ def _graph_run(args: argparse.Namespace, folder: Path) -> None:
         os.environ["REQUESTS_CA_BUNDLE"] = microsoft.ca_bundle  # the sandbox's throwaway CA
         app = App(load_settings(config))
         microsoft.consent_as = rep
-        app.connect_microsoft(open_browser=False, out=ConsentingBrowser(microsoft.ca_bundle))
+        app.connect_microsoft(
+            open_browser=False, announce=ConsentingBrowser(microsoft.ca_bundle).open
+        )
         app.close()
         command = [sys.executable, "-m", "maillink", "backfill"]
         run = _measure("graph", command, config, google, pipedrive, generated, microsoft.meter)
