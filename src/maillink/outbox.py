@@ -361,9 +361,7 @@ class Outbox:
             owner = outbox_rows.to_decide_again(
                 conn, row, [*draft.person_ids, *gone_person], str(exc)
             )
-        forget = getattr(self.crm, "forget_cached", None)
-        if callable(forget):
-            forget()
+        self.crm.forget_cached()
         if self.redecide is None or owner is None:
             return False
         try:

@@ -157,6 +157,17 @@ def test_new_mailboxes_get_a_lease_row_due_at_once(store: Store) -> None:
     assert len(_acquire(store, "daemon-a")) == 2
 
 
+def test_a_one_off_round_gives_only_its_own_mailbox_a_lease_row(store: Store) -> None:
+    with store.transaction() as conn:
+        ids = [
+            accounts.upsert(conn, f"one{i}@acme.example", "gmail", "t", "s").id for i in range(3)
+        ]
+        leases.ensure_one(conn, ids[1], T0)
+        leases.ensure_one(conn, ids[1], T0)  # a second time: left as it is
+        assert set(leases.states(conn)) == {ids[1]}
+    assert [lease.account_id for lease in _acquire(store, "sync-once")] == [ids[1]]
+
+
 def test_two_daemons_on_postgresql_never_hold_the_same_mailbox(pg_url: str) -> None:
     first = Store.open(pg_url)
     second = Store.open(pg_url, upgrade=False)

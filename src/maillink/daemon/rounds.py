@@ -340,9 +340,9 @@ class Rounds:
         seconds (None: until `should_stop`) for its round to end, telling `on_held` who holds
         it. None when it was not had (or the mailbox is not active)."""
         deadline = None if wait is None else time.monotonic() + wait
+        with self.store.transaction() as conn:
+            leases.ensure_one(conn, account.id, self.clock())
         while True:
-            with self.store.transaction() as conn:
-                leases.ensure(conn, self.clock())
             got = self.acquire(limit=1, account_ids=[account.id], due_only=False)
             if got:
                 return got[0]

@@ -110,7 +110,18 @@ def _ensure(conn: Connection, now: datetime) -> int:
     missing = select(accounts.c.id).where(
         ~select(leases.c.account_id).where(leases.c.account_id == accounts.c.id).exists()
     )
-    ids = list(conn.execute(missing).scalars())
+    return _add_rows(conn, list(conn.execute(missing).scalars()), now)
+
+
+def ensure_one(conn: Connection, account_id: int, now: datetime) -> None:
+    """Give this one mailbox a lease row (due now) if it has none: what a one-off round
+    (`sync --once`, `backfill`, the web app's first sync) needs, without reading every account."""
+    _add_rows(conn, [account_id], now)
+
+
+def _add_rows(conn: Connection, ids: list[int], now: datetime) -> int:
+    """Insert a free lease row, due now, for each of `ids`; a row another process added
+    meanwhile is left as it is (insert-or-ignore)."""
     if not ids:
         return 0
     rows = [
