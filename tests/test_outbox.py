@@ -174,3 +174,42 @@ def test_a_changed_decision_updates_the_activity_it_created(
     assert (updated.updated, updated.created) == (1, 0)
     [draft] = crm.activities.values()
     assert draft.items == ()
+
+
+def test_writes_claimed_ahead_but_never_sent_are_created_without_a_look_up(
+    sqlite_store: Store, crm: FakeCRM, clock: Clock
+) -> None:
+    """Creates are claimed a few at a time; a delivery that stops (a spent daily budget) gives
+    back the claims of those it never sent, so only the refused one is looked up next time."""
+    emails = [
+        Message(
+            account=REP,
+            provider_id=f"p{n}",
+            thread_key=f"t{n}",
+            message_id=f"m{n}@customer.example",
+            date=T0,
+            direction=Direction.INBOUND,
+            sender=Address("ann@customer.example", "Ann"),
+            to=(Address(REP),),
+            subject="Renewal",
+        )
+        for n in range(3)
+    ]
+    with sqlite_store.transaction() as conn:
+        account = accounts.upsert(conn, REP, "gmail", "x", "s")
+        touched = mail.save_messages(conn, account.id, emails, {})
+    Linker(sqlite_store, FactGatherer(sqlite_store, crm, CacheTTL()), POLICY).decide(
+        account, touched
+    )
+    outbox = Outbox(sqlite_store, crm, clock=clock, workers=1)
+    crm.fail_next("create_activity", CRMRateLimited("daily budget spent", 3600, daily=True))
+
+    assert outbox.deliver().parked_until is not None
+    clock.later(hours=2)
+    after = outbox.deliver()
+
+    assert (after.created, after.found_again) == (3, 0)
+    assert crm.count("find_activity") == 1  # the refused create only
+    assert crm.count("create_activity") == 4  # the refused one, then each email once
+    with sqlite_store.engine.connect() as conn:
+        assert pending_count(conn) == 0

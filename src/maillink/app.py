@@ -73,7 +73,20 @@ class App:
                 f"{where}: pipedrive: OAuth app credentials are not supported yet; "
                 "set pipedrive.api_token (Pipedrive → Personal preferences → API)"
             )
-        return PipedriveCRM(self.settings.crm.base_url, api_token=pipedrive.api_token)
+        adapter = PipedriveCRM(self.settings.crm.base_url, api_token=pipedrive.api_token)
+        if self.settings.crm.mirror_max_records <= 0:
+            return adapter
+        from maillink.crm.mirror import MirroredCRM
+        from maillink.store.mirror import MirrorTables
+
+        # Refreshed by the daemon's CRM poll; a read refreshes it when two polls were missed.
+        poll = timedelta(seconds=self.settings.daemon.crm_poll_seconds)
+        return MirroredCRM(
+            adapter,
+            MirrorTables(self.store),
+            max_records=self.settings.crm.mirror_max_records,
+            max_age=max(2 * poll, timedelta(minutes=1)),
+        )
 
     # -- linking -------------------------------------------------------------------------------
     def policy(self) -> LinkingPolicy:

@@ -147,12 +147,16 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     from maillink.outbox import failed_count
+    from maillink.push.gmail_watch import describe
     from maillink.store import accounts as store_accounts
+    from maillink.store import push as store_push
     from maillink.store.read_models import messages_by_reason, waiting_threads_count
 
     app = ctx.ensure_object(Obj).app
+    push_on = app.settings.gmail.push_topic is not None
     rows = []
     with app.store.engine.connect() as conn:
+        subscriptions = store_push.by_account(conn)
         for a in store_accounts.all_accounts(conn):
             count = sum(n for _id, _reason, n in messages_by_reason(conn, [a.id]))
             waiting = waiting_threads_count(conn, [a.id]).get(a.id, 0)
@@ -166,6 +170,10 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
                     "failed_deliveries": failed_count(conn, a.id),
                     "last_sync_at": a.last_sync_at.isoformat() if a.last_sync_at else None,
                     "last_error": a.last_error,
+                    "push": describe(
+                        subscriptions.get(a.id, []),
+                        expected=push_on and a.provider == "gmail" and a.status == "active",
+                    ),
                 }
             )
     if as_json:
@@ -177,15 +185,22 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         last = r["last_sync_at"] or "never"
         line = f"{r['email']:<36} {r['provider']:<9} {r['status']:<13} {r['messages']:>7} messages  {r['waiting']:>4} waiting  last sync {last}"
+        line += f"  push: {r['push']}"
         if r["failed_deliveries"]:
             line += f"  {r['failed_deliveries']} failed CRM writes (maillink outbox list)"
         click.echo(line + (f"  error: {r['last_error']}" if r["last_error"] else ""))
 
 
 def _set_status(obj: Obj, email: str, status: str | None) -> None:
+    from maillink.push.gmail_watch import stop_watches
     from maillink.store import accounts as store_accounts
 
     account = obj.app.account(email)
+    if status != store_accounts.ACTIVE:
+        # Paused or removed: its Gmail watch is stopped first (removal forgets its tokens).
+        warning = stop_watches(obj.app, account)
+        if warning:
+            click.echo(f"maillink: warning: {email}: {warning}", err=True)
     with obj.app.store.transaction() as conn:
         if status is None:
             store_accounts.remove(conn, account.id)
@@ -272,7 +287,11 @@ def backfill(obj: Obj, email: str | None, since: str | None, dry_run: bool) -> N
         return
     failed = False
     from maillink.daemon import HELD_ELSEWHERE, Holding, held_elsewhere, hold_mailbox
+    from maillink.sync import refresh_crm_mirror
     from maillink.sync_report import skip_line
+
+    if not dry_run:
+        refresh_crm_mirror(app.crm)  # a new address then costs no CRM read (docs/crm-writes.md)
 
     with StopFlag().installed() as stop:
         for account in targets:
@@ -491,6 +510,10 @@ cli.add_command(users)
 from maillink.cli_outbox import outbox  # noqa: E402  (click only: cheap to import)
 
 cli.add_command(outbox)
+
+from maillink.cli_webhooks import crm  # noqa: E402  (click only: cheap to import)
+
+cli.add_command(crm)
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -35,12 +35,17 @@ GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 LOOPBACK_NAMES = frozenset({"localhost"})
 QUOTA_MODELS = ("2025", "2026")  # Gmail's quota unit costs ([gmail] quota_model)
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"  # Google's OIDC signing keys
+PUSH_TOPIC = re.compile(r"^projects/[^/\s]+/topics/[^/\s]+$")
 
 
 @dataclass(frozen=True)
 class CrmSettings:
     base_url: str
     kind: str = "pipedrive"
+    # The local mirror of the CRM's persons and items (issue 11): kept while the CRM holds at most
+    # this many persons, deals and leads together; 0 turns it off (every new address is searched).
+    mirror_max_records: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,8 @@ class GmailSettings:
     # 0 turns pacing off. The default keeps 10% of Google's 15,000 units/min per user spare.
     quota_units_per_minute: int = 13_500
     quota_model: str = "2025"
+    # Push (issue 12): the Pub/Sub topic every mailbox's users.watch publishes to; None: polling.
+    push_topic: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,8 @@ class DaemonSettings:
     ops_host: str = "127.0.0.1"
     ops_port: int = 8780  # 0: any free port (printed when the daemon starts)
     crm_poll_seconds: int = 300  # the fallback poll of CRM changes (webhooks come at once)
+    # The daemon's public base URL: Pipedrive's webhooks post to {public_url}/webhooks/pipedrive.
+    public_url: str | None = None
 
 
 MAX_LINK_HOURS = 720
@@ -137,6 +146,16 @@ class WebhookCredentials:
 
 
 @dataclass(frozen=True)
+class GmailPushOidc:
+    """How Pub/Sub's push requests prove who sent them: an OIDC token signed by Google for the
+    push subscription's service account, for `audience` (None: the URL the request reached)."""
+
+    service_account: str
+    audience: str | None = None
+    certs_url: str = GOOGLE_CERTS_URL
+
+
+@dataclass(frozen=True)
 class Credentials:
     """credentials.json, checked. `encryption_keys` may be empty: `TokenCipher` says so when needed."""
 
@@ -147,6 +166,7 @@ class Credentials:
     path: Path | None = field(default=None, compare=False)
     webhook: WebhookCredentials | None = None
     gmail_push_token: str | None = field(default=None, repr=False)
+    gmail_push_oidc: GmailPushOidc | None = None
 
     def google_client(self) -> dict[str, Any]:
         """The inner ``{"client_id", "client_secret", "auth_uri", "token_uri", …}`` of the client."""
@@ -480,9 +500,17 @@ def _crm(t: _Table) -> CrmSettings:
     if kind != "pipedrive":
         raise ConfigError(f'{t.label("kind")} must be "pipedrive" (the only CRM supported)')
     base_url = t.required_text("base_url", 'base_url = "https://yourcompany.pipedrive.com"')
+    mirror = t.integer(
+        "mirror_max_records",
+        CrmSettings.mirror_max_records,
+        0,
+        "mirror_max_records = 20000",
+    )
     t.finish()
     return CrmSettings(
-        kind=kind, base_url=check_endpoint(base_url, t.label("base_url")).rstrip("/")
+        kind=kind,
+        base_url=check_endpoint(base_url, t.label("base_url")).rstrip("/"),
+        mirror_max_records=mirror,
     )
 
 
@@ -507,9 +535,23 @@ def _gmail(t: _Table) -> GmailSettings:
             "quota_units_per_minute = 13500",
         ),
         quota_model=model,
+        push_topic=_push_topic(t),
     )
     t.finish()
     return settings
+
+
+def _push_topic(t: _Table) -> str | None:
+    example = 'push_topic = "projects/YOUR-PROJECT/topics/gmail-push"'
+    topic = t.text("push_topic", None, example)
+    if topic is None:
+        return None
+    if not PUSH_TOPIC.match(topic):
+        raise ConfigError(
+            f"{t.label('push_topic')} must be a Pub/Sub topic name "
+            f"projects/PROJECT/topics/TOPIC (e.g. {example})"
+        )
+    return topic
 
 
 def _microsoft(t: _Table) -> MicrosoftSettings:
@@ -599,9 +641,21 @@ def _daemon(t: _Table) -> DaemonSettings:
         crm_poll_seconds=t.integer(
             "crm_poll_seconds", d.crm_poll_seconds, 1, "crm_poll_seconds = 300"
         ),
+        public_url=_public_url(t),
     )
     t.finish()
     return settings
+
+
+def _public_url(t: _Table) -> str | None:
+    """`[daemon] public_url`: where Pipedrive reaches the daemon (https; http for loopback)."""
+    url = t.text("public_url", None, 'public_url = "https://maillink.example.com"')
+    if url is None:
+        return None
+    url = check_endpoint(url, t.label("public_url")).rstrip("/")
+    if urlsplit(url).query or urlsplit(url).fragment:
+        raise ConfigError(f"{t.label('public_url')} must have no query or fragment")
+    return url
 
 
 def _web(t: _Table) -> WebAppSettings:
@@ -673,6 +727,7 @@ def load_credentials(
     gmail_push = top.table("gmail_push")
     keys = _encryption_keys(top, env)
     top.finish()
+    push_token, push_oidc = _gmail_push(gmail_push) if gmail_push else (None, None)
     return Credentials(
         google=_google(google, top.label("google"), data["google"]) if google else None,
         microsoft=_microsoft_credentials(microsoft) if microsoft else None,
@@ -680,7 +735,8 @@ def load_credentials(
         encryption_keys=keys,
         path=path,
         webhook=_webhook(webhook) if webhook else None,
-        gmail_push_token=_gmail_push(gmail_push) if gmail_push else None,
+        gmail_push_token=push_token,
+        gmail_push_oidc=push_oidc,
     )
 
 
@@ -694,13 +750,31 @@ def _webhook(t: _Table) -> WebhookCredentials:
     return WebhookCredentials(username=username, password=password)
 
 
-def _gmail_push(t: _Table) -> str:
-    """The shared token the Pub/Sub push subscription's URL carries (?token=…)."""
-    token = t.required_text("token", '"token": "a long random string"')
+def _gmail_push(t: _Table) -> tuple[str | None, GmailPushOidc | None]:
+    """How Gmail's Pub/Sub pushes are authenticated: the OIDC token of the push subscription's
+    service account, and/or the shared token its URL carries (?token=…)."""
+    token = t.text("token", None, '"token": "a long random string"') or None
+    account = t.text("service_account", None, '"service_account": "push@PROJECT.iam…"') or None
+    audience = t.text("audience", None, '"audience": "https://YOUR-HOST/push/gmail"') or None
+    certs = t.text("certs_url", GOOGLE_CERTS_URL)
+    certs_url = check_endpoint(certs, t.label("certs_url")).rstrip("/")
     t.finish()
-    if len(token) < 16:
+    if token is None and account is None:
+        raise ConfigError(
+            f"{t.label('service_account')} is missing: set service_account (the push "
+            "subscription's OIDC service account), token (a shared secret in the URL), or both"
+        )
+    if token is not None and len(token) < 16:
         raise ConfigError(f"{t.label('token')} must be at least 16 characters")
-    return token
+    if account is not None and "@" not in account:
+        raise ConfigError(
+            f"{t.label('service_account')} must be the service account's email address "
+            "(e.g. push@PROJECT.iam.gserviceaccount.com)"
+        )
+    if account is None:
+        return token, None
+    oidc = GmailPushOidc(service_account=account.lower(), audience=audience, certs_url=certs_url)
+    return token, oidc
 
 
 def _encryption_keys(top: _Table, env: Mapping[str, str]) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ counted on the result (`crm_writes_left`, `undecided_left`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -21,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError
 
-from maillink.crm.base import CRM, CRMAuthError, CRMRateLimited, CRMUnavailable
+from maillink.crm.base import CRM, CRMAuthError, CRMError, CRMRateLimited, CRMUnavailable
+from maillink.crm.mirror import MirroredCRM
 from maillink.linking.linker import Linker
 from maillink.outbox import Delivery, Outbox
 from maillink.providers.base import MailProvider, NeedsReauth, Page, ProviderError
@@ -30,6 +32,8 @@ from maillink.store import Store, accounts, cache, mail
 from maillink.store import outbox as outbox_rows
 from maillink.store.accounts import Account
 from maillink.store.outbox import WorkLeft, left_for_later
+
+log = logging.getLogger(__name__)
 
 CHANGES_SINCE = "crm_changes_since"
 MAILBOX = "mailbox"  # the incremental cursor of a mailbox
@@ -121,11 +125,22 @@ def poll_crm_changes(store: Store, crm: CRM, now: datetime | None = None) -> int
         except IntegrityError:
             pass  # another daemon started polling at the same moment
         return 0
+    # With a mirror (`crm.mirror.MirroredCRM`), its refresh is the poll: one listing for both.
     changes = crm.changes_since(datetime.fromisoformat(last))
     with store.transaction() as conn:
         cache.forget(conn, emails=changes.emails, person_ids=changes.person_ids)
         cache.replace_state(conn, CHANGES_SINCE, last, changes.until.isoformat())
     return len(changes.emails) + len(changes.person_ids)
+
+
+def refresh_crm_mirror(crm: CRM) -> None:
+    """Bring the CRM mirror up to date (filled the first time), when the CRM has one; a failure
+    leaves it as it was: reads then go to the CRM (the one-off commands call it at their start)."""
+    if isinstance(crm, MirroredCRM):
+        try:
+            crm.refresh()
+        except CRMError as exc:
+            log.warning("CRM mirror not refreshed: %s", exc)
 
 
 class Syncer:
@@ -164,10 +179,13 @@ class Syncer:
         should_stop: Callable[[], bool] = lambda: False,
         cursor_name: str = MAILBOX,
         retry: CrmRetry | None = None,
+        start: accounts.RoundStart | None = None,
     ) -> RoundResult:
         """Pull every page since the stored cursor; each page is committed with its cursor.
 
-        With `retry`, what the CRM failed transiently is tried again within the round."""
+        With `retry`, what the CRM failed transiently is tried again within the round. `start`
+        is the round's opening read when the caller made it with the mailbox
+        (`accounts.round_start`, the daemon does): it is not read again."""
         result = RoundResult(account=account.email)
         work: WorkLeft | None = None
         linked = False
@@ -175,9 +193,12 @@ class Syncer:
             if dry_run:
                 self._dry_run(account, provider, since, result, on_page, should_stop)
             else:
-                with self.store.engine.connect() as conn:  # one read: pending work, cursor
-                    work = outbox_rows.work_left(conn, account.id, datetime.now(UTC))
-                    cursor = accounts.get_cursor(conn, account.id, cursor_name)
+                if start is not None and start.cursor_name == cursor_name:
+                    work, cursor = start.work, start.cursor
+                else:
+                    with self.store.engine.connect() as conn:  # one read: pending work, cursor
+                        work = outbox_rows.work_left(conn, account.id, datetime.now(UTC))
+                        cursor = accounts.get_cursor(conn, account.id, cursor_name)
                 if work.undecided:
                     self._catch_up(account, result)
                 linked = self._pull(

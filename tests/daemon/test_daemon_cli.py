@@ -104,7 +104,7 @@ def test_backfill_holds_the_mailbox_against_the_daemons_and_waits_for_their_roun
 ) -> None:
     from datetime import UTC, datetime
 
-    write_daemon_config(config, lease=2)
+    write_daemon_config(config, interval=600, lease=2)
     team = Team(google, pipedrive)
     team.add_mailbox(REP)
     connect(app, google, REP)
@@ -128,4 +128,5 @@ def test_backfill_holds_the_mailbox_against_the_daemons_and_waits_for_their_roun
     with app.store.engine.connect() as conn:
         (state,) = leases.states(conn).values()
     assert state.owner is None and state.generation == held.generation + 1
-    assert state.next_run_at > datetime.now(UTC)  # the daemons' next round comes on schedule
+    # The daemons' next round comes on schedule (the 600 s interval), not at once.
+    assert state.next_run_at > datetime.now(UTC) + timedelta(seconds=300)

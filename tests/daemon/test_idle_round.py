@@ -1,8 +1,10 @@
-"""What an idle round costs (issue 11): one provider request, a few indexed reads, and one short
-transaction that releases the mailbox with its next run — whatever the number of mailboxes.
+"""What an idle round costs (issue 11): one provider request, the acquisition of its lease, one
+read, and one short transaction that releases the mailbox with its next run — whatever the number
+of mailboxes.
 
-The rounds run in the daemon (`Daemon._round`, as its workers run them) against the Gmail sandbox
-on SQLite and PostgreSQL; SQL is counted with SQLAlchemy's engine events.
+The rounds run in the daemon as its main loop takes the leases (`Daemon._acquire`) and its workers
+run them (`Daemon._work`), against the Gmail sandbox on SQLite and PostgreSQL, on the daemon's own
+clock (injected); SQL is counted with SQLAlchemy's engine events.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,18 @@ class SQL:
 
     def reading_every_mailbox(self) -> list[str]:
         """The statements that read the whole accounts table (no WHERE)."""
+        return self._reading_every("accounts")
+
+    def reading_every_lease(self) -> list[str]:
+        """The statements that read the whole leases table (no WHERE), or every account
+        without a lease row (`leases.ensure`'s anti-join)."""
+        return self._reading_every("leases") + [s for s in self.statements if "NOT (EXISTS" in s]
+
+    def _reading_every(self, table: str) -> list[str]:
         return [
             s
             for s in self.statements
-            if " FROM accounts" in s and "WHERE" not in s and s.lstrip().startswith("SELECT")
+            if f" FROM {table}" in s and "WHERE" not in s and s.lstrip().startswith("SELECT")
         ]
 
 
@@ -86,8 +96,20 @@ def team_app(
     app.close()
 
 
-def _daemon(app: App) -> Daemon:
-    daemon = Daemon(app, should_stop=threading.Event().is_set, workers=1)
+class Clock:
+    """The daemon's clock, moved on by the test."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def _daemon(app: App, clock: Clock | None = None) -> Daemon:
+    daemon = Daemon(
+        app, should_stop=threading.Event().is_set, workers=1, **({"clock": clock} if clock else {})
+    )
     with app.store.transaction() as conn:
         leases.ensure(conn, daemon.clock())
     return daemon
@@ -105,6 +127,17 @@ def _round(daemon: Daemon, email: str) -> None:
     daemon._round(_take(daemon, email))
 
 
+def _next_due_round(daemon: Daemon) -> bool:
+    """The main loop's acquisition for its one free worker, then the worker's round; False when
+    no mailbox was due."""
+    daemon._acquire()
+    if daemon._queue.empty():
+        return False
+    daemon._queue.put(None)  # the worker runs the round it was given, then returns
+    daemon._work()
+    return True
+
+
 def _team(app: App, google: GoogleSandbox, pipedrive: PipedriveSandbox) -> Team:
     team = Team(google, pipedrive)
     for i in range(MAILBOXES):
@@ -115,37 +148,44 @@ def _team(app: App, google: GoogleSandbox, pipedrive: PipedriveSandbox) -> Team:
     return team
 
 
-def test_an_idle_round_costs_one_request_five_statements_and_writes_only_the_release(
+def test_an_idle_round_with_its_acquisition_costs_one_request_and_five_statements(
     team_app: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
 ) -> None:
     _team(team_app, google, pipedrive)
-    daemon = _daemon(team_app)
-    _round(daemon, rep(0))  # the first sync: the mailbox's messages, linked and delivered
-    _round(daemon, rep(0))  # warm: the access token is in hand
-    before = team_app.account(rep(0))
-    assert before.last_sync_at is not None
+    clock = Clock()
+    daemon = _daemon(team_app, clock)
+    while _next_due_round(daemon):  # every mailbox's first round (rep0's: an email to link)
+        pass
+    clock.now += timedelta(seconds=61)  # an interval later: every mailbox is due again
+    assert _next_due_round(daemon)  # the most overdue one (and a look at holders gone)
+    idle = team_app.account(rep(1))
+    before = idle.last_sync_at
+    assert before is not None
 
-    lease = _take(daemon, rep(0))
     google.meter.reset()
     with counted(team_app.store.engine) as sql:
-        daemon._round(lease)
+        assert _next_due_round(daemon)  # the next one, a moment later: rep1, nothing new
 
     # One request: history.list answering that nothing is new (no token refresh, no listing).
     assert google.meter.requests == Counter({"http": 1, "gmail.history.list": 1})
-    # The mailbox, its pending work and cursor (one read), the release: at most 5 statements.
+    # Its lease taken (the due leases, one compare-and-set for those taken), the mailbox with
+    # its pending work and cursor (one read), the release: at most 5 statements.
     assert len(sql.statements) <= 5, sql.statements
-    assert sql.reading_every_mailbox() == []
-    # Written: the lease's release with the next run, and the round's outcome on the mailbox
-    # (`maillink accounts` shows when it last synced) — in one transaction; no cursor rewritten.
-    assert [w.split()[1] for w in sql.writes] == ["leases", "accounts"]
-    assert sql.transactions["commit"] == 1
+    assert sql.reading_every_mailbox() == [] and sql.reading_every_lease() == []
+    # Written: the lease as it is taken, then its release with the next run and the round's
+    # outcome on the mailbox (`maillink accounts` shows when it last synced) in one
+    # transaction; no cursor rewritten.
+    assert [w.split()[1] for w in sql.writes] == ["leases", "leases", "accounts"], sql.writes
+    assert sql.transactions["commit"] == 2
     assert sql.transactions["begin"] <= 3
-    after = team_app.account(rep(0))
-    assert after.last_sync_at is not None and after.last_sync_at > before.last_sync_at
+    after = team_app.account(rep(1))
+    assert after.last_sync_at is not None and after.last_sync_at > before
     assert after.last_error is None
     with team_app.store.engine.connect() as conn:
-        state = leases.state(conn, before.id)
-    assert state is not None and state.owner is None and state.next_run_at > NOW
+        state = leases.state(conn, idle.id)
+    assert state is not None and state.owner is None
+    assert state.next_run_at == clock.now + timedelta(seconds=60)
+    assert state.generation == 2  # taken twice: its first round, this one
 
 
 def test_the_linking_policy_is_built_once_and_again_only_when_the_mailboxes_change(

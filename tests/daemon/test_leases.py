@@ -8,16 +8,20 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from maillink import holders
 from maillink.store import Store, accounts, leases
 from maillink.store.leases import FencedStore, LeaseLost
+from maillink.store.schema import accounts as account_rows
 from maillink.store.schema import cursors
+from maillink.store.schema import leases as lease_rows
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -148,24 +152,147 @@ def test_release_by_a_daemon_that_lost_the_lease_changes_nothing(store: Store) -
         assert leases.states(conn)[account_id].owner == "daemon-b"
 
 
-def test_new_mailboxes_get_a_lease_row_due_at_once(store: Store) -> None:
-    _mailboxes(store, 1)
+def test_a_connected_mailbox_has_its_lease_row_at_once_ahead_of_the_overdue_ones(
+    store: Store,
+) -> None:
+    (old,) = _mailboxes(store, 1)
+    with store.transaction() as conn:  # its first round done, overdue since a minute
+        (lease,) = leases.acquire(conn, "x", now=T0, duration=LEASE, limit=1)
+        leases.release(conn, lease, next_run_at=T0 - timedelta(minutes=1), failures=0)
     with store.transaction() as conn:
-        accounts.upsert(conn, "late@acme.example", "gmail", "t", "s")
-        assert leases.ensure(conn, T0) == 1
+        late = accounts.upsert(conn, "late@acme.example", "gmail", "t", "s")
+        assert leases.states(conn)[late.id].next_run_at == accounts.AT_ONCE
+        assert leases.ensure(conn, T0) == 0  # nothing left to add
+    got = _acquire(store, "daemon-a", limit=1)
+    assert [lease.account_id for lease in got] == [late.id]  # a person waits for its first sync
+    assert [lease.account_id for lease in _acquire(store, "daemon-a")] == [old]
+
+
+def _without_lease_rows(store: Store) -> None:
+    """Mailboxes as an earlier version left them: no lease row."""
+    with store.transaction() as conn:
+        conn.execute(lease_rows.delete())
+
+
+def test_ensure_gives_mailboxes_of_an_earlier_version_their_row_in_its_place(store: Store) -> None:
+    active = _mailboxes(store, 2)
+    (paused,) = _mailboxes(store, 1, accounts.PAUSED)
+    _without_lease_rows(store)
+    with store.transaction() as conn:
+        assert leases.ensure(conn, T0) == 3
         assert leases.ensure(conn, T0) == 0
-    assert len(_acquire(store, "daemon-a")) == 2
+        state = leases.states(conn)
+    assert {i: state[i].next_run_at for i in (*active, paused)} == {
+        active[0]: T0,
+        active[1]: T0,
+        paused: accounts.PARKED,
+    }
 
 
 def test_a_one_off_round_gives_only_its_own_mailbox_a_lease_row(store: Store) -> None:
+    ids = _mailboxes(store, 3)
+    _without_lease_rows(store)
     with store.transaction() as conn:
-        ids = [
-            accounts.upsert(conn, f"one{i}@acme.example", "gmail", "t", "s").id for i in range(3)
-        ]
         leases.ensure_one(conn, ids[1], T0)
         leases.ensure_one(conn, ids[1], T0)  # a second time: left as it is
         assert set(leases.states(conn)) == {ids[1]}
     assert [lease.account_id for lease in _acquire(store, "sync-once")] == [ids[1]]
+
+
+# -- a mailbox that is not active is out of the due range (issue 11) -----------------------------
+
+
+def test_a_paused_mailbox_leaves_the_due_range_and_is_due_at_once_when_resumed(
+    store: Store,
+) -> None:
+    (paused, other) = _mailboxes(store, 2)
+    with store.transaction() as conn:
+        accounts.set_status(conn, paused, accounts.PAUSED)
+        assert leases.states(conn)[paused].next_run_at == accounts.PARKED
+    (taken,) = _acquire(store, "daemon-a")
+    assert taken.account_id == other
+    later = T0 + timedelta(hours=1)
+    with store.transaction() as conn:
+        leases.release(conn, taken, next_run_at=later + timedelta(hours=1), failures=0)
+
+    with store.transaction() as conn:
+        accounts.set_status(conn, paused, accounts.ACTIVE, now=later)  # `accounts resume`
+        assert leases.states(conn)[paused].next_run_at == later
+    assert _acquire(store, "daemon-a", now=later - timedelta(seconds=1)) == []
+    assert [lease.account_id for lease in _acquire(store, "daemon-a", now=later)] == [paused]
+
+
+def test_a_mailbox_that_needs_reauthorisation_leaves_the_due_range_until_reconnected(
+    store: Store,
+) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    (lease,) = _acquire(store, "daemon-a")
+    with store.transaction() as conn:  # its round meets a revoked grant, then releases it
+        accounts.set_status(conn, account_id, accounts.NEEDS_REAUTH, "invalid_grant")
+        assert leases.release(conn, lease, next_run_at=T0 + timedelta(minutes=1), failures=0)
+        assert leases.states(conn)[account_id].next_run_at == accounts.PARKED  # kept
+    assert _acquire(store, "daemon-b", now=T0 + timedelta(days=30)) == []
+
+    with store.transaction() as conn:  # reconnected: a new token, active again, due now
+        accounts.upsert(conn, "rep0-active@acme.example", "gmail", "new", "s")
+        due = leases.states(conn)[account_id].next_run_at
+    assert T0 < due < accounts.PARKED
+    (again,) = _acquire(store, "daemon-b", now=due)
+    assert again.generation == lease.generation + 1
+
+
+def test_ensure_puts_back_in_line_leases_whose_place_does_not_match_the_status(
+    store: Store,
+) -> None:
+    """Statuses written without the store's functions (an earlier version): the daemon's
+    start (and its hourly check) puts their leases where they belong."""
+    (active, paused) = _mailboxes(store, 2)
+    with store.transaction() as conn:
+        conn.execute(
+            account_rows.update().where(account_rows.c.id == paused).values(status=accounts.PAUSED)
+        )
+        conn.execute(
+            lease_rows.update()
+            .where(lease_rows.c.account_id == active)
+            .values(next_run_at=accounts.PARKED)
+        )
+        leases.ensure(conn, T0)
+        state = leases.states(conn)
+    assert (state[active].next_run_at, state[paused].next_run_at) == (T0, accounts.PARKED)
+
+
+# -- the acquisition's statements (issue 11) -----------------------------------------------------
+
+
+def _statements(store: Store, call: Callable[[], object]) -> list[str]:
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_the_mailboxes_taken_are_taken_with_one_compare_and_set_update(store: Store) -> None:
+    _mailboxes(store, 5)
+    seen = leases.GoneHolders()
+    with store.transaction() as conn:  # the first look at the holders of this host
+        leases.acquire(conn, "daemon-a", now=T0, duration=LEASE, limit=1, seen=seen)
+    got: list[leases.Lease] = []
+
+    def take() -> None:
+        with store.transaction() as conn:
+            got.extend(leases.acquire(conn, "daemon-a", now=T0, duration=LEASE, limit=3, seen=seen))
+
+    statements = _statements(store, take)
+    assert len(got) == 3 and {lease.generation for lease in got} == {1}
+    assert [s.split()[0] for s in statements] == ["SELECT", "UPDATE"], statements
+    assert "RETURNING" in statements[1]
 
 
 def test_two_daemons_on_postgresql_never_hold_the_same_mailbox(pg_url: str) -> None:
@@ -317,3 +444,56 @@ def test_a_zombie_or_a_missing_proc_entry_is_judged_only_on_this_host(tmp_path: 
     assert not holders.is_gone(holder(12), proc)  # cannot tell: alive
     assert holders.is_gone(holder(13), proc)  # no such pid
     assert not holders.is_gone(f"elsewhere-13-abcdef-t500-{key}", proc)  # another host
+
+
+@needs_proc
+def test_holders_that_are_gone_are_looked_for_once_every_few_seconds_per_process(
+    store: Store,
+) -> None:
+    (first, second) = _mailboxes(store, 2)
+    seen = leases.GoneHolders()
+    dead = holders.holder_id(pid=_dead_pid(), start=12345)
+    (crashed,) = _acquire(store, dead, limit=1)  # it crashed holding the first mailbox
+
+    def take(now: datetime, limit: int = 1) -> list[leases.Lease]:
+        with store.transaction() as conn:
+            return leases.acquire(conn, "daemon-b", now=now, duration=LEASE, limit=limit, seen=seen)
+
+    looks: list[list[leases.Lease]] = []
+    statements = _statements(store, lambda: looks.append(take(T0)))  # never looked: at once
+    assert [lease.account_id for lease in looks[0]] == [first]
+    assert len(statements) == 3  # the holders that might be gone, the due leases, the update
+
+    # The second mailbox's holder dies after that look: not seen until the next look, 5 s on.
+    with store.transaction() as conn:
+        leases.release(conn, looks[0][0], next_run_at=T0 + timedelta(hours=1), failures=0)
+    (crashed_too,) = _acquire(store, holders.holder_id(pid=_dead_pid(), start=1), limit=1)
+    assert crashed_too.account_id == second and crashed.account_id == first
+    soon = T0 + timedelta(seconds=leases.GONE_EVERY_SECONDS - 1)
+    quiet = _statements(store, lambda: looks.append(take(soon)))
+    assert looks[-1] == [] and len(quiet) == 1  # no look at the holders: the due leases only
+    (taken,) = take(T0 + timedelta(seconds=leases.GONE_EVERY_SECONDS))
+    assert taken.account_id == second and taken.previous_owner == crashed_too.owner
+
+
+@needs_proc
+def test_a_one_off_round_takes_over_its_mailbox_from_a_gone_holder_at_once(store: Store) -> None:
+    (account_id,) = _mailboxes(store, 1)
+    seen = leases.GoneHolders()
+    with store.transaction() as conn:  # the process looked a moment ago: nobody was gone
+        leases.acquire(conn, "me", now=T0, duration=LEASE, limit=1, seen=seen, account_ids=[])
+        assert seen.found(T0, set(), everywhere=True) == frozenset()
+    dead = holders.holder_id(pid=_dead_pid(), start=12345)
+    _acquire(store, dead)
+    with store.transaction() as conn:
+        (taken,) = leases.acquire(
+            conn,
+            "me",
+            now=T0 + timedelta(seconds=1),
+            duration=LEASE,
+            limit=1,
+            due_only=False,
+            account_ids=[account_id],
+            seen=seen,
+        )
+    assert taken.previous_owner == dead

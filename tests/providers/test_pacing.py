@@ -180,3 +180,20 @@ def test_a_paced_backfill_runs_near_the_quota_without_a_single_429() -> None:
     # past the first second's burst, the rate is the pacer's: 95% of the quota
     used = (google.meter.total_units - pacer.burst) / seconds / quota
     assert 0.85 < used <= 0.96, used
+
+
+def test_the_pacers_of_idle_mailboxes_are_dropped_now_and_then() -> None:
+    now = [0.0]
+    pacers = Pacers(lambda: Pacer(10.0, 10.0, clock=lambda: now[0]), sweep_every=4)
+    busy = pacers.for_mailbox("busy@example.com")
+    busy.take(10)  # its bucket is empty: it must be kept
+    for i in range(3):
+        pacers.for_mailbox(f"idle{i}@example.com")  # full buckets: as good as new ones
+
+    assert len(pacers) == 2  # the 4th new pacer swept the idle ones made before it
+    assert pacers.for_mailbox("Busy@example.com") is busy
+    now[0] = 1.0  # refilled: now the busy one is idle too
+    for i in range(3, 7):
+        pacers.for_mailbox(f"idle{i}@example.com")
+    assert len(pacers) == 1  # the 8th swept every pacer before it: all full again
+    assert pacers.for_mailbox("busy@example.com") is not busy

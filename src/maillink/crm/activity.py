@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -65,11 +64,15 @@ def draft_for(
 
 
 def draft_to_json(draft: ActivityDraft) -> dict[str, Any]:
-    data = asdict(draft)
-    data["when"] = draft.when.isoformat()
-    data["person_ids"] = list(draft.person_ids)
-    data["items"] = [str(ref) for ref in draft.items]
-    return data
+    """The draft as the outbox stores it (`draft_from_json` reads it back)."""
+    return {
+        "key": draft.key,
+        "subject": draft.subject,
+        "when": draft.when.isoformat(),
+        "person_ids": list(draft.person_ids),
+        "items": [str(ref) for ref in draft.items],
+        "note": draft.note,
+    }
 
 
 def draft_from_json(data: dict[str, Any]) -> ActivityDraft:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from maillink.model import Item, ItemRef, Person
+from maillink.model import Item, ItemKind, ItemRef, Person
 
 
 class CRMError(Exception):
@@ -91,6 +91,39 @@ class Changes:
     person_ids: frozenset[int]  # their items changed (status, new item…)
     emails: frozenset[str]  # persons with these addresses were created or changed
     until: datetime  # ask again from here next time
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One pass over the CRM's persons and items, for the mirror (`maillink.crm.mirror`).
+
+    `since` None: everything (the mirror is replaced); else what changed since then. `items` are
+    kept (deleted ones as DELETED, as `items_of_person` gives them); `gone` are no longer listed
+    (archived); `whole` are the kinds listed whole every time (the mirror's rows of those kinds
+    are replaced: a CRM that cannot say what changed in them). `complete` is False when the CRM
+    holds more than the limit: nothing else is then filled in.
+    """
+
+    since: datetime | None
+    persons: tuple[Person, ...] = ()
+    items: tuple[Item, ...] = ()
+    gone: tuple[Item, ...] = ()
+    whole: frozenset[ItemKind] = frozenset()
+    complete: bool = True
+    records: int = 0
+
+
+class MirrorSource(Protocol):
+    """What an adapter offers to be mirrored: listings, and the items it keeps out of them."""
+
+    def list_records(self, since: datetime | None, limit: int) -> Listing:
+        """The persons and items changed since `since` (all when None), at most `limit`."""
+        ...
+
+    def unmirrored_items(self, person_id: int) -> list[Item]:
+        """The person's items that listings leave out (Pipedrive: projects, from their own
+        company-wide list; archived deals and leads when always read)."""
+        ...
 
 
 class CRM(Protocol):

@@ -25,6 +25,7 @@ from maillink.crm.base import (
     CRMError,
     CRMRecordGone,
     CRMRefused,
+    Listing,
 )
 from maillink.crm.pipedrive_http import (
     TOKEN_COSTS,
@@ -37,6 +38,7 @@ from maillink.crm.pipedrive_items import (
     lead_item,
     note_has_key,
     person_emails,
+    person_from_list,
     person_from_search,
     project_item,
     rfc3339,
@@ -183,6 +185,54 @@ class PipedriveCRM:
             emails=frozenset(emails),
             until=until,
         )
+
+    # -- listings, for the mirror (`maillink.crm.mirror`) -------------------------------------
+
+    def list_records(self, since: datetime | None, limit: int) -> Listing:
+        """Persons (v2, `updated_since`), deals (v2, `updated_since`, deleted ones of the last 30
+        days as DELETED) and every not archived lead (v1 has no `updated_since`, and archived,
+        converted or deleted leads leave the list: it is read whole each time). Since a time,
+        archived deals changed since then are `gone`. 500 a page; stops once more than `limit`
+        records were listed (the listing is then not `complete`)."""
+        stamp = {"updated_since": rfc3339(since)} if since is not None else {}
+        counted = 0
+        persons: list[Person] = []
+        items: list[Item] = []
+        gone: list[Item] = []
+        sources: list[tuple[str, str, dict[str, Any], Callable[[dict[str, Any]], Any], list[Any]]]
+        sources = [
+            ("persons.list", "/api/v2/persons", {**stamp}, person_from_list, persons),
+            ("deals.list", "/api/v2/deals", {**stamp, "status": DEAL_STATUSES}, deal_item, items),
+            ("leads.list", "/api/v1/leads", {}, lead_item, items),
+        ]
+        if since is not None:
+            archived = {**stamp, "status": DEAL_STATUSES}
+            sources.append(("deals.archived", "/api/v2/deals/archived", archived, deal_item, gone))
+        for operation, path, params, convert, into in sources:
+            for record in self._all(operation, path, {**params, "limit": 500}):
+                counted += 1
+                if counted > limit:
+                    return Listing(since=since, complete=False, records=counted)
+                converted = convert(record)
+                if converted is not None:
+                    into.append(converted)
+        return Listing(
+            since=since,
+            persons=tuple(persons),
+            items=tuple(items),
+            gone=tuple(gone),
+            whole=frozenset({ItemKind.LEAD}),
+            records=counted,
+        )
+
+    def unmirrored_items(self, person_id: int) -> list[Item]:
+        """The person's projects (the company-wide list, kept `projects_ttl`), and archived deals
+        and leads when `include_archived`: what `list_records` leaves out."""
+        records: list[Item | None] = []
+        if self.include_archived:
+            records += self._archived(person_id)
+        records += self._projects_by_person().get(person_id, [])
+        return _unique(records)
 
     def _all(self, operation: str, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for data in self.http.pages(operation, path, params):

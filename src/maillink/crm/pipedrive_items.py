@@ -60,6 +60,15 @@ def person_from_search(result: dict[str, Any]) -> Person | None:
     return Person(id=item["id"], name=str(item.get("name") or ""), emails=emails)
 
 
+def person_from_list(person: dict[str, Any]) -> Person | None:
+    """A GET /api/v2/persons record (its addresses lower-cased); None without an id or when
+    Pipedrive marks it deleted."""
+    if not isinstance(person.get("id"), int) or person.get("is_deleted"):
+        return None
+    emails = tuple(dict.fromkeys(person_emails(person)))
+    return Person(id=person["id"], name=str(person.get("name") or ""), emails=emails)
+
+
 def person_emails(person: dict[str, Any]) -> list[str]:
     """The addresses of a GET /api/v2/persons record, lower-cased."""
     found = []

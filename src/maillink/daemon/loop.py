@@ -26,6 +26,7 @@ from maillink.daemon.rounds import Holding, Rounds, is_conflict
 from maillink.errors import ConfigError
 from maillink.ops.metrics import Metrics, ObservedRetryPolicy, observe_requests_session
 from maillink.providers.base import MailProvider
+from maillink.push.gmail_watch import GmailWatches
 from maillink.store import Store, accounts, leases
 from maillink.store.accounts import Account
 from maillink.store.leases import Lease, LeaseLost
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("maillink.daemon")
 
 TICK_SECONDS = 0.5  # how often the daemon looks for due mailboxes
-ENSURE_EVERY_SECONDS = 5.0  # how often mailboxes connected meanwhile get a lease row
+# How often the daemon checks that every mailbox has its lease row in its place (and keeps the
+# statistics, `leases.ensure`), besides at its start: the store gives a mailbox its row as it is
+# connected and moves it as its status changes, so this is a safety net only.
+ENSURE_EVERY_SECONDS = 3600.0
 SERVICES = {"gmail": "gmail", "microsoft": "graph"}  # the API a mailbox's provider calls
 
 
@@ -94,7 +98,8 @@ class Daemon:
         self._busy_lock = threading.Lock()
         self._poke = threading.Event()
         self._beat = time.monotonic()
-        self._providers: dict[int, tuple[str | None, MailProvider]] = {}
+        # Gmail push (issue 12): each active mailbox's users.watch made and renewed by the daemon.
+        self.watches = GmailWatches(app, settings.gmail.push_topic, clock=clock)
         # Built now: a configuration problem stops the daemon before any work.
         self.crm = app.crm
         _ = app.facts
@@ -145,10 +150,10 @@ class Daemon:
         log.info("daemon stopped", extra={"event": "stop", "owner": self.owner})
 
     def _loop(self) -> None:
-        ensured_at = 0.0
+        ensured_at: float | None = None  # at the start, then every ENSURE_EVERY_SECONDS
         while not self.should_stop():
             self._beat = time.monotonic()
-            if self._beat - ensured_at >= ENSURE_EVERY_SECONDS:
+            if ensured_at is None or self._beat - ensured_at >= ENSURE_EVERY_SECONDS:
                 try:
                     with self.store.transaction() as conn:
                         leases.ensure(conn, self.clock())
@@ -156,6 +161,7 @@ class Daemon:
                 except SQLAlchemyError as exc:
                     log.warning("store unavailable: %s", type(exc).__name__)
             self._acquire()
+            self.watches.tick()  # a check in the background every minute: watches due, stopped
             self._poke.wait(self.tick)
             self._poke.clear()
 
@@ -201,31 +207,32 @@ class Daemon:
         )
 
     def _provider(self, account: Account) -> MailProvider:
-        """The mailbox's adapter, kept between rounds (its access token too) until the stored
-        token changes (a reconnection)."""
-        cached = self._providers.get(account.id)
-        if cached is not None and cached[0] == account.token:
-            return cached[1]
+        """The mailbox's adapter for this round, dropped when the round ends: an idle mailbox
+        costs the daemon no client. What a round needs from the rounds before (the access token
+        and its expiry, MSAL's cache) is in the store, read with the mailbox; what is costly to
+        build (the API description, the connection pools, the MSAL application) is shared by
+        every mailbox of the process."""
         service = SERVICES.get(account.provider, account.provider)
         policy = ObservedRetryPolicy(metrics=self.metrics, service=service)
-        provider: MailProvider = self.app.provider_for(account, policy=policy)
-        self._providers[account.id] = (account.token, provider)
-        return provider
+        return self.app.provider_for(account, policy=policy)
 
     def _round(self, lease: Lease) -> None:
         try:
-            account = self._account(lease.account_id)
+            start = self._account(lease.account_id)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             # The database dropped the connection (a restart, an idle timeout): the pool has
             # discarded its connections, so the round goes on with a fresh one.
-            account = self._account(lease.account_id)
-        if account is None or account.status != accounts.ACTIVE:
+            start = self._account(lease.account_id)
+        if start is None or start.account.status != accounts.ACTIVE:
             self.rounds.release(lease, None)
             return
+        account = start.account
         extra = {"account_id": account.id, "account": account.email}
-        with self.rounds.hold(account, lease=lease, should_stop=self.should_stop) as job:
+        with self.rounds.hold(
+            account, lease=lease, should_stop=self.should_stop, start=start
+        ) as job:
             started = time.monotonic()
             self._sync(job, extra)
             assert job.result is not None
@@ -234,9 +241,11 @@ class Daemon:
             self.metrics.rounds.labels("lease_lost").inc()
             log.warning("lease lost: round abandoned, nothing more written", extra=extra)
 
-    def _account(self, account_id: int) -> Account | None:
+    def _account(self, account_id: int) -> accounts.RoundStart | None:
+        """The round's opening read, in one statement: the mailbox, its pending work and its
+        cursor (handed to the syncer, which does not read them again)."""
         with self.store.engine.connect() as conn:
-            return accounts.get_by_id(conn, account_id)
+            return accounts.round_start(conn, account_id, datetime.now(UTC))
 
     def _sync(self, job: Holding, extra: dict[str, object]) -> None:
         try:
@@ -318,6 +327,7 @@ def run_daemon(
     """Sync on schedule until asked to stop, serving /healthz, /metrics and the webhooks
     (`[daemon]` in maillink.toml; `ops_port` overrides its port) beside the rounds."""
     from maillink.ops.server import OpsContext, OpsServer, create_ops_app
+    from maillink.push.pubsub_auth import PushVerifier
 
     daemon = Daemon(app, should_stop=should_stop, metrics=metrics, out=out)
     settings = app.settings.daemon
@@ -330,6 +340,9 @@ def run_daemon(
             metrics=daemon.metrics,
             webhook=credentials.webhook,
             gmail_push_token=credentials.gmail_push_token,
+            gmail_push_verifier=(
+                PushVerifier(credentials.gmail_push_oidc) if credentials.gmail_push_oidc else None
+            ),
             wake=daemon.wake,
             status=daemon.status,
             alive=daemon.alive,

@@ -218,6 +218,7 @@ class Holding:
     lease: Lease | None = None
     lost: bool = False
     conflict: bool = False
+    start: accounts.RoundStart | None = None  # the round's opening read, made with the mailbox
 
     def record_error(self, error: str) -> RoundResult:
         """`error` as this round's result, recorded on the mailbox (fenced)."""
@@ -247,8 +248,14 @@ class Holding:
                 self.account, provider, on_page=on_page, should_stop=self.should_stop
             )
         else:
+            start, self.start = self.start, None  # read once: a second round reads again
             self.result = self.syncer.run(
-                self.account, provider, on_page=on_page, should_stop=self.should_stop, retry=retry
+                self.account,
+                provider,
+                on_page=on_page,
+                should_stop=self.should_stop,
+                retry=retry,
+                start=start,
             )
         return self.result
 
@@ -276,6 +283,7 @@ class Rounds:
         self.rng = rng
         self.on_takeover = on_takeover
         self.keeper = LeaseKeeper(self.store, self.duration, clock=clock, on_lost=on_lost)
+        self.gone = leases.GoneHolders()  # this process's look at holders that are gone
 
     def start(self) -> Rounds:
         self.keeper.start()
@@ -316,6 +324,7 @@ class Rounds:
                 exclude=exclude,
                 due_only=due_only,
                 account_ids=account_ids,
+                seen=self.gone,
             )
         for lease in got:
             if lease.taken_over:
@@ -368,11 +377,13 @@ class Rounds:
         wait: float | None = 0.0,
         poll: float = 0.5,
         on_held: Callable[[LeaseState], None] | None = None,
+        start: accounts.RoundStart | None = None,
     ) -> Iterator[Holding]:
         """Hold `account` for a round (or a one-off job): its `lease` if the caller took it,
         else taken now (see `take`). The holding's syncer writes through a store fenced by the
         lease; `LeaseLost` raised by the work ends the hold (`lost`, nothing released); else
-        the mailbox is released with its next run, from `result`."""
+        the mailbox is released with its next run, from `result`. `start`: the round's opening
+        read, made by the caller under the lease (`accounts.round_start`)."""
         if lease is None:
             lease = self.take(
                 account, wait=wait, poll=poll, should_stop=should_stop, on_held=on_held
@@ -382,7 +393,7 @@ class Rounds:
             return
         lost = self.keeper.hold(lease)
         syncer = self.app.syncer(FencedStore(self.store, lease), record_sync=False)
-        holding = Holding(account, syncer, either(should_stop, lost), lease=lease)
+        holding = Holding(account, syncer, either(should_stop, lost), lease=lease, start=start)
         try:
             yield holding
         except LeaseLost:

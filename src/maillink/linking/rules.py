@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from maillink.linking.explanations import Why
 from maillink.linking.facts import (
@@ -57,15 +58,25 @@ AUTO = "auto"
 USER = "user"
 
 
+@lru_cache(maxsize=16)
+def _lowered(policy: LinkingPolicy) -> tuple[frozenset[str], frozenset[str], tuple[str, ...]]:
+    """The policy's own addresses, internal domains and blocked patterns, lower-cased: once per
+    policy (it is immutable), not once per message, as a team may have thousands of addresses."""
+    return (
+        frozenset(address.lower() for address in policy.own_addresses),
+        frozenset(domain.lower() for domain in policy.internal_domains),
+        tuple(pattern.lower() for pattern in policy.blocked),
+    )
+
+
 def external_participants(
     message: Message, policy: LinkingPolicy
 ) -> tuple[list[Address], list[Address]]:
     """(external, blocked): From/To/Cc/Bcc minus own addresses (policy.own_addresses, the message's
     own account, and addresses in policy.internal_domains), deduplicated by email, in header order;
     the blocked ones (fnmatch, case-insensitive, against the whole address) are returned apart."""
-    own = {address.lower() for address in policy.own_addresses} | {message.account.lower()}
-    internal_domains = {domain.lower() for domain in policy.internal_domains}
-    patterns = [pattern.lower() for pattern in policy.blocked]
+    own, internal_domains, patterns = _lowered(policy)
+    account = message.account.lower()
     external: list[Address] = []
     blocked: list[Address] = []
     seen: set[str] = set()
@@ -74,7 +85,7 @@ def external_participants(
         if not email or email in seen:
             continue
         seen.add(email)
-        if email in own or email.rpartition("@")[2] in internal_domains:
+        if email in own or email == account or email.rpartition("@")[2] in internal_domains:
             continue
         if any(fnmatchcase(email, pattern) for pattern in patterns):
             blocked.append(address)

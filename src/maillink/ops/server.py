@@ -3,11 +3,13 @@
     GET  /healthz                 200 when the store answers and the daemon's loop is alive
     GET  /metrics                 Prometheus text format
     POST /webhooks/pipedrive      Pipedrive webhooks v2, HTTP basic auth (credentials.json webhook)
-    POST /push/gmail?token=…      Gmail Pub/Sub push (credentials.json gmail_push.token)
+    POST /push/gmail              Gmail Pub/Sub push: its OIDC token (credentials.json
+                                  gmail_push.service_account), or ?token=… (gmail_push.token)
 
 Errors are short JSON bodies, never a traceback. Bodies are capped (MAX_BODY_BYTES: 413 above it)
-and their JSON must nest less than MAX_JSON_DEPTH deep (400 otherwise). Nothing is registered at Pipedrive or Google by
-maillink: the README says which URL to give them.
+and their JSON must nest less than MAX_JSON_DEPTH deep (400 otherwise). Gmail's watches are
+made by the daemon itself (`maillink.push.gmail_watch`); docs/operations.md says which URLs to
+give Pipedrive and the Pub/Sub push subscription.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -27,7 +29,18 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from maillink.config import WebhookCredentials
 from maillink.ops.metrics import Metrics
-from maillink.ops.webhooks import BadPayload, forget, gmail_push, parse_json, pipedrive_change
+from maillink.ops.webhooks import (
+    BadPayload,
+    RecentIds,
+    forget,
+    gmail_push,
+    parse_json,
+    pipedrive_change,
+    stale_push,
+)
+from maillink.providers.base import ProviderError
+from maillink.providers.gmail_cursor import GmailCursor
+from maillink.push.pubsub_auth import CertificatesUnavailable, PushRefused, PushVerifier
 from maillink.store import Store, accounts
 
 log = logging.getLogger("maillink.ops")
@@ -46,6 +59,8 @@ class OpsContext:
     metrics: Metrics
     webhook: WebhookCredentials | None = None
     gmail_push_token: str | None = None
+    gmail_push_verifier: PushVerifier | None = None  # the OIDC token of Pub/Sub's pushes
+    gmail_push_seen: RecentIds = field(default_factory=RecentIds)  # message ids: replays
     wake: Callable[[int], None] = lambda account_id: None  # make a mailbox due now
     status: Callable[[], dict[str, Any]] = dict  # the daemon's own state for /healthz
     alive: Callable[[], bool] = lambda: True  # False when the daemon's loop has stalled
@@ -144,22 +159,64 @@ def create_ops_app(ctx: OpsContext) -> Flask:
             }
         )
 
+    def gmail_push_refused() -> Response | None:
+        """None when the push proves it is Pub/Sub's: a bearer OIDC token that verifies (when
+        configured), else the shared token of the URL (the fallback); else the refusal."""
+        scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+        verifier = ctx.gmail_push_verifier
+        if verifier is not None and scheme.lower() == "bearer" and bearer.strip():
+            try:
+                verifier.verify(bearer.strip(), (request.url, request.base_url))
+            except PushRefused as exc:
+                log.info("gmail push refused: %s", exc.reason, extra={"event": "push_refused"})
+                if exc.status == 401:
+                    challenge = 'Bearer error="invalid_token"'
+                    return _error(401, "unauthorized", **{"WWW-Authenticate": challenge})
+                return _error(403, "forbidden")
+            except CertificatesUnavailable:
+                log.warning("gmail push: Google's signing certificates are unavailable")
+                return _error(503, "cannot verify the token now; try again")
+            return None
+        given = request.args.get("token")
+        if ctx.gmail_push_token is not None and given is not None:
+            return None if _same(given, ctx.gmail_push_token) else _error(403, "forbidden")
+        if verifier is not None:
+            return _error(401, "unauthorized", **{"WWW-Authenticate": "Bearer"})
+        return _error(403, "forbidden")
+
     @app.post("/push/gmail")
     def gmail_push_endpoint() -> Response:
-        if ctx.gmail_push_token is None:
+        if ctx.gmail_push_token is None and ctx.gmail_push_verifier is None:
             return _error(404, "Gmail push is not configured (credentials.json gmail_push)")
-        if not _same(request.args.get("token", ""), ctx.gmail_push_token):
-            return _error(403, "forbidden")
+        refused = gmail_push_refused()
+        if refused is not None:
+            return refused
         try:
             push = gmail_push(_json_body())
         except BadPayload as exc:
             return _error(400, str(exc))
+        if push.message_id is not None and push.message_id in ctx.gmail_push_seen:
+            log.info("gmail push replayed: acknowledged, ignored", extra={"event": "push_replay"})
+            return Response(status=204)
         with ctx.store.engine.connect() as conn:
             account = accounts.get(conn, push.email)
-        if account is None or account.provider != "gmail":
-            log.info("gmail push for a mailbox not connected here: acknowledged, ignored")
+            cursor = accounts.get_cursor(conn, account.id) if account is not None else None
+        if account is None or account.provider != "gmail" or account.status != accounts.ACTIVE:
+            log.info("gmail push for a mailbox not synced here: acknowledged, ignored")
+            return Response(status=204)
+        try:
+            synced = GmailCursor.loads(cursor)
+        except ProviderError:
+            synced = None
+        if stale_push(push.history_id, synced.history_id if synced is not None else None):
+            log.info(
+                "gmail push already synced: acknowledged, ignored",
+                extra={"event": "push_stale", "account_id": account.id},
+            )
             return Response(status=204)
         ctx.wake(account.id)
+        if push.message_id is not None:
+            ctx.gmail_push_seen.add(push.message_id)
         ctx.metrics.wakeups.labels("gmail").inc()
         log.info(
             "gmail push: mailbox due now",

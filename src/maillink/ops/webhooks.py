@@ -11,16 +11,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from maillink.store import cache
+from maillink.store import cache, mirror
 
 # Entities whose changes move items (rules 2 and 6), and persons (who has which address).
 ITEM_ENTITIES = frozenset({"deal", "lead", "project"})
 PERSON_ENTITY = "person"
+DELETE_ACTIONS = frozenset({"delete", "deleted"})  # webhooks v2 say "delete"
 
 
 MAX_JSON_DEPTH = 32  # Pipedrive's and Pub/Sub's payloads nest a few levels; a deeper one is junk
@@ -145,8 +149,20 @@ def pipedrive_change(payload: Any) -> CrmChange | None:
     return None
 
 
-def forget(conn: Connection, change: CrmChange) -> None:
-    """Drop the cache entries `change` made stale."""
+def forget(conn: Connection, change: CrmChange, now: datetime | None = None) -> None:
+    """Drop the cache entries `change` made stale. The CRM mirror does not answer for what it
+    names until a refresh has read it again; a deleted person leaves the mirror at once (CRM
+    listings do not show deleted persons)."""
+    now = now or datetime.now(UTC)
+    mirror.mark_stale(
+        conn,
+        now,
+        person_ids=change.person_ids,
+        emails=change.emails,
+        everything=change.everyone,
+    )
+    if change.entity == PERSON_ENTITY and change.action in DELETE_ACTIONS:
+        mirror.drop_persons(conn, change.person_ids)
     if change.everyone:
         cache.forget_all(conn)
         return
@@ -157,12 +173,14 @@ def forget(conn: Connection, change: CrmChange) -> None:
 class GmailPush:
     email: str
     history_id: str | None
+    message_id: str | None = None  # Pub/Sub's id of the message: the same one again is a replay
 
 
 def gmail_push(envelope: Any) -> GmailPush:
     """The mailbox a Pub/Sub push names: `message.data` is base64 JSON {emailAddress, historyId}."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
         raise BadPayload("the body must be a Pub/Sub push envelope with a message")
+    message_id = envelope["message"].get("messageId") or envelope["message"].get("message_id")
     data = envelope["message"].get("data")
     if not isinstance(data, str) or not data:
         raise BadPayload("message.data is missing")
@@ -179,7 +197,39 @@ def gmail_push(envelope: Any) -> GmailPush:
     if not isinstance(decoded, dict) or not isinstance(decoded.get("emailAddress"), str):
         raise BadPayload("message.data has no emailAddress")
     history = decoded.get("historyId")
+    history_id = str(history).strip() if isinstance(history, int | str) else None
+    if history_id is not None and not history_id.isdigit():
+        raise BadPayload("message.data has a historyId that is not a number")
     return GmailPush(
         email=decoded["emailAddress"].strip().lower(),
-        history_id=str(history) if isinstance(history, int | str) else None,
+        history_id=history_id,
+        message_id=str(message_id)[:200] if isinstance(message_id, str | int) else None,
     )
+
+
+def stale_push(history_id: str | None, cursor_history_id: str | None) -> bool:
+    """A push whose historyId is not newer than the mailbox's stored cursor: its change has
+    been synced already (or it is a replay)."""
+    if history_id is None or cursor_history_id is None:
+        return False
+    return int(history_id) <= int(cursor_history_id)
+
+
+class RecentIds:
+    """The last `size` ids seen (Pub/Sub message ids), to tell a replay; thread-safe."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._ids
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._ids[key] = None
+            self._ids.move_to_end(key)
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)

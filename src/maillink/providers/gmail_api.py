@@ -54,9 +54,10 @@ METADATA_HEADERS = (
 UNITS = GMAIL_UNITS["2025"]
 HISTORY_TYPES = ("messageAdded", "labelAdded", "messageDeleted")
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-# The methods maillink calls, by resource of `users`; the shared description keeps only these.
+# The methods maillink calls, by resource of `users`; the shared description keeps only these
+# (watch and stop: Gmail push, `maillink.push.gmail_watch`).
 USED_METHODS: dict[str, tuple[str, ...]] = {
-    "": ("getProfile",),
+    "": ("getProfile", "watch", "stop"),
     "messages": ("list", "get"),
     "threads": ("get",),
     "history": ("list",),

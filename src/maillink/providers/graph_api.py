@@ -96,7 +96,17 @@ def shared_session(ca_bundle: str | None, timeout: float | None) -> CABundleSess
 
 
 class TokenUnavailable(ProviderError):
-    """No access token right now (the token endpoint failed transiently); retry later."""
+    """No access token right now (the token endpoint failed transiently); retry later.
+
+    `status` and `retry_after` are the token endpoint's answer when it was a busy or failing
+    server (429, 408, 5xx): the policy then reads it as it reads the same answer from Graph."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class GraphHTTPError(Exception):
@@ -140,6 +150,8 @@ def classify(exc: BaseException) -> Failure | None:
     if isinstance(exc, GraphHTTPError):
         return exc.failure()
     if isinstance(exc, TokenUnavailable):
+        if exc.status is not None:  # busy or failing: waited out or retried like Graph's answer
+            return Failure(exc.status, None, exc.retry_after, detail="token endpoint")
         return Failure(None, TRANSIENT, detail=str(exc))
     if isinstance(exc, requests.exceptions.SSLError):
         return Failure(None, "tls", detail="certificate verification failed")

@@ -94,18 +94,37 @@ class Pacer:
             self._sleep(pause)
             waited += pause
 
+    def full(self) -> bool:
+        """Whether the bucket is full again: the pacer is then as good as a new one."""
+        with self._lock:
+            self._refill()
+            return self._tokens >= self.burst - _SLACK
+
 
 class Pacers:
-    """One pacer per mailbox, kept for the life of the process (rounds come and go)."""
+    """One pacer per mailbox while it spends (rounds come and go); a pacer whose bucket is full
+    again is as good as a new one, so idle mailboxes' pacers are dropped now and then (every
+    `sweep_every` new pacers): the process keeps none per idle mailbox."""
 
-    def __init__(self, make: Callable[[], Pacer]) -> None:
+    def __init__(self, make: Callable[[], Pacer], *, sweep_every: int = 256) -> None:
         self._make = make
         self._lock = threading.Lock()
         self._pacers: dict[str, Pacer] = {}
+        self._sweep_every = sweep_every
+        self._made = 0
 
     def for_mailbox(self, email: str) -> Pacer:
         key = email.strip().lower()
         with self._lock:
-            if key not in self._pacers:
-                self._pacers[key] = self._make()
-            return self._pacers[key]
+            found = self._pacers.get(key)
+            if found is None:
+                self._made += 1
+                if self._made % self._sweep_every == 0:
+                    for name in [n for n, p in self._pacers.items() if p.full()]:
+                        del self._pacers[name]
+                found = self._pacers[key] = self._make()
+            return found
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pacers)

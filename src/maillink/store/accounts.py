@@ -4,6 +4,12 @@ Every change of the set of mailboxes or of their addresses (a mailbox connected,
 removed) sets a new `accounts_version` (a `crm_state` row) in the same transaction, so that a
 process that keeps what it derived from all the mailboxes (the team's own addresses in the
 linking policy) can tell with one indexed read that it is still current.
+
+Each mailbox's lease row (`store.leases`) follows it here, in the same transaction: a mailbox
+gets its row when it is connected (due at once), a mailbox that stops being active (paused,
+needs re-authorisation) has its next run moved out of the due range (`PARKED`), and one that is
+active again (reconnected, resumed) is due now. So the daemons' look for due mailboxes meets
+only mailboxes they can take, and nobody has to look for accounts without a lease row.
 """
 
 from __future__ import annotations
@@ -13,14 +19,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink.store import cache
-from maillink.store.schema import accounts, cursors
+from maillink.store.outbox import WorkLeft, work_probes
+from maillink.store.schema import accounts, cursors, leases
 
 ACTIVE = "active"
 PAUSED = "paused"
 NEEDS_REAUTH = "needs_reauth"
 VERSION = "accounts_version"  # crm_state: changes whenever a mailbox or an address does
+MAILBOX_CURSOR = "mailbox"  # the incremental cursor of a mailbox (`sync.MAILBOX`)
+# The next run of a mailbox that is not active: past any date a daemon will see, so its lease
+# stays out of the due range of `ix_leases_due` until the mailbox is active again.
+PARKED = datetime(9999, 1, 1, tzinfo=UTC)
+# The next run of a new mailbox's lease row: due at once, before the mailboxes merely overdue
+# (a person just connected it and waits for its first sync), whatever the daemons' clocks say.
+AT_ONCE = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,8 @@ def upsert(
     scopes: str,
     aliases: tuple[str, ...] = (),
 ) -> Account:
-    """Add a mailbox, or reconnect it (new token, active again); its cursors are kept."""
+    """Add a mailbox, or reconnect it (new token, active again); its cursors are kept. A new
+    mailbox gets its lease row, due at once; a reconnected one is due now."""
     email = email.lower()
     existing = get(conn, email)
     _changed(conn)
@@ -88,6 +104,7 @@ def upsert(
         made = get(conn, email)
         assert made is not None
         if made.token == token:
+            _schedule(conn, made.id, AT_ONCE)
             return made
         existing = made
     conn.execute(
@@ -102,6 +119,7 @@ def upsert(
             last_error=None,
         )
     )
+    _schedule(conn, existing.id, datetime.now(UTC))
     account = get(conn, email)
     assert account is not None
     return account
@@ -129,9 +147,35 @@ def last_syncs(conn: Connection) -> list[tuple[int, datetime]]:
     return [(account_id, when) for account_id, when in rows]
 
 
-def set_status(conn: Connection, account_id: int, status: str, error: str | None = None) -> None:
+def set_status(
+    conn: Connection,
+    account_id: int,
+    status: str,
+    error: str | None = None,
+    *,
+    now: datetime | None = None,
+) -> None:
+    """The mailbox's new status; its lease row follows: out of the due range (`PARKED`) unless
+    active, due `now` when active."""
     conn.execute(
         update(accounts).where(accounts.c.id == account_id).values(status=status, last_error=error)
+    )
+    _schedule(conn, account_id, (now or datetime.now(UTC)) if status == ACTIVE else PARKED)
+
+
+def _schedule(conn: Connection, account_id: int, next_run_at: datetime) -> None:
+    """The mailbox's lease row with this next run: added free if it has none, else only its
+    next run moved (its holder and generation are the holder's). A round that holds the mailbox
+    meanwhile keeps this next run as it releases it (`leases.release` keeps a later one)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(leases).values(
+        account_id=account_id, generation=0, failures=0, next_run_at=next_run_at, owner=None
+    )
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=[leases.c.account_id],
+            set_={"next_run_at": statement.excluded.next_run_at},
+        )
     )
 
 
@@ -164,6 +208,45 @@ def version(conn: Connection) -> str | None:
     """The mailboxes' version: a new value whenever one is connected, reconnected or removed
     (None until the first such change)."""
     return cache.get_state(conn, VERSION)
+
+
+@dataclass(frozen=True)
+class RoundStart:
+    """What a mailbox round reads before it asks the provider: the mailbox, its pending work
+    and its cursor."""
+
+    account: Account
+    work: WorkLeft
+    cursor: str | None
+    cursor_name: str = MAILBOX_CURSOR
+
+
+def round_start(
+    conn: Connection, account_id: int, now: datetime, cursor_name: str = MAILBOX_CURSOR
+) -> RoundStart | None:
+    """The mailbox's row, its pending work (`outbox.work_left`) and its cursor in one statement
+    (the idle round's only read); None when the mailbox is gone."""
+    undecided, pending, due = work_probes(account_id, now)
+    cursor = (
+        select(cursors.c.value)
+        .where(cursors.c.account_id == account_id, cursors.c.name == cursor_name)
+        .scalar_subquery()
+    )
+    row = conn.execute(
+        select(
+            accounts,
+            undecided.label("work_undecided"),
+            pending.label("work_pending"),
+            due.label("work_due"),
+            cursor.label("cursor_value"),
+        ).where(accounts.c.id == account_id)
+    ).first()
+    if row is None:
+        return None
+    work = WorkLeft(
+        undecided=bool(row.work_undecided), pending=bool(row.work_pending), due=bool(row.work_due)
+    )
+    return RoundStart(_account(row), work, row.cursor_value, cursor_name)
 
 
 def get_cursor(conn: Connection, account_id: int, name: str = "mailbox") -> str | None:

@@ -64,6 +64,28 @@ def _decision(row: Any) -> StoredDecision:
     )
 
 
+# The columns a replay reads: a message's own and its decision (not its bookkeeping).
+_TO_DECIDE = [
+    messages.c[name]
+    for name in (
+        "id",
+        "thread_id",
+        "provider_id",
+        "message_id",
+        "in_reply_to",
+        "date",
+        "direction",
+        "headers",
+        "problems",
+        "reason",
+        "person_ids",
+        "items",
+        "candidates",
+        "detail",
+    )
+]
+
+
 def messages_to_decide(
     conn: Connection,
     account_email: str,
@@ -82,7 +104,7 @@ def messages_to_decide(
     for start in range(0, len(ids), _CHUNK):
         chunk = ids[start : start + _CHUNK]
         rows = conn.execute(
-            select(messages)
+            select(*_TO_DECIDE)
             .where(messages.c.thread_id.in_(chunk))
             .order_by(messages.c.thread_id, messages.c.date, messages.c.provider_id)
         )

@@ -15,15 +15,20 @@ once, not only when it expires: the holder id names the process (`maillink.holde
 Times come from the daemons' clocks (UTC); keep them in step (NTP) well within a lease's length.
 
 Cheap with many mailboxes (issue 11): the due mailboxes are read from `ix_leases_due` in the order
-they are taken (a few index entries, no sort), and the holders that might be gone from the few
-held leases of this host (`ix_leases_held`). On PostgreSQL the plans depend on the tables'
-statistics; where autovacuum is off nobody else keeps them, so `ensure` runs `ANALYZE` on
-`leases` and `accounts` when they are missing or stale (`keep_statistics`).
+they are taken (a few index entries, no sort) and taken with one compare-and-set UPDATE; the
+holders that might be gone are read from the few held leases of this host (`ix_leases_held`), at
+most every `GONE_EVERY_SECONDS` per process (`GoneHolders`). A mailbox gets its lease row when it
+is connected, and a paused one (or one that needs re-authorisation) is moved out of the due range
+(`accounts.PARKED`) by the status change itself (`store.accounts`), so `ix_leases_due` starts with
+mailboxes that can be taken. On PostgreSQL the plans depend on the tables' statistics; where
+autovacuum is off nobody else keeps them, so `ensure` runs `ANALYZE` on `leases` and `accounts`
+when they are missing or stale (`keep_statistics`).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -41,13 +46,14 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink import holders
 from maillink.store import Store
-from maillink.store.accounts import ACTIVE
+from maillink.store.accounts import ACTIVE, PARKED
 from maillink.store.schema import accounts, leases
 
 
@@ -92,41 +98,64 @@ def _holds(lease: Lease) -> ColumnElement[bool]:
 
 
 def ensure(conn: Connection, now: datetime) -> int:
-    """Give every mailbox without a lease row one, due now; returns how many were added.
+    """Give every mailbox without a lease row one (due now; out of the due range when it is not
+    active), and put back in line the leases whose place does not match their mailbox's status;
+    returns how many rows were added.
 
-    Several daemons may do this at once: a row another one added meanwhile is left as it is.
-    On PostgreSQL, the first call of a process on a database (a daemon's start), then one an
-    hour, and every call that added rows also keep the statistics of `leases` and `accounts`
-    current (`keep_statistics`).
+    The store does both as mailboxes are connected and change status (`store.accounts`): this
+    is the safety net a daemon runs at its start and once an hour (mailboxes written by an
+    earlier version). Several daemons may do this at once: a row another one added meanwhile is
+    left as it is. On PostgreSQL, the first call of a process on a database, then one an hour,
+    and every call that added rows also keep the statistics of `leases` and `accounts` current
+    (`keep_statistics`).
     """
     check = _statistics_due(conn, now)
     added = _ensure(conn, now)
+    _settle(conn, now)
     if check or added:
         keep_statistics(conn, added=added)
     return added
 
 
 def _ensure(conn: Connection, now: datetime) -> int:
-    missing = select(accounts.c.id).where(
+    missing = select(accounts.c.id, accounts.c.status).where(
         ~select(leases.c.account_id).where(leases.c.account_id == accounts.c.id).exists()
     )
-    return _add_rows(conn, list(conn.execute(missing).scalars()), now)
+    rows = [(i, now if status == ACTIVE else PARKED) for i, status in conn.execute(missing)]
+    return _add_rows(conn, rows)
+
+
+def _settle(conn: Connection, now: datetime) -> None:
+    """Leases of mailboxes that are not active: out of the due range (`PARKED`); parked leases
+    of active mailboxes: due now."""
+    inactive = select(accounts.c.id).where(accounts.c.status != ACTIVE)
+    conn.execute(
+        update(leases)
+        .where(leases.c.next_run_at < PARKED, leases.c.account_id.in_(inactive))
+        .values(next_run_at=PARKED)
+    )
+    active = select(accounts.c.id).where(accounts.c.status == ACTIVE)
+    conn.execute(
+        update(leases)
+        .where(leases.c.next_run_at >= PARKED, leases.c.account_id.in_(active))
+        .values(next_run_at=now)
+    )
 
 
 def ensure_one(conn: Connection, account_id: int, now: datetime) -> None:
     """Give this one mailbox a lease row (due now) if it has none: what a one-off round
     (`sync --once`, `backfill`, the web app's first sync) needs, without reading every account."""
-    _add_rows(conn, [account_id], now)
+    _add_rows(conn, [(account_id, now)])
 
 
-def _add_rows(conn: Connection, ids: list[int], now: datetime) -> int:
-    """Insert a free lease row, due now, for each of `ids`; a row another process added
-    meanwhile is left as it is (insert-or-ignore)."""
-    if not ids:
+def _add_rows(conn: Connection, due: list[tuple[int, datetime]]) -> int:
+    """Insert a free lease row for each (mailbox, next run) of `due`; a row another process
+    added meanwhile is left as it is (insert-or-ignore)."""
+    if not due:
         return 0
     rows = [
-        {"account_id": i, "generation": 0, "failures": 0, "next_run_at": now, "owner": None}
-        for i in ids
+        {"account_id": i, "generation": 0, "failures": 0, "next_run_at": when, "owner": None}
+        for i, when in due
     ]
     dialect = conn.dialect.name
     if dialect == "postgresql":
@@ -135,7 +164,7 @@ def _add_rows(conn: Connection, ids: list[int], now: datetime) -> int:
         conn.execute(sqlite.insert(leases).on_conflict_do_nothing(), rows)
     else:  # pragma: no cover - maillink supports SQLite and PostgreSQL only
         conn.execute(insert(leases), rows)
-    return len(ids)
+    return len(due)
 
 
 # -- statistics (PostgreSQL) ---------------------------------------------------------------------
@@ -194,6 +223,45 @@ def keep_statistics(conn: Connection, *, added: int = 0) -> list[str]:
     return stale
 
 
+GONE_EVERY_SECONDS = 5.0  # how often a process looks for holders of this host that are gone
+
+
+class GoneHolders:
+    """What one process knows of the holders of this host that are gone, looked for at most
+    every `every` (a few seconds) instead of at every acquisition, and at once the first time.
+
+    A holder that is gone stays gone (its id names the process and its start time), so the ones
+    found are taken over without looking again until the next look."""
+
+    def __init__(self, every: timedelta = timedelta(seconds=GONE_EVERY_SECONDS)) -> None:
+        self.every = every
+        self._looked_at: datetime | None = None
+        self._gone: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def due(self, now: datetime) -> bool:
+        """True when this process never looked, or looked `every` ago (or in the future of a
+        clock that went back)."""
+        with self._lock:
+            last = self._looked_at
+        return last is None or not last <= now < last + self.every
+
+    def found(self, now: datetime, gone: set[str], *, everywhere: bool) -> frozenset[str]:
+        """Record a look (`everywhere`: at every held lease of this host, else at a few
+        mailboxes only); returns every holder known to be gone."""
+        with self._lock:
+            if everywhere:
+                self._looked_at = now
+                self._gone = frozenset(gone)
+            else:
+                self._gone |= gone
+            return self._gone
+
+    def known(self) -> frozenset[str]:
+        with self._lock:
+            return self._gone
+
+
 def acquire(
     conn: Connection,
     owner: str,
@@ -205,14 +273,19 @@ def acquire(
     due_only: bool = True,
     account_ids: Collection[int] | None = None,
     gone: Callable[[str], bool] = holders.is_gone,
+    seen: GoneHolders | None = None,
 ) -> list[Lease]:
     """Take up to `limit` free mailboxes (no owner, an expired lease, or a holder that `gone`
     says is a dead process of this host), the most overdue first.
 
     Only active mailboxes are taken (paused and needs_reauth ones are skipped); with `due_only`,
     only those whose `next_run_at` has come. Rows another transaction has locked are skipped, not
-    waited for (PostgreSQL); the update is a compare-and-set on the generation, so two daemons
-    can never both get the same generation (SQLite too).
+    waited for (PostgreSQL); the one UPDATE that takes them is a compare-and-set on each row's
+    generation, so two daemons can never both get the same generation (SQLite too).
+
+    The holders that are gone are looked for at each call, unless `seen` (the process's
+    `GoneHolders`) looked less than its `every` ago; a call for given `account_ids` (a one-off
+    round) always looks, at those mailboxes only.
     """
     if limit <= 0:
         return []
@@ -221,11 +294,16 @@ def acquire(
         leases.c.expires_at.is_(None),
         leases.c.expires_at <= now,
     ]
-    dead = _gone_holders(conn, now, owner, account_ids, gone)
+    if seen is None or account_ids is not None or seen.due(now):
+        dead: set[str] | frozenset[str] = _gone_holders(conn, now, owner, account_ids, gone)
+        if seen is not None:
+            dead = seen.found(now, set(dead), everywhere=account_ids is None)
+    else:
+        dead = seen.known()
     if dead:
         free.append(leases.c.owner.in_(sorted(dead)))
     query = (
-        select(leases.c.account_id, leases.c.owner, leases.c.generation, leases.c.failures)
+        select(leases.c.account_id, leases.c.owner, leases.c.generation)
         .join(accounts, accounts.c.id == leases.c.account_id)
         .where(accounts.c.status == ACTIVE, or_(*free))
         .order_by(leases.c.next_run_at, leases.c.account_id)
@@ -238,31 +316,42 @@ def acquire(
         query = query.where(leases.c.account_id.not_in(sorted(exclude)))
     if account_ids is not None:
         query = query.where(leases.c.account_id.in_(sorted(account_ids)))
-    taken: list[Lease] = []
-    for row in conn.execute(query).all():
-        generation = int(row.generation) + 1
-        changed = conn.execute(
+    picked = conn.execute(query).all()
+    if not picked:
+        return []
+    # One compare-and-set for every row picked: a row whose generation moved meanwhile (another
+    # daemon took it: SQLite, which has no SKIP LOCKED) is left out of the RETURNING.
+    taken = {
+        row.account_id: row
+        for row in conn.execute(
             update(leases)
-            .where(leases.c.account_id == row.account_id, leases.c.generation == row.generation)
+            .where(
+                leases.c.account_id.in_([row.account_id for row in picked]),
+                tuple_(leases.c.account_id, leases.c.generation).in_(
+                    [(row.account_id, row.generation) for row in picked]
+                ),
+            )
             .values(
                 owner=owner,
-                generation=generation,
+                generation=leases.c.generation + 1,
                 acquired_at=now,
                 expires_at=now + duration,
             )
-        ).rowcount
-        if changed == 1:
-            taken.append(
-                Lease(
-                    account_id=row.account_id,
-                    owner=owner,
-                    generation=generation,
-                    acquired_at=now,
-                    failures=int(row.failures),
-                    previous_owner=row.owner,
-                )
-            )
-    return taken
+            .returning(leases.c.account_id, leases.c.generation, leases.c.failures)
+        )
+    }
+    return [
+        Lease(
+            account_id=row.account_id,
+            owner=owner,
+            generation=int(taken[row.account_id].generation),
+            acquired_at=now,
+            failures=int(taken[row.account_id].failures),
+            previous_owner=row.owner,
+        )
+        for row in picked
+        if row.account_id in taken
+    ]
 
 
 @functools.cache

@@ -122,32 +122,38 @@ def _ensure_threads(
             existing[key] = (tid, first)
     now = datetime.now(UTC)
     ids: dict[str, int] = {}
+    earlier: list[dict[str, Any]] = []
+    new_rows: list[dict[str, Any]] = []
     for key in keys:
         first = firsts[key]
         if key in existing:
             tid, stored = existing[key]
             ids[key] = tid
             if first is not None and (stored is None or first < stored):
-                conn.execute(
-                    update(threads)
-                    .where(threads.c.id == tid)
-                    .values(first_message_at=first, updated_at=now)
-                )
+                earlier.append({"b_id": tid, "b_first": first})
             continue
-        inserted = conn.execute(
-            insert(threads).values(
-                account_id=account_id,
-                key=key,
-                first_message_at=first,
-                subject=subjects.get(key, ""),
-                waiting=False,
-                candidates=[],
-                unlinked=False,
-                updated_at=now,
-            )
-        ).inserted_primary_key
-        assert inserted is not None
-        ids[key] = inserted[0]
+        new_rows.append(
+            {
+                "account_id": account_id,
+                "key": key,
+                "first_message_at": first,
+                "subject": subjects.get(key, ""),
+                "waiting": False,
+                "candidates": [],
+                "unlinked": False,
+                "updated_at": now,
+            }
+        )
+    if earlier:
+        conn.execute(
+            update(threads)
+            .where(threads.c.id == bindparam("b_id"))
+            .values(first_message_at=bindparam("b_first"), updated_at=now),
+            earlier,
+        )
+    if new_rows:  # one statement for the page's new threads, their ids returned
+        inserted = conn.execute(insert(threads).returning(threads.c.id, threads.c.key), new_rows)
+        ids.update({key: tid for tid, key in inserted})
     return ids
 
 

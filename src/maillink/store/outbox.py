@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Exists, Row, and_, bindparam, func, or_, select, tuple_, update
 
 from maillink.store import cache
 from maillink.store.schema import accounts, activities, messages
@@ -189,14 +189,15 @@ def _participants(headers: Any) -> set[str]:
 
 
 # -- delivery: what `maillink.outbox` asks of the rows ---------------------------------------------
-_CLAIM = (
+_CHUNK = 400  # bound on the size of IN (...) lists (two parameters a row)
+_RELEASE = (
     update(activities)
     .where(
         activities.c.key == bindparam("b_key"),
-        activities.c.attempts == bindparam("b_attempts"),
+        activities.c.attempts == bindparam("b_claimed"),
         activities.c.crm_id.is_(None),
     )
-    .values(attempt_started_at=bindparam("b_started"), attempts=bindparam("b_next"))
+    .values(attempt_started_at=bindparam("b_started"), attempts=bindparam("b_attempts"))
 )
 _DELIVERED = (
     update(activities)
@@ -240,23 +241,47 @@ def due_activities(
     return [row._mapping for row in rows if row.key not in exclude][:limit]
 
 
-def claim_creates(conn: Connection, rows: Iterable[Any], started: datetime) -> set[str]:
+def claim_creates(conn: Connection, rows: Sequence[Any], started: datetime) -> set[str]:
     """Mark these rows' creates as attempted; the keys this caller claimed. A compare-and-set on
-    the attempt count: of two processes about to create the same activity, only one goes on."""
+    the attempt count: of two processes about to create the same activity, only one goes on.
+    One statement for many rows (RETURNING names the rows it changed)."""
     claimed: set[str] = set()
-    for row in rows:
-        count = conn.execute(
-            _CLAIM,
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        claimed.update(
+            conn.execute(
+                update(activities)
+                .where(
+                    tuple_(activities.c.key, activities.c.attempts).in_(
+                        [(row["key"], row["attempts"]) for row in chunk]
+                    ),
+                    activities.c.crm_id.is_(None),
+                )
+                .values(attempt_started_at=started, attempts=activities.c.attempts + 1)
+                .returning(activities.c.key)
+            ).scalars()
+        )
+    return claimed
+
+
+def release_claims(conn: Connection, rows: Sequence[Any]) -> None:
+    """Undo `claim_creates` for rows whose create was never sent (the delivery stopped first),
+    so that the next delivery creates them without a look-up. A row another process claimed
+    since (its attempt count moved again) is left as it is."""
+    if not rows:
+        return
+    conn.execute(
+        _RELEASE,
+        [
             {
                 "b_key": row["key"],
+                "b_claimed": row["attempts"] + 1,
                 "b_attempts": row["attempts"],
-                "b_started": started,
-                "b_next": row["attempts"] + 1,
-            },
-        ).rowcount
-        if count == 1:
-            claimed.add(row["key"])
-    return claimed
+                "b_started": row["attempt_started_at"],
+            }
+            for row in rows
+        ],
+    )
 
 
 def mark_delivered(conn: Connection, delivered: Sequence[tuple[Any, str]], now: datetime) -> None:
@@ -326,9 +351,9 @@ class WorkLeft:
     due: bool
 
 
-def work_left(conn: Connection, account_id: int, now: datetime) -> WorkLeft:
-    """The mailbox's pending work, in one read (three EXISTS probes): an idle round asks this
-    once instead of opening the outbox."""
+def work_probes(account_id: int, now: datetime) -> tuple[Exists, Exists, Exists]:
+    """The three EXISTS probes of `work_left` (undecided, pending, due), to be read alone or
+    beside the mailbox's row (`accounts.round_start`)."""
     owned = activities.join(messages, messages.c.id == activities.c.owner_message_id)
     waiting = (
         messages.c.account_id == account_id,
@@ -351,6 +376,13 @@ def work_left(conn: Connection, account_id: int, now: datetime) -> WorkLeft:
         )
         .exists()
     )
+    return undecided, pending, due
+
+
+def work_left(conn: Connection, account_id: int, now: datetime) -> WorkLeft:
+    """The mailbox's pending work, in one read (three EXISTS probes): an idle round asks this
+    once instead of opening the outbox."""
+    undecided, pending, due = work_probes(account_id, now)
     row = conn.execute(
         select(undecided.label("undecided"), pending.label("pending"), due.label("due"))
     ).one()

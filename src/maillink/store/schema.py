@@ -264,3 +264,62 @@ Index(
     postgresql_where=_UNDELIVERED,
     sqlite_where=_UNDELIVERED,
 )
+
+# -- the CRM mirror (issue 11; migration 0008): the CRM's persons and items, when it is small enough
+# to list, so that a new address costs no CRM read. Its state (complete, high-water mark, when last
+# refreshed) is the crm_state row "crm_mirror"; `store.mirror` holds the statements.
+crm_mirror_persons = Table(
+    "crm_mirror_persons",
+    metadata,
+    Column("email", String(320), primary_key=True),  # lower-cased
+    Column("person_id", Integer, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False, default=""),
+)
+Index("ix_crm_mirror_persons_person", crm_mirror_persons.c.person_id)
+
+crm_mirror_items = Table(
+    "crm_mirror_items",
+    metadata,
+    Column("kind", String(10), primary_key=True),  # deal | lead (projects: the adapter's list)
+    Column("item_id", String(64), primary_key=True),
+    Column("person_id", Integer, nullable=True),
+    Column("title", Text, nullable=False, default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("closed_at", UTCDateTime, nullable=True),
+)
+Index("ix_crm_mirror_items_person", crm_mirror_items.c.person_id)
+
+# What a webhook (or a refusal) said changed since the last refresh: "person:12", "email:a@b.c".
+# The mirror does not answer for these until a refresh that started after `marked_at` read them.
+crm_mirror_stale = Table(
+    "crm_mirror_stale",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("marked_at", UTCDateTime, nullable=False),
+)
+
+# -- push subscriptions (issue 12): the watches and subscriptions maillink keeps at the providers --
+# One row per mailbox and watched resource: Gmail's `users.watch` ("mailbox"), later one Graph
+# subscription per folder. `renew_at` is when it must be (re)made: a daemon claims a due row by
+# moving it forward (compare-and-set), so that several daemons never call the provider twice.
+push_subscriptions = Table(
+    "push_subscriptions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("provider", String(20), nullable=False),  # gmail | microsoft
+    Column("kind", String(40), nullable=False),  # gmail_watch | graph_subscription
+    Column("resource", String(255), nullable=False),  # "mailbox" (Gmail), the folder (Graph)
+    Column("external_id", String(1000), nullable=True),  # Gmail: the topic; Graph: its id
+    Column("state", String(20), nullable=False),  # pending | active | failed | stopped
+    Column("expires_at", UTCDateTime, nullable=True),  # when the provider drops it
+    Column("renew_at", UTCDateTime, nullable=True),  # when to (re)make it; NULL: nothing due
+    Column("history_id", String(40), nullable=True),  # Gmail: the historyId watch answered
+    Column("secret", Text, nullable=True),  # encrypted like tokens (Graph's clientState)
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("account_id", "kind", "resource", name="uq_push_subscriptions_target"),
+)
+Index("ix_push_subscriptions_renew_at", push_subscriptions.c.renew_at)
+Index("ix_push_subscriptions_external_id", push_subscriptions.c.external_id)

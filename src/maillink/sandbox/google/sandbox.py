@@ -38,6 +38,7 @@ from maillink.sandbox.google.oauth import (
     check_scopes,
     register_oauth_routes,
 )
+from maillink.sandbox.google.push import CERTS_PATH, PubSubPush, register_push_routes
 
 __all__ = ["SCOPE_METADATA", "GoogleSandbox"]
 
@@ -71,6 +72,8 @@ class GoogleSandbox:
         self._seq = itertools.count(1)
         quota = None if quota_units_per_second is None else QuotaBuckets(quota_units_per_second)
         self._context = GmailContext(self._lock, self._mailboxes, self._oauth, self.meter, quota)
+        # users.watch / users.stop and Pub/Sub's signed pushes (`push.subscribe(topic, url)`).
+        self.push = PubSubPush()
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight: Counter[str] = Counter()
         self.app = self._build_app()
@@ -83,6 +86,7 @@ class GoogleSandbox:
         register_oauth_routes(app, self._oauth, self._lock, self.meter, self._consenting_mailbox)
         register_gmail_routes(app, self._context)
         register_batch_route(app, self.meter)
+        register_push_routes(app, self._context, self.push)
 
         @app.errorhandler(GoogleApiError)
         def google_error(error: GoogleApiError) -> Response:
@@ -209,6 +213,11 @@ class GoogleSandbox:
     def batch_uri(self) -> str:
         return f"{self.url}/batch/gmail/v1"
 
+    @property
+    def certs_url(self) -> str:
+        """Where the push requests' signing certificates are (Google's oauth2/v1/certs)."""
+        return f"{self.url}{CERTS_PATH}"
+
     def client_config(self) -> dict[str, dict[str, Any]]:
         """The client file Google Cloud gives for a desktop (installed) app."""
         return {
@@ -298,6 +307,7 @@ class GoogleSandbox:
                 snippet=snippet,
                 size_estimate=size_estimate,
             )
+            self.push.changed(_key(email), mailbox.history_id, label_ids)
             return message.id
 
     def delete_message(self, email: str, message_id: str) -> None:
@@ -305,6 +315,7 @@ class GoogleSandbox:
 
     def add_labels(self, email: str, message_id: str, label_ids: tuple[str, ...]) -> None:
         self._change(email, lambda mailbox: mailbox.add_labels(message_id, label_ids))
+        self.push.changed(_key(email), self.history_id(email), label_ids)
 
     def remove_labels(self, email: str, message_id: str, label_ids: tuple[str, ...]) -> None:
         self._change(email, lambda mailbox: mailbox.remove_labels(message_id, label_ids))

@@ -11,9 +11,10 @@ from flask import Response, jsonify, request
 
 from maillink.sandbox.pipedrive.data import Records, merged_person_json
 from maillink.sandbox.pipedrive.query import ApiError
+from maillink.sandbox.pipedrive.webhooks import WEBHOOK_COSTS
 
 # Operation -> token cost (the v1 spec's x-token-cost); charged like `TOKEN_COSTS`.
-ADMIN_COSTS: dict[str, int] = {"persons.merge": 40}
+ADMIN_COSTS: dict[str, int] = {"persons.merge": 40, **WEBHOOK_COSTS}
 
 
 def admin_routes(

@@ -15,7 +15,10 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from maillink.sandbox.pipedrive.webhooks import SandboxWebhooks
 
 DEAL_STATUSES = ("open", "won", "lost", "deleted")
 PROJECT_STATUSES = ("open", "completed", "canceled", "deleted")
@@ -161,6 +164,7 @@ class Records:
     activities: dict[int, dict[str, Any]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     _next_id: dict[str, int] = field(default_factory=dict)
+    webhooks: SandboxWebhooks | None = None  # told of every change, to notify the webhooks
 
     def next_id(self, kind: str) -> int:
         self._next_id[kind] = self._next_id.get(kind, 0) + 1
@@ -173,6 +177,9 @@ class Records:
         """Pipedrive's merge: `person_id` goes into `merge_with_id` (whose data wins), which takes
         its addresses, deals, leads, projects and activities; `person_id` is gone afterwards."""
         with self.lock:
+            hooks = self.webhooks
+            ids = (person_id, merge_with_id)
+            snapshots = [hooks.before(self.persons[i]) for i in ids] if hooks else [None, None]
             gone = self.persons.pop(person_id)
             kept = self.persons[merge_with_id]
             lowered = {e.lower() for e in kept.emails}
@@ -199,6 +206,9 @@ class Records:
                         seen.add(pid)
                         participants.append({**participant, "person_id": pid})
                 activity["participants"] = participants
+            if hooks is not None:  # Pipedrive v2: a delete (with merged_to_id), then a change
+                hooks.after(snapshots[0], None, merged_to_id=merge_with_id)
+                hooks.after(snapshots[1], kept)
             return kept
 
     def clear(self) -> None:

@@ -41,6 +41,7 @@ from maillink.sandbox.pipedrive.data import (
 from maillink.sandbox.pipedrive.limits import check_burst, seconds_to_utc_midnight
 from maillink.sandbox.pipedrive.query import ApiError
 from maillink.sandbox.pipedrive.views import TOKEN_COSTS, V2_QUERY_PARAMS, PipedriveViews
+from maillink.sandbox.pipedrive.webhooks import SandboxWebhooks
 
 _ERROR_INFO = "Please check developers.pipedrive.com for more information about Pipedrive API."
 
@@ -96,6 +97,7 @@ class PipedriveSandbox:
         self.search_burst_per_2s = search_burst_per_2s
         self.clock = clock or (lambda: datetime.now(UTC))
         self.records = Records()
+        self.webhooks = self.records.webhooks = SandboxWebhooks(self.clock)
         self.faults = FaultPlan()
         self.meter = Meter()
         self.received: deque[ReceivedRequest] = deque(maxlen=5000)
@@ -123,6 +125,7 @@ class PipedriveSandbox:
 
     def stop(self) -> None:
         self._server.stop()
+        self.webhooks.stop()
 
     def __enter__(self) -> PipedriveSandbox:
         return self.start()
@@ -137,6 +140,7 @@ class PipedriveSandbox:
             now = self.clock()
             pid = self.records.next_id("person")
             self.records.persons[pid] = Person(pid, name, list(emails), now, now)
+            self.webhooks.created(self.records.persons[pid])
             return pid
 
     def merge_persons(self, person_id: int, merge_with_id: int, at: datetime | None = None) -> None:
@@ -152,13 +156,17 @@ class PipedriveSandbox:
     def delete_lead(self, lead_id: str) -> None:
         """Delete the lead: Pipedrive keeps no trace of a deleted lead."""
         with self.records.lock:
+            before = self.webhooks.before(self.records.leads[lead_id])
             del self.records.leads[lead_id]
+            self.webhooks.after(before, None)
 
     def update_person(self, person_id: int, *, emails: list[str], at: datetime) -> None:
         with self.records.lock:
             person = self.records.persons[person_id]
+            before = self.webhooks.before(person)
             person.emails = list(emails)
             person.update_time = utc(at)
+            self.webhooks.after(before, person)
 
     def add_deal(
         self,
@@ -180,12 +188,14 @@ class PipedriveSandbox:
             self.records.deals[did] = deal
             if close_time is not None and status != "open":
                 self._close_deal(deal, status, utc(close_time))
+            self.webhooks.created(deal)
             return did
 
     def set_deal_status(self, deal_id: int, status: str, at: datetime) -> None:
         """Win, lose, reopen or delete the deal at `at` (its update_time moves to `at`)."""
         with self.records.lock:
             deal = self.records.deals[deal_id]
+            before = self.webhooks.before(deal)
             at = utc(at)
             if status == "deleted":
                 deal.deleted_at = at
@@ -197,11 +207,14 @@ class PipedriveSandbox:
             else:
                 raise ValueError(f"status {status!r}: use open, won, lost or deleted")
             deal.update_time = at
+            self.webhooks.after(before, deal)
 
     def archive_deal(self, deal_id: int, at: datetime) -> None:
         with self.records.lock:
             deal = self.records.deals[deal_id]
+            before = self.webhooks.before(deal)
             deal.archive_time = deal.update_time = utc(at)
+            self.webhooks.after(before, deal)
 
     @staticmethod
     def _close_deal(deal: Deal, status: str, at: datetime) -> None:
@@ -224,12 +237,15 @@ class PipedriveSandbox:
             self.records.leads[lid] = lead
             if archived or archived_at is not None:
                 lead.archive_time = lead.update_time = utc(archived_at or add_time)
+            self.webhooks.created(lead)
             return lid
 
     def archive_lead(self, lead_id: str, at: datetime) -> None:
         with self.records.lock:
             lead = self.records.leads[lead_id]
+            before = self.webhooks.before(lead)
             lead.archive_time = lead.update_time = utc(at)
+            self.webhooks.after(before, lead)
 
     def add_project(
         self,
@@ -253,6 +269,7 @@ class PipedriveSandbox:
             if archived_at is not None:
                 project.archive_time = project.update_time = utc(archived_at)
             self.records.projects[pid] = project
+            self.webhooks.created(project)
             return pid
 
     def set_project_status(self, project_id: int, status: str, at: datetime) -> None:
@@ -260,8 +277,10 @@ class PipedriveSandbox:
             raise ValueError(f"status {status!r}: use one of {', '.join(PROJECT_STATUSES)}")
         with self.records.lock:
             project = self.records.projects[project_id]
+            before = self.webhooks.before(project)
             project.status = status
             project.status_change_time = project.update_time = utc(at)
+            self.webhooks.after(before, project)
 
     # -- inspection and faults ---------------------------------------------------------------
 
@@ -312,6 +331,7 @@ class PipedriveSandbox:
     def reset(self) -> None:
         """Forget every record, fault, lost response, count and limit window (keeps the settings)."""
         self.records.clear()
+        self.webhooks.clear()
         self.faults.clear()
         self.meter.reset()
         self.received.clear()
@@ -328,6 +348,8 @@ class PipedriveSandbox:
         for rule, operation, view, method in self.views.routes():
             app.add_url_rule(rule, operation, view, methods=[method])
         for rule, operation, view, method in admin_routes(self.records, self.clock):
+            app.add_url_rule(rule, operation, view, methods=[method])
+        for rule, operation, view, method in self.webhooks.routes():
             app.add_url_rule(rule, operation, view, methods=[method])
         app.before_request(self._admit)
         app.after_request(self._rate_headers)

@@ -188,6 +188,8 @@ class PipedriveViews:
             emails = [e["value"].strip() for e in entries if e["value"].strip()]
             person = Person(pid, name.strip(), emails, now, now)
             self.records.persons[pid] = person
+            if self.records.webhooks is not None:
+                self.records.webhooks.created(person, source="api")
             return jsonify({"success": True, "data": person_json(person)})
 
     # -- deals -------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Push: the subscriptions maillink keeps at the providers so that new mail wakes its mailbox."""
