@@ -148,12 +148,14 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
         return
     from maillink.outbox import failed_count
     from maillink.push.gmail_watch import describe
+    from maillink.push.graph_subscriptions import describe as describe_graph
     from maillink.store import accounts as store_accounts
     from maillink.store import push as store_push
     from maillink.store.read_models import messages_by_reason, waiting_threads_count
 
     app = ctx.ensure_object(Obj).app
     push_on = app.settings.gmail.push_topic is not None
+    graph_on = app.settings.microsoft.notification_url is not None
     rows = []
     with app.store.engine.connect() as conn:
         subscriptions = store_push.by_account(conn)
@@ -170,7 +172,11 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
                     "failed_deliveries": failed_count(conn, a.id),
                     "last_sync_at": a.last_sync_at.isoformat() if a.last_sync_at else None,
                     "last_error": a.last_error,
-                    "push": describe(
+                    "push": describe_graph(
+                        subscriptions.get(a.id, []), expected=graph_on and a.status == "active"
+                    )
+                    if a.provider == "microsoft"
+                    else describe(
                         subscriptions.get(a.id, []),
                         expected=push_on and a.provider == "gmail" and a.status == "active",
                     ),
@@ -193,12 +199,14 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
 
 def _set_status(obj: Obj, email: str, status: str | None) -> None:
     from maillink.push.gmail_watch import stop_watches
+    from maillink.push.graph_subscriptions import stop_subscriptions
     from maillink.store import accounts as store_accounts
 
     account = obj.app.account(email)
     if status != store_accounts.ACTIVE:
-        # Paused or removed: its Gmail watch is stopped first (removal forgets its tokens).
-        warning = stop_watches(obj.app, account)
+        # Paused or removed: its Gmail watch is stopped, its Graph subscriptions deleted, first
+        # (removal forgets its tokens).
+        warning = stop_watches(obj.app, account) or stop_subscriptions(obj.app, account)
         if warning:
             click.echo(f"maillink: warning: {email}: {warning}", err=True)
     with obj.app.store.transaction() as conn:

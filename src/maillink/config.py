@@ -67,6 +67,8 @@ class MicrosoftSettings:
     folders: tuple[str, ...] = ("inbox", "sentitems")
     # Pacing: Graph requests a mailbox may send in 10 minutes (Graph allows 10,000); 0: no pacing.
     requests_per_10_minutes: int = 9_000
+    # Change notifications (issue 12): the daemon's public /push/graph URL; None: polling only.
+    notification_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -569,9 +571,23 @@ def _microsoft(t: _Table) -> MicrosoftSettings:
             0,
             "requests_per_10_minutes = 9000",
         ),
+        notification_url=_notification_url(t),
     )
     t.finish()
     return settings
+
+
+def _notification_url(t: _Table) -> str | None:
+    example = 'notification_url = "https://YOUR-HOST/push/graph"'
+    url = t.text("notification_url", None, example)
+    if not url:
+        return None
+    checked = check_endpoint(url, t.label("notification_url")).rstrip("/")
+    if "?" in checked or "#" in checked:
+        raise ConfigError(
+            f"{t.label('notification_url')} may not carry a query or a fragment (e.g. {example})"
+        )
+    return checked
 
 
 def _linking(t: _Table) -> LinkingSettings:

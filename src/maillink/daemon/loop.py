@@ -27,6 +27,7 @@ from maillink.errors import ConfigError
 from maillink.ops.metrics import Metrics, ObservedRetryPolicy, observe_requests_session
 from maillink.providers.base import MailProvider
 from maillink.push.gmail_watch import GmailWatches
+from maillink.push.graph_subscriptions import GraphSubscriptions
 from maillink.store import Store, accounts, leases
 from maillink.store.accounts import Account
 from maillink.store.leases import Lease, LeaseLost
@@ -100,6 +101,10 @@ class Daemon:
         self._beat = time.monotonic()
         # Gmail push (issue 12): each active mailbox's users.watch made and renewed by the daemon.
         self.watches = GmailWatches(app, settings.gmail.push_topic, clock=clock)
+        # Graph change notifications: a subscription per Microsoft mailbox and synced folder.
+        self.graph_subscriptions = GraphSubscriptions(
+            app, settings.microsoft.notification_url, clock=clock
+        )
         # Built now: a configuration problem stops the daemon before any work.
         self.crm = app.crm
         _ = app.facts
@@ -162,6 +167,7 @@ class Daemon:
                     log.warning("store unavailable: %s", type(exc).__name__)
             self._acquire()
             self.watches.tick()  # a check in the background every minute: watches due, stopped
+            self.graph_subscriptions.tick()  # the same for Graph's subscriptions
             self._poke.wait(self.tick)
             self._poke.clear()
 
@@ -327,6 +333,7 @@ def run_daemon(
     """Sync on schedule until asked to stop, serving /healthz, /metrics and the webhooks
     (`[daemon]` in maillink.toml; `ops_port` overrides its port) beside the rounds."""
     from maillink.ops.server import OpsContext, OpsServer, create_ops_app
+    from maillink.push.graph_subscriptions import GraphNotifications
     from maillink.push.pubsub_auth import PushVerifier
 
     daemon = Daemon(app, should_stop=should_stop, metrics=metrics, out=out)
@@ -342,6 +349,16 @@ def run_daemon(
             gmail_push_token=credentials.gmail_push_token,
             gmail_push_verifier=(
                 PushVerifier(credentials.gmail_push_oidc) if credentials.gmail_push_oidc else None
+            ),
+            graph_notifications=(
+                GraphNotifications(
+                    app.store,
+                    app.cipher,
+                    wake=daemon.wake,
+                    renew=daemon.graph_subscriptions.poke,
+                )
+                if app.settings.microsoft.notification_url
+                else None
             ),
             wake=daemon.wake,
             status=daemon.status,

@@ -5,6 +5,9 @@
     POST /webhooks/pipedrive      Pipedrive webhooks v2, HTTP basic auth (credentials.json webhook)
     POST /push/gmail              Gmail Pub/Sub push: its OIDC token (credentials.json
                                   gmail_push.service_account), or ?token=… (gmail_push.token)
+    POST /push/graph              Graph change and lifecycle notifications ([microsoft]
+                                  notification_url): the validation handshake, then batches
+                                  whose clientState matches the subscription's
 
 Errors are short JSON bodies, never a traceback. Bodies are capped (MAX_BODY_BYTES: 413 above it)
 and their JSON must nest less than MAX_JSON_DEPTH deep (400 otherwise). Gmail's watches are
@@ -40,11 +43,13 @@ from maillink.ops.webhooks import (
 )
 from maillink.providers.base import ProviderError
 from maillink.providers.gmail_cursor import GmailCursor
+from maillink.push.graph_subscriptions import GraphNotifications, parse_notifications
 from maillink.push.pubsub_auth import CertificatesUnavailable, PushRefused, PushVerifier
 from maillink.store import Store, accounts
 
 log = logging.getLogger("maillink.ops")
 MAX_BODY_BYTES = 256 * 1024  # a webhook or push body is a few KB; anything larger is refused
+MAX_VALIDATION_TOKEN = 4096  # Graph's validationToken is an opaque string of a few hundred bytes
 
 
 class BodyTooLarge(Exception):
@@ -61,6 +66,7 @@ class OpsContext:
     gmail_push_token: str | None = None
     gmail_push_verifier: PushVerifier | None = None  # the OIDC token of Pub/Sub's pushes
     gmail_push_seen: RecentIds = field(default_factory=RecentIds)  # message ids: replays
+    graph_notifications: GraphNotifications | None = None  # [microsoft] notification_url set
     wake: Callable[[int], None] = lambda account_id: None  # make a mailbox due now
     status: Callable[[], dict[str, Any]] = dict  # the daemon's own state for /healthz
     alive: Callable[[], bool] = lambda: True  # False when the daemon's loop has stalled
@@ -223,6 +229,34 @@ def create_ops_app(ctx: OpsContext) -> Flask:
             extra={"event": "wake", "account_id": account.id, "history_id": push.history_id},
         )
         return Response(status=204)
+
+    @app.post("/push/graph")
+    @app.post("/push/graph/lifecycle")
+    def graph_push_endpoint() -> Response:
+        handler = ctx.graph_notifications
+        if handler is None:
+            return _error(404, "Graph change notifications are not configured")
+        token = request.args.get("validationToken")
+        if token is not None:  # Graph validates the URL: echo the token, nothing else
+            if not token or len(token) > MAX_VALIDATION_TOKEN:
+                return _error(400, "the validationToken is empty or too long")
+            response = Response(token, status=200, mimetype="text/plain")
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+        try:
+            items = parse_notifications(_json_body())
+        except BadPayload as exc:
+            return _error(400, str(exc))
+        handled = handler.handle(items)
+        if handled.woken:
+            ctx.metrics.wakeups.labels("graph").inc(len(handled.woken))
+        log.info(
+            "graph notifications: %d mailbox(es) due now, %d ignored",
+            len(handled.woken),
+            handled.ignored,
+            extra={"event": "wake", "accounts": sorted(handled.woken)},
+        )
+        return Response(status=202)
 
     @app.errorhandler(BodyTooLarge)
     @app.errorhandler(RequestEntityTooLarge)

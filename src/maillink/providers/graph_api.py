@@ -266,6 +266,11 @@ class GraphApi:
         self.check_link(url)
         return self._call("GET", url, None, call=call, what=what, weight=1)
 
+    def send(self, method: str, path: str, body: Any = None, *, what: str) -> dict[str, Any]:
+        """`method` on `path` under the Graph root (POST, PATCH, DELETE: the subscriptions of
+        change notifications); an empty answer (204) is {}."""
+        return self._call(method, self.root + path, body, call=None, what=what, weight=1)
+
     def _call(
         self, method: str, url: str, body: Any, *, call: str | None, what: str, weight: int
     ) -> dict[str, Any]:
@@ -313,6 +318,8 @@ class GraphApi:
             error = GraphHTTPError.read(response.status_code, response.headers, response.content)
             self._maybe_pause(error.status, error.retry_after)
             raise error
+        if response.status_code == 204:
+            return {}
         try:
             data = response.json()
         except ValueError:

@@ -224,3 +224,157 @@ def by_account(
         subscription = _subscription(row)
         found.setdefault(subscription.account_id, []).append(subscription)
     return found
+
+
+# -- Graph change notifications: one subscription per Microsoft mailbox and synced folder ----------
+GRAPH_SUBSCRIPTION = "graph_subscription"
+
+
+def ensure_graph_subscriptions(conn: Connection, folders: Iterable[str], now: datetime) -> int:
+    """A pending row, due now, for every active Microsoft mailbox and folder that has none."""
+    rows = []
+    for folder in folders:
+        missing = conn.execute(
+            select(accounts.c.id)
+            .select_from(
+                accounts.outerjoin(
+                    _t,
+                    and_(
+                        _t.c.account_id == accounts.c.id,
+                        _t.c.kind == GRAPH_SUBSCRIPTION,
+                        _t.c.resource == folder,
+                    ),
+                )
+            )
+            .where(
+                accounts.c.provider == "microsoft", accounts.c.status == ACTIVE, _t.c.id.is_(None)
+            )
+        ).scalars()
+        rows += [
+            {
+                "account_id": account_id,
+                "provider": "microsoft",
+                "kind": GRAPH_SUBSCRIPTION,
+                "resource": folder,
+                "state": PENDING,
+                "renew_at": now,
+                "updated_at": now,
+            }
+            for account_id in missing
+        ]
+    if rows:
+        rows.sort(key=lambda row: (row["account_id"], row["resource"]))
+        cache.insert_or_ignore(conn, _t, rows)
+    return len(rows)
+
+
+def due_graph_subscriptions(
+    conn: Connection, now: datetime, folders: Iterable[str], limit: int = 100
+) -> list[Subscription]:
+    """The subscriptions of active mailboxes' synced folders to make or renew now: due, or
+    stopped while the mailbox was paused (it is active again)."""
+    rows = conn.execute(
+        select(_t)
+        .join(accounts, accounts.c.id == _t.c.account_id)
+        .where(
+            _t.c.kind == GRAPH_SUBSCRIPTION,
+            _t.c.resource.in_(list(folders)),
+            accounts.c.status == ACTIVE,
+            or_(_t.c.renew_at <= now, and_(_t.c.state == STOPPED, _t.c.renew_at.is_(None))),
+        )
+        .order_by(_t.c.renew_at, _t.c.id)
+        .limit(limit)
+    )
+    return [_subscription(row) for row in rows]
+
+
+def graph_subscriptions_to_stop(
+    conn: Connection, folders: Iterable[str], *, all_active: bool = False
+) -> list[Subscription]:
+    """Live subscriptions (active, or failed with an id) whose mailbox is no longer active or
+    whose folder is no longer synced; every live one when `all_active` (push was turned off)."""
+    query = select(_t).where(
+        _t.c.kind == GRAPH_SUBSCRIPTION,
+        _t.c.state.in_([ACTIVE_WATCH, FAILED]),
+        _t.c.external_id.is_not(None),
+    )
+    if not all_active:
+        query = query.join(accounts, accounts.c.id == _t.c.account_id).where(
+            or_(accounts.c.status != ACTIVE, _t.c.resource.not_in(list(folders)))
+        )
+    return [_subscription(row) for row in conn.execute(query.order_by(_t.c.id))]
+
+
+def by_external_ids(
+    conn: Connection, external_ids: Iterable[str], kind: str = GRAPH_SUBSCRIPTION
+) -> dict[str, Subscription]:
+    """The subscriptions these provider ids name (unknown ids are left out)."""
+    wanted = sorted(set(external_ids))
+    if not wanted:
+        return {}
+    rows = conn.execute(select(_t).where(_t.c.kind == kind, _t.c.external_id.in_(wanted)))
+    found = [_subscription(row) for row in rows]
+    return {s.external_id: s for s in found if s.external_id is not None}
+
+
+def subscribed(
+    conn: Connection,
+    subscription_id: int,
+    *,
+    external_id: str,
+    secret: str,
+    expires_at: datetime,
+    renew_at: datetime,
+    now: datetime,
+) -> None:
+    """The provider made or renewed the subscription `external_id` (its `secret` encrypted)."""
+    conn.execute(
+        update(_t)
+        .where(_t.c.id == subscription_id)
+        .values(
+            state=ACTIVE_WATCH,
+            external_id=external_id,
+            secret=secret,
+            expires_at=expires_at,
+            renew_at=renew_at,
+            last_error=None,
+            updated_at=now,
+        )
+    )
+
+
+def subscription_failed(
+    conn: Connection, subscription_id: int, *, error: str, retry_at: datetime, now: datetime
+) -> None:
+    """The provider refused the subscription call: tried again at `retry_at`; a subscription
+    made earlier (its id and secret kept) stays valid until its `expires_at`."""
+    conn.execute(
+        update(_t)
+        .where(_t.c.id == subscription_id)
+        .values(state=FAILED, renew_at=retry_at, last_error=error[:2000], updated_at=now)
+    )
+
+
+def renew_now(conn: Connection, subscription_id: int, now: datetime) -> None:
+    """Make the subscription due now (a lifecycle notification asked for it)."""
+    conn.execute(
+        update(_t)
+        .where(_t.c.id == subscription_id, _t.c.state != STOPPED)
+        .values(renew_at=now, updated_at=now)
+    )
+
+
+def forget_subscription(conn: Connection, subscription_id: int, now: datetime) -> None:
+    """The provider removed the subscription: made again (a new id and secret), due now."""
+    conn.execute(
+        update(_t)
+        .where(_t.c.id == subscription_id, _t.c.state != STOPPED)
+        .values(
+            state=PENDING,
+            external_id=None,
+            secret=None,
+            expires_at=None,
+            renew_at=now,
+            updated_at=now,
+        )
+    )

@@ -39,6 +39,10 @@ from maillink.sandbox.microsoft.mailbox import (
     recipient,
 )
 from maillink.sandbox.microsoft.odata import graph_error
+from maillink.sandbox.microsoft.subscriptions import (
+    GraphSubscriptions,
+    register_subscription_routes,
+)
 from maillink.sandbox.microsoft.tls import ThrowawayCA
 
 __all__ = ["MicrosoftSandbox"]
@@ -86,6 +90,8 @@ class MicrosoftSandbox:
             device_interval=device_interval,
         )
         self.traffic = Traffic()
+        # Change notifications: /subscriptions, the handshake, notifications on new mail.
+        self.subscriptions = GraphSubscriptions(self.identity.tenant_id, client_id)
         self._graph = GraphContext(
             self._lock,
             self._mailboxes,
@@ -114,6 +120,7 @@ class MicrosoftSandbox:
 
     def _graph_app(self) -> Flask:
         app = Flask(f"{__name__}.graph.{id(self)}")
+        register_subscription_routes(app, self._graph, self.subscriptions)
         register_graph_routes(app, self._graph)
 
         @app.errorhandler(HTTPException)
@@ -278,7 +285,8 @@ class MicrosoftSandbox:
                 headers=internet_message_headers,
             )
             mailbox.add(StoredMessage(message_id, name, props))
-            return message_id
+        self.subscriptions.changed(mailbox.key, name, "created", message_id)
+        return message_id
 
     def add_message_from_headers(
         self,
@@ -346,11 +354,15 @@ class MicrosoftSandbox:
             if name is None:
                 raise KeyError(f"no folder {folder} in {email}")
             mailbox.move(message_id, name)
+        self.subscriptions.changed(mailbox.key, name, "created", message_id)
 
     def update_message(self, email: str, message_id: str, **fields: Any) -> None:
         """Change properties (Graph names, e.g. isRead=True); delta then shows only those."""
         with self._lock:
-            self._mailbox(email).update(message_id, dict(fields), datetime.now(UTC))
+            mailbox = self._mailbox(email)
+            mailbox.update(message_id, dict(fields), datetime.now(UTC))
+            folder = mailbox.live(message_id).folder
+        self.subscriptions.changed(mailbox.key, folder, "updated", message_id)
 
     def delete_message(self, email: str, message_id: str) -> None:
         with self._lock:
