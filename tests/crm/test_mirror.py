@@ -367,3 +367,74 @@ def test_the_mirror_listings_ask_what_the_spec_allows_and_page_through(
         allowed = openapi_check.query_parameters(received.path, received.method)
         assert set(received.query) <= allowed, (received.operation, received.query)
         assert received.query.get("limit") == "500"
+
+
+class CountedTables(MirrorTables):
+    """The store's mirror tables, counting the state reads."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.state_reads = 0
+
+    def state(self) -> str | None:
+        self.state_reads += 1
+        return super().state()
+
+
+def test_reads_share_one_state_read_for_a_moment_and_still_see_webhooks(
+    sandbox: PipedriveSandbox, store: Store, clock: Clock
+) -> None:
+    ids = seed(sandbox)
+    rows = CountedTables(store)
+    crm = MirroredCRM(adapter(sandbox), rows, max_records=1000, now=clock)
+    crm.refresh()
+    rows.state_reads = 0
+
+    for _ in range(3):
+        crm.search_persons("ann@customer.example")
+        crm.items_of_person(ids["ann"])
+    assert rows.state_reads == 1
+    with store.transaction() as conn:  # a webhook, within the moment: seen at the next read
+        ann = {"id": ids["ann"], "emails": [{"value": "ann@customer.example"}]}
+        webhook(conn, clock(), "person", "change", ann, entity_id=str(ids["ann"]))
+    sandbox.meter.reset()
+    assert [p.id for p in crm.search_persons("ann@customer.example")] == [ids["ann"]]
+    assert sandbox.meter.requests["persons.search"] == 1
+    assert rows.state_reads == 1
+
+    clock.advance(seconds=2)
+    crm.items_of_person(ids["bob"])
+    assert rows.state_reads == 2
+
+
+def test_this_process_setting_the_mirror_aside_is_seen_at_once(
+    sandbox: PipedriveSandbox, store: Store, clock: Clock
+) -> None:
+    seed(sandbox)
+    crm = mirrored(sandbox, store, clock)
+    crm.refresh()
+    assert crm.search_persons("bob@other.example") != []
+    crm.forget_cached()
+    sandbox.meter.reset()
+
+    crm.search_persons("bob@other.example")
+    assert sandbox.meter.requests["persons.search"] == 1
+    crm.refresh()  # a full listing: usable again, at once
+    sandbox.meter.reset()
+    crm.search_persons("bob@other.example")
+    assert reads(sandbox) == 0
+
+
+def test_an_address_marked_stale_is_told_apart_from_an_unknown_one(
+    sandbox: PipedriveSandbox, store: Store, clock: Clock
+) -> None:
+    ids = seed(sandbox)
+    mirrored(sandbox, store, clock).refresh()
+    tables = MirrorTables(store)
+    with store.transaction() as conn:
+        bob = {"id": ids["bob"], "emails": [{"value": "bob@other.example"}]}
+        webhook(conn, clock(), "person", "change", bob, entity_id=str(ids["bob"]))
+
+    assert tables.persons("nobody@customer.example") == []
+    assert [p.id for p in tables.persons("ann.lee@customer.example") or []] == [ids["ann"]]
+    assert tables.persons("bob@other.example") is None

@@ -130,3 +130,20 @@ def test_backfill_holds_the_mailbox_against_the_daemons_and_waits_for_their_roun
     assert state.owner is None and state.generation == held.generation + 1
     # The daemons' next round comes on schedule (the 600 s interval), not at once.
     assert state.next_run_at > datetime.now(UTC) + timedelta(seconds=300)
+
+
+def test_push_topic_without_push_credentials_is_refused_before_any_work(
+    cli: object, config: Path
+) -> None:
+    """Google would push to an endpoint that cannot tell its pushes from forged ones."""
+    write_daemon_config(config)
+    config.write_text(
+        config.read_text().replace(
+            "[gmail]\n", '[gmail]\npush_topic = "projects/p/topics/gmail"\n', 1
+        )
+    )
+    assert callable(cli)
+    ran: Ran = cli("daemon")
+    assert ran.code == 2
+    assert "push_topic" in ran.err and "gmail_push" in ran.err
+    assert "Traceback" not in ran.err

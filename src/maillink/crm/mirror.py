@@ -115,6 +115,7 @@ class ListedChanges:
         )
 
 
+STATE_KEPT = timedelta(seconds=2)  # how long a read state answers the next reads (`_state`)
 OVERLAP = timedelta(minutes=1)  # listings overlap: the CRM's clock and ours differ a little
 DELETED_KEPT = timedelta(days=30)  # the CRM lists deleted deals that long
 
@@ -161,6 +162,7 @@ class MirroredCRM:
         self.full_every = full_every
         self._now = now
         self._lock = threading.Lock()
+        self._read: tuple[datetime, MirrorState] | None = None  # the state `_state` last read
         self.answered = 0  # reads the mirror answered (the adapter was not asked)
 
     # -- what the daemon's metrics and the bench look at ----------------------------------------
@@ -205,7 +207,7 @@ class MirroredCRM:
         unless that needs a full listing: a round never waits for one)."""
         if self.max_records <= 0:
             return False
-        state = MirrorState.from_text(self.rows.state())
+        state = self._state()
         if state.status != COMPLETE or state.needs_full:
             return False
         if state.refreshed_at is not None and self._now() - state.refreshed_at <= self.max_age:
@@ -217,8 +219,23 @@ class MirroredCRM:
         except CRMError as exc:
             log.warning("CRM mirror refresh failed, asking the CRM instead: %s", exc)
             return False
-        state = MirrorState.from_text(self.rows.state())
+        state = self._state()
         return state.status == COMPLETE and not state.needs_full
+
+    def _state(self) -> MirrorState:
+        """The mirror's state, read from the store at most once every `STATE_KEPT` (every read of
+        a round asks for it). A state that old is safe to answer from: what a webhook changed
+        is still seen at once, for the stale rows are read with every lookup (`rows.persons`,
+        `rows.items`); this process's own refresh and `forget_cached` drop it at once; only
+        another process's refresh or `forget_cached` is seen up to `STATE_KEPT` late, as if
+        the read had come that much sooner (its rows are consistent with it then)."""
+        now = self._now()
+        read = self._read
+        if read is not None and timedelta(0) <= now - read[0] < STATE_KEPT:
+            return read[1]
+        state = MirrorState.from_text(self.rows.state())
+        self._read = (now, state)
+        return state
 
     def _full_due(self, state: MirrorState) -> bool:
         """A full listing is due: never filled, suspect, or the last one is `full_every` old (a
@@ -237,20 +254,24 @@ class MirroredCRM:
         if self.max_records <= 0:
             return Refreshed(listed=None)
         with self._lock:
-            started = self._now()
-            text = self.rows.state()
-            state = MirrorState.from_text(text)
-            recent = (
-                state.refreshed_at is not None and started - state.refreshed_at < self.min_interval
-            )
-            full = self._full_due(state)
-            if state.status == TOO_BIG and not full:
-                return Refreshed(listed=None)
-            if recent and not force and not state.needs_full:
-                return Refreshed(listed=None)
-            since = None if full else state.mark
-            listing = self.adapter.list_records(since, self.max_records)
-            return self._write(text, state, listing, started)
+            try:
+                return self._refresh(force)
+            finally:
+                self._read = None  # what it wrote, or what a refresh that won wrote
+
+    def _refresh(self, force: bool) -> Refreshed:
+        started = self._now()
+        text = self.rows.state()
+        state = MirrorState.from_text(text)
+        recent = state.refreshed_at is not None and started - state.refreshed_at < self.min_interval
+        full = self._full_due(state)
+        if state.status == TOO_BIG and not full:
+            return Refreshed(listed=None)
+        if recent and not force and not state.needs_full:
+            return Refreshed(listed=None)
+        since = None if full else state.mark
+        listing = self.adapter.list_records(since, self.max_records)
+        return self._write(text, state, listing, started)
 
     def _write(
         self, text: str | None, state: MirrorState, listing: Listing, started: datetime
@@ -305,12 +326,14 @@ class MirroredCRM:
         """A write named a person or item the CRM no longer has: what the listings cannot show
         (a deleted person) may be in the mirror, so it is not used until listed whole again."""
         self.adapter.forget_cached()
+        self._read = None
         for _ in range(3):  # a refresh may move the state between the read and the swap
             text = self.rows.state()
             state = MirrorState.from_text(text)
             if text is None or state.needs_full:
                 return
             if self.rows.swap(text, replace(state, needs_full=True).to_text()):
+                self._read = None  # set aside from now on
                 return
 
     # -- writes: the adapter's --------------------------------------------------------------

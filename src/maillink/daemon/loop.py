@@ -336,11 +336,19 @@ def run_daemon(
     from maillink.push.graph_subscriptions import GraphNotifications
     from maillink.push.pubsub_auth import PushVerifier
 
+    credentials = app.credentials
+    if app.settings.gmail.push_topic and not (
+        credentials.gmail_push_token or credentials.gmail_push_oidc
+    ):
+        raise ConfigError(
+            "[gmail] push_topic is set but credentials.json has no gmail_push: the daemon "
+            "could not tell Pub/Sub's pushes from forged ones (add gmail_push service_account "
+            "or token, see docs/configuration.md)"
+        )
     daemon = Daemon(app, should_stop=should_stop, metrics=metrics, out=out)
     settings = app.settings.daemon
     server: OpsServer | None = None
     if settings.ops_enabled if serve_ops is None else serve_ops:
-        credentials = app.credentials
         daemon.metrics.watch_store(app.store)
         ctx = OpsContext(
             store=app.store,

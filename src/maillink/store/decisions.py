@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Text, bindparam, cast, insert, select, update
 
 from maillink.model import Message
 from maillink.store import mail
@@ -54,35 +55,45 @@ def _source(thread_key: str, row: Any) -> tuple[Any, ...]:
     )
 
 
+def _listed(value: Any) -> tuple[Any, ...]:
+    """A JSON list column read as text (most are empty: not decoded then)."""
+    if value is None or value == "[]":
+        return ()
+    return tuple(json.loads(value) if isinstance(value, str) else value)
+
+
 def _decision(row: Any) -> StoredDecision:
     return StoredDecision(
         reason=row["reason"],
-        person_ids=tuple(row["person_ids"] or ()),
-        items=tuple(row["items"] or ()),
-        candidates=tuple(row["candidates"] or ()),
+        person_ids=_listed(row["person_ids"]),
+        items=_listed(row["items"]),
+        candidates=_listed(row["candidates"]),
         detail=row["detail"] or "",
     )
 
 
-# The columns a replay reads: a message's own and its decision (not its bookkeeping).
+# The columns a replay reads: a message's own and its decision (not its bookkeeping). `headers`
+# and `problems` come as their JSON text, decoded by `mail.message_from_row` only for a message
+# not already built: the text is what PostgreSQL's json and SQLite keep, so it compares stably.
+# The decision's lists too, as text: most are empty, and then not decoded (`_listed`).
 _TO_DECIDE = [
-    messages.c[name]
-    for name in (
-        "id",
-        "thread_id",
-        "provider_id",
-        "message_id",
-        "in_reply_to",
-        "date",
-        "direction",
-        "headers",
-        "problems",
-        "reason",
-        "person_ids",
-        "items",
-        "candidates",
-        "detail",
-    )
+    *(
+        messages.c[name]
+        for name in (
+            "id",
+            "thread_id",
+            "provider_id",
+            "message_id",
+            "in_reply_to",
+            "date",
+            "direction",
+        )
+    ),
+    cast(messages.c.headers, Text).label("headers"),
+    cast(messages.c.problems, Text).label("problems"),
+    messages.c.reason,
+    *(cast(messages.c[name], Text).label(name) for name in ("person_ids", "items", "candidates")),
+    messages.c.detail,
 ]
 
 

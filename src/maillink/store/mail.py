@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,8 +48,14 @@ def _merge_headers(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _json(value: Any) -> Any:
+    """A JSON column as read: decoded already, or its text (read with `cast(..., Text)`)."""
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
 def message_from_row(account: str, thread_key: str, m: Any) -> Message:
-    h = m["headers"]
+    """The `Message` of a messages row (`headers` and `problems` decoded, or as JSON text)."""
+    h = _json(m["headers"])
 
     def addresses(key: str) -> tuple[Address, ...]:
         return tuple(Address(e, n) for e, n in h.get(key) or ())
@@ -71,7 +78,7 @@ def message_from_row(account: str, thread_key: str, m: Any) -> Message:
         references=tuple(h.get("references") or ()),
         labels=tuple(h.get("labels") or ()),
         date_header=h.get("date_header", ""),
-        problems=tuple(m["problems"] or ()),
+        problems=tuple(_json(m["problems"]) or ()),
     )
 
 

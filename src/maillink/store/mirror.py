@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, bindparam, delete, exists, select
 
 from maillink.model import Item, ItemKind, ItemRef, ItemStatus, Person
 from maillink.store.cache import (
@@ -59,29 +59,46 @@ def stale(conn: Connection, keys: Iterable[str]) -> set[str]:
     return {row.key for row in rows}
 
 
-def persons_by_email(conn: Connection, email: str) -> list[Person]:
-    """The mirrored persons with this (lower-cased) address, each with all its addresses."""
-    ids = sorted(
-        {
-            row.person_id
-            for row in conn.execute(
-                select(crm_mirror_persons.c.person_id).where(crm_mirror_persons.c.email == email)
-            )
-        }
+# `persons_unless_stale`'s statement, built once: one row always comes back (the stale flag,
+# outer-joined with the addresses of the persons who have this one), so that "stale" and "nobody
+# has this address" stay apart.
+_STALE_FLAG = select(
+    exists().where(crm_mirror_stale.c.key.in_(bindparam("keys", expanding=True))).label("stale")
+).subquery()
+_PERSONS_UNLESS_STALE = (
+    select(
+        _STALE_FLAG.c.stale,
+        crm_mirror_persons.c.person_id,
+        crm_mirror_persons.c.email,
+        crm_mirror_persons.c.name,
     )
-    if not ids:
-        return []
+    .select_from(
+        _STALE_FLAG.outerjoin(
+            crm_mirror_persons,
+            crm_mirror_persons.c.person_id.in_(
+                select(crm_mirror_persons.c.person_id)
+                .where(crm_mirror_persons.c.email == bindparam("email"))
+                .scalar_subquery()
+            ),
+        )
+    )
+    .order_by(crm_mirror_persons.c.person_id, crm_mirror_persons.c.email)
+)
+
+
+def persons_unless_stale(conn: Connection, email: str, keys: Iterable[str]) -> list[Person] | None:
+    """The mirrored persons with this (lower-cased) address, each with all its addresses; None
+    when a change marked one of `keys` (`stale`). One statement: it is asked for every address."""
+    rows = conn.execute(_PERSONS_UNLESS_STALE, {"keys": sorted(set(keys)), "email": email}).all()
+    if not rows or rows[0].stale:
+        return None
     emails: dict[int, list[str]] = {}
     names: dict[int, str] = {}
-    rows = conn.execute(
-        select(crm_mirror_persons)
-        .where(crm_mirror_persons.c.person_id.in_(ids))
-        .order_by(crm_mirror_persons.c.person_id, crm_mirror_persons.c.email)
-    )
     for row in rows:
-        emails.setdefault(row.person_id, []).append(row.email)
-        names[row.person_id] = row.name
-    return [Person(id=pid, name=names[pid], emails=tuple(emails[pid])) for pid in ids]
+        if row.person_id is not None:
+            emails.setdefault(row.person_id, []).append(row.email)
+            names[row.person_id] = row.name
+    return [Person(id=pid, name=names[pid], emails=tuple(found)) for pid, found in emails.items()]
 
 
 def knows_person(conn: Connection, person_id: int) -> bool:
@@ -324,11 +341,10 @@ class MirrorTables:
             return swap_state(conn, old, new)
 
     def persons(self, email: str) -> list[Person] | None:
-        """The mirrored persons with this address; None when a change marked it stale."""
+        """The mirrored persons with this address; None when a change marked it stale (one
+        statement: it is asked for every address a round meets)."""
         with self.store.engine.connect() as conn:
-            if stale(conn, [EVERYTHING, f"email:{email}"]):
-                return None
-            return persons_by_email(conn, email)
+            return persons_unless_stale(conn, email, [EVERYTHING, f"email:{email}"])
 
     def items(self, person_id: int) -> list[Item] | None:
         """The person's mirrored items; None when a change marked them stale, or when the
