@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import OperationalError
 
@@ -27,6 +27,9 @@ from maillink.secrets import TokenCipher
 from maillink.store import Store, accounts
 from maillink.store.accounts import Account
 from maillink.sync import Syncer
+
+if TYPE_CHECKING:
+    from maillink.onboarding.microsoft import MicrosoftTokenSource
 
 GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.metadata"
 
@@ -220,9 +223,11 @@ class App:
         per_minute = self.settings.gmail.quota_units_per_minute
         return Pacers(lambda: Pacer.per_minute(per_minute)) if per_minute else None
 
-    def _graph_provider(self, account: Account, policy: RetryPolicy | None) -> MailProvider:
+    def microsoft_token_source(self, account: Account) -> MicrosoftTokenSource:
+        """The mailbox's Microsoft tokens, from its stored MSAL cache; a refresh token MSAL
+        rotates is kept at once, encrypted (a round's provider and its Graph subscription calls
+        share this)."""
         from maillink.onboarding.microsoft import MicrosoftTokenSource
-        from maillink.providers.graph import GraphProvider
 
         tokens = self.tokens(account)
         client = self._microsoft_client()
@@ -237,7 +242,7 @@ class App:
             except OperationalError:  # a dry run holds SQLite's write lock: kept for next time
                 self._unsaved_tokens[account.id] = secret
 
-        source = MicrosoftTokenSource(
+        return MicrosoftTokenSource(
             client.client_id,
             authority=self.settings.microsoft.authority,
             home_account_id=tokens["home_account_id"],
@@ -245,6 +250,11 @@ class App:
             save=save,
             client_secret=client.client_secret,
         )
+
+    def _graph_provider(self, account: Account, policy: RetryPolicy | None) -> MailProvider:
+        from maillink.providers.graph import GraphProvider
+
+        source = self.microsoft_token_source(account)
         return GraphProvider(
             account.email,
             source,

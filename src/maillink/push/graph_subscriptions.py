@@ -21,7 +21,6 @@ and the mailbox only woken (the delta cursor stays the truth). Lifecycle notific
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import secrets
 import threading
@@ -32,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from maillink.errors import ConfigError, WrongKeyError
 from maillink.ops.webhooks import BadPayload
@@ -130,28 +129,7 @@ class SubscriptionApi:
 def subscription_api(app: App, account: Account) -> SubscriptionApi:
     """The mailbox's Graph API for its subscription calls (its stored MSAL cache; a rotated
     refresh token is kept at once, as a round keeps it)."""
-    from maillink.onboarding.microsoft import MicrosoftTokenSource
-
-    tokens = app.tokens(account)
-    client = app._microsoft_client()
-
-    def save(cache: str) -> None:
-        tokens["token_cache"] = cache
-        secret = app.cipher.encrypt(json.dumps(tokens))
-        try:
-            with app.store.transaction() as conn:
-                accounts.set_token(conn, account.id, secret)
-        except OperationalError:  # SQLite busy: refreshed again next time
-            return
-
-    source = MicrosoftTokenSource(
-        client.client_id,
-        authority=app.settings.microsoft.authority,
-        home_account_id=tokens["home_account_id"],
-        load=lambda: str(tokens["token_cache"]),
-        save=save,
-        client_secret=client.client_secret,
-    )
+    source = app.microsoft_token_source(account)
     pacers = app.graph_pacers
     return SubscriptionApi(
         GraphApi(
