@@ -51,6 +51,9 @@ class Account:
     last_sync_at: datetime | None
     last_error: str | None
     backfill_since: datetime | None
+    connected_via: str = "user"  # user | tenant | domain
+    directory_id: str | None = None
+    crm_user_id: str | None = None
 
 
 def _account(row: object) -> Account:
@@ -67,6 +70,9 @@ def _account(row: object) -> Account:
         last_sync_at=m["last_sync_at"],
         last_error=m["last_error"],
         backfill_since=m["backfill_since"],
+        connected_via=m.get("connected_via") or "user",
+        directory_id=m.get("directory_id"),
+        crm_user_id=m.get("crm_user_id"),
     )
 
 

@@ -62,6 +62,11 @@ accounts = Table(
     Column("last_sync_at", UTCDateTime, nullable=True),
     Column("last_error", Text, nullable=True),
     Column("backfill_since", UTCDateTime, nullable=True),
+    # user (the rep's own consent) | tenant (Microsoft client credentials) | domain (Google
+    # domain-wide delegation)
+    Column("connected_via", String(20), nullable=False, server_default="user"),
+    Column("directory_id", String(255), nullable=True),  # the provider's id of a directory user
+    Column("crm_user_id", String(64), nullable=True),  # the CRM owner when set by hand
 )
 
 cursors = Table(
@@ -319,6 +324,7 @@ push_subscriptions = Table(
     Column("secret", Text, nullable=True),  # encrypted like tokens (Graph's clientState)
     Column("last_error", Text, nullable=True),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("target", Text, nullable=True),  # the notification URL (Graph) or topic it points at
     UniqueConstraint("account_id", "kind", "resource", name="uq_push_subscriptions_target"),
 )
 Index("ix_push_subscriptions_renew_at", push_subscriptions.c.renew_at)
