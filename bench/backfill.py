@@ -117,7 +117,11 @@ def _run(command: Sequence[str], config: Path, log: Path) -> tuple[float, float]
     peak = log.with_suffix(".peak")
     if command[:2] == [sys.executable, "-m"]:
         command = [sys.executable, "-m", "bench._peak", str(peak), *command[2:]]
-    env = dict(os.environ, MAILLINK_CONFIG=str(config), PYTHONPATH=os.getcwd())
+    env = dict(
+        os.environ,
+        MAILLINK_CONFIG=str(config),
+        PYTHONPATH=os.pathsep.join([os.path.join(os.getcwd(), "src"), os.getcwd()]),
+    )
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     with log.open("w") as out:

@@ -243,9 +243,9 @@ def test_unknown_sections_and_keys_are_refused(
         assert fragment in message
 
 
-def test_only_pipedrive_is_accepted_as_crm(tmp_path: Path) -> None:
-    message = config_error(tmp_path, MINIMAL + 'kind = "hubspot"\n')
-    assert "[crm] kind" in message and "pipedrive" in message
+def test_only_pipedrive_and_hubspot_are_accepted_as_crm(tmp_path: Path) -> None:
+    message = config_error(tmp_path, MINIMAL + 'kind = "salesforce"\n')
+    assert "[crm] kind" in message and "pipedrive" in message and "hubspot" in message
 
 
 @pytest.mark.parametrize("value", ["ask", "newest", "all", "NEWEST"])

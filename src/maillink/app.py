@@ -11,14 +11,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from sqlalchemy.exc import OperationalError
 
 from maillink.config import Credentials, MicrosoftCredentials, Settings, linking_policy
 from maillink.crm.base import CRM
+from maillink.crm.owners import Mailbox
 from maillink.errors import ConfigError
 from maillink.linking.facts import LinkingPolicy
-from maillink.linking.linker import CacheTTL, FactGatherer, Linker
+from maillink.linking.linker import CacheTTL, FactGatherer, Linker, connected_mailboxes
 from maillink.outbox import Outbox
 from maillink.providers.base import MailProvider
 from maillink.providers.pacing import Pacer, Pacers
@@ -29,7 +31,11 @@ from maillink.store.accounts import Account
 from maillink.sync import Syncer
 
 if TYPE_CHECKING:
-    from maillink.onboarding.microsoft import MicrosoftTokenSource
+    from sqlalchemy import Connection
+
+    from maillink.onboarding.microsoft import ConnectedMicrosoftAccount, MicrosoftTokenSource
+    from maillink.onboarding.microsoft_tenant import AppTokenSource
+    from maillink.providers.google_token import GoogleCredentials
 
 GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.metadata"
 
@@ -42,11 +48,19 @@ def _naive_utc(value: Any) -> datetime | None:
         return None
 
 
+def _graph_root(account: Account) -> str:
+    """The mailbox on Graph: /me for a rep's own consent, /users/{id} for the app's token."""
+    if account.connected_via != "tenant":
+        return "/me"
+    return f"/users/{quote(account.directory_id or account.email, safe='@')}"
+
+
 class App:
     def __init__(self, settings: Settings, *, crm: CRM | None = None):
         self.settings = settings
         self._unsaved_tokens: dict[int, str] = {}
-        self._policy: tuple[str | None, LinkingPolicy] | None = None  # (accounts version, policy)
+        # (accounts version, policy, the mailboxes): rebuilt when the mailboxes change
+        self._policy: tuple[str | None, LinkingPolicy, tuple[Mailbox, ...]] | None = None
         self.policy_builds = 0  # how many times the policy was built from every mailbox
         if crm is not None:
             self.__dict__["crm"] = crm
@@ -67,6 +81,8 @@ class App:
     def crm(self) -> CRM:
         from maillink.crm.pipedrive import PipedriveCRM
 
+        if self.settings.crm.kind == "hubspot":
+            return self._hubspot()
         pipedrive = self.credentials.pipedrive
         where = self.settings.credentials_path
         if pipedrive is None:
@@ -91,21 +107,32 @@ class App:
             max_age=max(2 * poll, timedelta(minutes=1)),
         )
 
+    def _hubspot(self) -> CRM:
+        """The HubSpot adapter (`[crm] kind = "hubspot"`); no local mirror yet."""
+        from maillink.crm.hubspot import HubSpotCRM
+
+        hubspot = self.credentials.hubspot
+        if hubspot is None:
+            where = self.settings.credentials_path
+            raise ConfigError(f'{where}: hubspot is missing: add {{"access_token": "…"}}')
+        return HubSpotCRM(self.settings.crm.base_url, access_token=hubspot.access_token)
+
     # -- linking -------------------------------------------------------------------------------
     def policy(self) -> LinkingPolicy:
         """The linking policy: the configured [linking] plus every connected mailbox's addresses.
 
-        Kept between calls and rebuilt only when the mailboxes changed (`accounts.version`, one
-        indexed read), so a round never reads every mailbox of the store."""
+        Kept between calls (with the mailboxes, whose reps own the emails) and rebuilt only when
+        the mailboxes changed (`accounts.version`, one indexed read), so a round never reads
+        every mailbox of the store."""
         with self.store.engine.connect() as conn:
             marker = accounts.version(conn)
             kept = self._policy
             if kept is not None and kept[0] == marker:
                 return kept[1]
-            connected = accounts.all_accounts(conn)
-        own = [a.email for a in connected] + [alias for a in connected for alias in a.aliases]
+            mailboxes = connected_mailboxes(conn)
+        own = [m.email for m in mailboxes] + [alias for m in mailboxes for alias in m.aliases]
         policy = linking_policy(self.settings, own)
-        self._policy = (marker, policy)
+        self._policy = (marker, policy, mailboxes)
         self.policy_builds += 1
         return policy
 
@@ -113,6 +140,13 @@ class App:
         """The policy as last built (built now the first time), without looking for changes."""
         kept = self._policy
         return kept[1] if kept is not None else self.policy()
+
+    def _kept_mailboxes(self) -> tuple[Mailbox, ...]:
+        """The mailboxes as last read with the policy (which a round refreshes as it links)."""
+        if self._policy is None:
+            self.policy()
+        assert self._policy is not None
+        return self._policy[2]
 
     @cached_property
     def facts(self) -> FactGatherer:
@@ -123,7 +157,7 @@ class App:
         return FactGatherer(self.store, self.crm, ttl)
 
     def linker(self) -> Linker:
-        return Linker(self.store, self.facts, self.policy())
+        return Linker(self.store, self.facts, self.policy(), self._kept_mailboxes)
 
     @cached_property
     def outbox(self) -> Outbox:
@@ -137,7 +171,7 @@ class App:
         Without `record_sync`, the syncer leaves `last_sync_at`/`last_error` to its caller (a
         round records them as it releases the lease)."""
         store = self.store if store is None else store
-        linker = Linker(store, self.facts, self._kept_policy())
+        linker = Linker(store, self.facts, self._kept_policy(), self._kept_mailboxes)
 
         def current() -> Linker:
             # Looked at only when the round links something: an idle round reads no mailbox.
@@ -168,15 +202,39 @@ class App:
             return self._graph_provider(account, policy)
         if account.provider != "gmail":
             raise ConfigError(f"{account.email}: unknown provider {account.provider!r}")
-        from google.oauth2.credentials import Credentials as GoogleCredentials
-
         from maillink.providers.gmail import GmailProvider
+
+        credentials, on_token = self.gmail_credentials(account)
+        return GmailProvider(
+            account.email,
+            credentials,
+            api_endpoint=self.settings.gmail.api_endpoint,
+            aliases=account.aliases,
+            page_size=self.settings.sync.page_size,
+            policy=policy,
+            pacer=self.gmail_pacers.for_mailbox(account.email) if self.gmail_pacers else None,
+            quota_model=self.settings.gmail.quota_model,
+            prefetch=True,
+            on_token=on_token,
+        )
+
+    def gmail_credentials(
+        self, account: Account
+    ) -> tuple[GoogleCredentials, Callable[[str, datetime], None] | None]:
+        """A Gmail mailbox's google-auth credentials, and what keeps a refreshed access token
+        (None: nothing to keep). A mailbox connected domain-wide is read as itself by the
+        service account (JWT bearer grant, the mailbox as subject); another by its own refresh
+        token, with the access token a previous round (of this process or another) kept: used
+        until it is (nearly) spent, so a daemon's start refreshes nothing still valid."""
+        if account.connected_via == "domain":
+            from maillink.onboarding.google_domain import mailbox_credentials
+
+            return mailbox_credentials(self, account.email), None
+        from google.oauth2.credentials import Credentials
 
         client = self.credentials.google_client()
         tokens = self.tokens(account)
-        google = GoogleCredentials(
-            # The access token a previous round (of this process or another) kept: used until it
-            # is (nearly) spent, so a daemon's start refreshes nothing still valid.
+        google = Credentials(
             token=tokens.get("access_token"),
             expiry=_naive_utc(tokens.get("access_token_expiry")),
             refresh_token=tokens["refresh_token"],
@@ -185,20 +243,9 @@ class App:
             token_uri=client["token_uri"],
             scopes=tokens.get("scopes") or [GMAIL_SCOPE],
         )
-        return GmailProvider(
-            account.email,
-            google,
-            api_endpoint=self.settings.gmail.api_endpoint,
-            aliases=account.aliases,
-            page_size=self.settings.sync.page_size,
-            policy=policy,
-            pacer=self.gmail_pacers.for_mailbox(account.email) if self.gmail_pacers else None,
-            quota_model=self.settings.gmail.quota_model,
-            prefetch=True,
-            on_token=lambda token, expiry: self._keep_access_token(account, tokens, token, expiry),
-        )
+        return google, lambda token, expiry: self.keep_access_token(account, tokens, token, expiry)
 
-    def _keep_access_token(
+    def keep_access_token(
         self, account: Account, tokens: dict[str, Any], token: str, expiry: datetime
     ) -> None:
         """A refreshed Gmail access token kept (encrypted, beside the refresh token) for the next
@@ -223,11 +270,17 @@ class App:
         per_minute = self.settings.gmail.quota_units_per_minute
         return Pacers(lambda: Pacer.per_minute(per_minute)) if per_minute else None
 
-    def microsoft_token_source(self, account: Account) -> MicrosoftTokenSource:
+    def microsoft_token_source(self, account: Account) -> MicrosoftTokenSource | AppTokenSource:
         """The mailbox's Microsoft tokens, from its stored MSAL cache; a refresh token MSAL
         rotates is kept at once, encrypted (a round's provider and its Graph subscription calls
-        share this)."""
+        share this). A mailbox connected tenant-wide uses the app's own token instead (client
+        credentials, one for the process)."""
         from maillink.onboarding.microsoft import MicrosoftTokenSource
+
+        if account.connected_via == "tenant":
+            from maillink.onboarding.microsoft_tenant import tenant_token_source
+
+            return tenant_token_source(self)
 
         tokens = self.tokens(account)
         client = self._microsoft_client()
@@ -263,6 +316,7 @@ class App:
             aliases=account.aliases,
             policy=policy,
             pacer=self.graph_pacers.for_mailbox(account.email) if self.graph_pacers else None,
+            root=_graph_root(account),
         )
 
     @cached_property
@@ -309,6 +363,14 @@ class App:
             announce=announce,
             **({"out": out} if out is not None else {}),
         )
+        with self.store.transaction() as conn:
+            return self.store_microsoft_account(conn, connected)
+
+    def store_microsoft_account(
+        self, conn: Connection, connected: ConnectedMicrosoftAccount
+    ) -> Account:
+        """A connected Microsoft mailbox stored (its MSAL token cache encrypted) in the caller's
+        transaction: `maillink connect microsoft` and the web app store it this one way."""
         token = self.cipher.encrypt(
             json.dumps(
                 {
@@ -318,10 +380,9 @@ class App:
                 }
             )
         )
-        with self.store.transaction() as conn:
-            return accounts.upsert(
-                conn, connected.email, "microsoft", token, " ".join(connected.scopes)
-            )
+        return accounts.upsert(
+            conn, connected.email, "microsoft", token, " ".join(connected.scopes)
+        )
 
     def save_unsaved_tokens(self) -> None:
         """Tokens rotated while a dry run held the store: written now."""

@@ -19,6 +19,7 @@ from maillink.errors import ConfigError, ConnectError
 
 if TYPE_CHECKING:
     from maillink.app import App
+    from maillink.onboarding.team import MembersReport
     from maillink.store.accounts import Account
 
 log = logging.getLogger("maillink")
@@ -120,10 +121,43 @@ def demo(messages: int, seed: int) -> None:
     "--no-browser", is_flag=True, help="Print the authorization URL instead of opening it."
 )
 @click.option("--device-code", is_flag=True, help="Microsoft only: use the device-code flow.")
+@click.option(
+    "--tenant-wide",
+    is_flag=True,
+    help="Microsoft only: connect every member's mailbox with the app's own permissions.",
+)
+@click.option(
+    "--domain-wide",
+    is_flag=True,
+    help="Gmail only: connect every Workspace member's mailbox through a service account's "
+    "domain-wide delegation.",
+)
 @click.option("--port", default=0, help="Loopback port for the redirect (0: any free port).")
 @pass_obj
-def connect(obj: Obj, provider: str, no_browser: bool, device_code: bool, port: int) -> None:
+def connect(
+    obj: Obj,
+    provider: str,
+    no_browser: bool,
+    device_code: bool,
+    port: int,
+    tenant_wide: bool,
+    domain_wide: bool,
+) -> None:
     """Connect a mailbox through the provider's OAuth consent."""
+    if domain_wide:
+        if provider != "gmail" or device_code or no_browser or tenant_wide:
+            raise click.UsageError("--domain-wide is for Gmail, without a sign-in option")
+        from maillink.onboarding.google_domain import connect_domain_wide
+
+        _echo_report("gmail domain-wide", connect_domain_wide(obj.checked_app))
+        return
+    if tenant_wide:
+        if provider != "microsoft" or device_code or no_browser:
+            raise click.UsageError("--tenant-wide is for Microsoft, without a sign-in option")
+        from maillink.onboarding.microsoft_tenant import connect_tenant
+
+        _echo_report("microsoft tenant-wide", connect_tenant(obj.checked_app))
+        return
     if provider == "microsoft":
         account = obj.checked_app.connect_microsoft(
             open_browser=not no_browser, device_code=device_code, port=port
@@ -136,6 +170,14 @@ def connect(obj: Obj, provider: str, no_browser: bool, device_code: bool, port: 
         f"connected {account.email} ({account.provider}); "
         f"next: maillink backfill --account {account.email}"
     )
+
+
+def _echo_report(label: str, report: MembersReport) -> None:
+    click.echo(report.summary(label))
+    changes = (("added", report.added), ("paused", report.paused), ("resumed", report.resumed))
+    for verb, emails in changes:
+        for email in emails:
+            click.echo(f"  {verb} {email}")
 
 
 # -- accounts -----------------------------------------------------------------------------------
@@ -159,7 +201,9 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
     rows = []
     with app.store.engine.connect() as conn:
         subscriptions = store_push.by_account(conn)
-        for a in store_accounts.all_accounts(conn):
+        connected = store_accounts.all_accounts(conn)
+        owners = _crm_owners(app, connected)
+        for a in connected:
             count = sum(n for _id, _reason, n in messages_by_reason(conn, [a.id]))
             waiting = waiting_threads_count(conn, [a.id]).get(a.id, 0)
             rows.append(
@@ -167,6 +211,7 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
                     "email": a.email,
                     "provider": a.provider,
                     "status": a.status,
+                    "connected_via": a.connected_via,
                     "messages": count,
                     "waiting": waiting,
                     "failed_deliveries": failed_count(conn, a.id),
@@ -180,6 +225,7 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
                         subscriptions.get(a.id, []),
                         expected=push_on and a.provider == "gmail" and a.status == "active",
                     ),
+                    **_crm_user_fields(owners.get(a.email)),
                 }
             )
     if as_json:
@@ -190,11 +236,38 @@ def accounts(ctx: click.Context, as_json: bool) -> None:
         return
     for r in rows:
         last = r["last_sync_at"] or "never"
-        line = f"{r['email']:<36} {r['provider']:<9} {r['status']:<13} {r['messages']:>7} messages  {r['waiting']:>4} waiting  last sync {last}"
+        line = f"{r['email']:<36} {r['provider']:<9} {r['connected_via']:<6} {r['status']:<13} {r['messages']:>7} messages  {r['waiting']:>4} waiting  last sync {last}"
         line += f"  push: {r['push']}"
         if r["failed_deliveries"]:
             line += f"  {r['failed_deliveries']} failed CRM writes (maillink outbox list)"
+        user = r["crm_user"]
+        if user is not None:
+            line += f"  crm user: {user['name'] or user['email'] or '?'} ({user['id']})"
+        else:
+            line += f"  crm user: none ({r['crm_user_reason']})"
         click.echo(line + (f"  error: {r['last_error']}" if r["last_error"] else ""))
+
+
+def _crm_owners(app: App, found: list[Account]) -> dict[str, Any]:
+    """Each mailbox's CRM user (`maillink.crm.owners.Ownership`) by address; a CRM that is not
+    configured gives each mailbox none and says why."""
+    from maillink.crm.owners import Mailbox, Ownership, ownerships
+
+    mailboxes = [Mailbox(a.email, a.aliases, a.crm_user_id) for a in found]
+    try:
+        crm = app.crm
+    except ConfigError as exc:
+        return {m.email: Ownership(m.email, None, reason=f"no CRM: {exc}") for m in mailboxes}
+    return dict(ownerships(crm, mailboxes))
+
+
+def _crm_user_fields(found: Any) -> dict[str, Any]:
+    """`crm_user` ({id, name, email, source}) or None, and `crm_user_reason` when None."""
+    if found is None or found.user is None:
+        return {"crm_user": None, "crm_user_reason": found.reason if found else "unknown"}
+    user = found.user
+    who = {"id": user.id, "name": user.name, "email": user.email, "source": found.source}
+    return {"crm_user": who, "crm_user_reason": None}
 
 
 def _set_status(obj: Obj, email: str, status: str | None) -> None:
@@ -232,6 +305,55 @@ def resume(obj: Obj, email: str) -> None:
     """Sync a paused mailbox again."""
     _set_status(obj, email, "active")
     click.echo(f"resumed {email}")
+
+
+@accounts.command()
+@pass_obj
+def refresh(obj: Obj) -> None:
+    """Re-list the members of every team connection: add newcomers, pause leavers."""
+    from maillink.onboarding.team import refresh_teams
+
+    done = refresh_teams(obj.checked_app)
+    if not done:
+        click.echo("no team connection: maillink connect microsoft --tenant-wide")
+    for refreshed in done:
+        if refreshed.report is not None:
+            _echo_report(refreshed.label, refreshed.report)
+    failed = [r for r in done if r.report is None]
+    for refreshed in failed:
+        click.echo(f"maillink: error: {refreshed.label}: {refreshed.error}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@accounts.command()
+@click.argument("email")
+@click.argument("user_id", required=False)
+@click.option("--auto", is_flag=True, help="Match the CRM user by address again.")
+@pass_obj
+def owner(obj: Obj, email: str, user_id: str | None, auto: bool) -> None:
+    """Set the CRM user who owns EMAIL's emails (USER_ID), or match it by address (--auto)."""
+    from maillink.crm.owners import Mailbox, match_user, read_users
+    from maillink.store import accounts as store_accounts
+
+    if auto == (user_id is not None):
+        raise click.UsageError("give the CRM user's id, or --auto to match it by address")
+    account = obj.app.account(email)
+    users, error = read_users(obj.checked_app.crm)
+    wanted = user_id.strip() if user_id is not None else None
+    if wanted is not None and users is None:
+        click.echo(f"maillink: error: could not read the CRM's users: {error}", err=True)
+        sys.exit(1)
+    found = match_user(Mailbox(account.email, account.aliases, wanted), users, error)
+    if wanted is not None and found.user is None:
+        raise ConfigError(f"{wanted!r} is not an active CRM user (see the CRM's users list)")
+    with obj.app.store.transaction() as conn:
+        store_accounts.set_crm_user(conn, account.id, wanted)
+    if found.user is not None:
+        name = found.user.name or found.user.email
+        click.echo(f"{account.email}: emails owned by CRM user {found.user.id} ({name})")
+    else:
+        click.echo(f"{account.email}: no CRM user ({found.reason})")
 
 
 @accounts.command()

@@ -31,6 +31,8 @@ ENCRYPTION_KEY_ENV = "MAILLINK_ENCRYPTION_KEY"
 DEFAULT_CONFIG = "maillink.toml"
 DEFAULT_CREDENTIALS = "credentials.json"
 PIPEDRIVE_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"
+HUBSPOT_API_URL = "https://api.hubapi.com"
+CRM_KINDS = ("pipedrive", "hubspot")
 GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 LOOPBACK_NAMES = frozenset({"localhost"})
@@ -58,6 +60,13 @@ class GmailSettings:
     quota_model: str = "2025"
     # Push (issue 12): the Pub/Sub topic every mailbox's users.watch publishes to; None: polling.
     push_topic: str | None = None
+    # Domain-wide delegation (issue 13): the admin the Directory listing impersonates, the domain
+    # it lists (None: the whole Workspace customer) or an explicit list of members instead, and
+    # the Admin SDK's base URL.
+    domain_wide_admin: str | None = None
+    domain: str | None = None
+    members: tuple[str, ...] = ()
+    directory_endpoint: str = "https://admin.googleapis.com"
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,9 @@ class MicrosoftSettings:
     requests_per_10_minutes: int = 9_000
     # Change notifications (issue 12): the daemon's public /push/graph URL; None: polling only.
     notification_url: str | None = None
+    # Tenant-wide connection: the group (id or display name) whose members are connected;
+    # None: every enabled user with a mailbox.
+    members_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,13 @@ class PipedriveCredentials:
 
 
 @dataclass(frozen=True)
+class HubSpotCredentials:
+    """A HubSpot private app's access token."""
+
+    access_token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class WebhookCredentials:
     """The HTTP basic auth Pipedrive sends with its webhooks (set when registering the webhook)."""
 
@@ -164,11 +183,14 @@ class Credentials:
     google: dict[str, Any] | None = field(default=None, repr=False)
     microsoft: MicrosoftCredentials | None = None
     pipedrive: PipedriveCredentials | None = None
+    hubspot: HubSpotCredentials | None = None
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     path: Path | None = field(default=None, compare=False)
     webhook: WebhookCredentials | None = None
     gmail_push_token: str | None = field(default=None, repr=False)
     gmail_push_oidc: GmailPushOidc | None = None
+    # The service account's JSON key (domain-wide delegation), inline or from the file named.
+    google_service_account: dict[str, Any] | None = field(default=None, repr=False)
 
     def google_client(self) -> dict[str, Any]:
         """The inner ``{"client_id", "client_secret", "auth_uri", "token_uri", …}`` of the client."""
@@ -499,9 +521,12 @@ def _checked_store_url(url: str, key: str, folder: Path) -> str:
 
 def _crm(t: _Table) -> CrmSettings:
     kind = t.text("kind", "pipedrive", 'kind = "pipedrive"').lower()
-    if kind != "pipedrive":
-        raise ConfigError(f'{t.label("kind")} must be "pipedrive" (the only CRM supported)')
-    base_url = t.required_text("base_url", 'base_url = "https://yourcompany.pipedrive.com"')
+    if kind not in CRM_KINDS:
+        raise ConfigError(f'{t.label("kind")} must be "pipedrive" or "hubspot"')
+    if kind == "hubspot":
+        base_url = t.text("base_url", HUBSPOT_API_URL, f'base_url = "{HUBSPOT_API_URL}"')
+    else:
+        base_url = t.required_text("base_url", 'base_url = "https://yourcompany.pipedrive.com"')
     mirror = t.integer(
         "mirror_max_records",
         CrmSettings.mirror_max_records,
@@ -538,9 +563,33 @@ def _gmail(t: _Table) -> GmailSettings:
         ),
         quota_model=model,
         push_topic=_push_topic(t),
+        **_domain_wide(t),
     )
     t.finish()
     return settings
+
+
+def _domain_wide(t: _Table) -> dict[str, Any]:
+    """The [gmail] keys of the domain-wide connection (docs/configuration.md)."""
+    admin = t.text("domain_wide_admin", None, 'domain_wide_admin = "admin@yourcompany.com"')
+    if admin and "@" not in admin:
+        raise ConfigError(
+            f"{t.label('domain_wide_admin')} must be a Workspace admin's email address "
+            '(e.g. domain_wide_admin = "admin@yourcompany.com")'
+        )
+    domain = t.text("domain", None, 'domain = "yourcompany.com"')
+    if domain and ("@" in domain or "." not in domain):
+        raise ConfigError(f'{t.label("domain")} must be a domain name (e.g. "yourcompany.com")')
+    members = t.texts("members", (), 'members = ["rep@yourcompany.com"]')
+    wrong = [m for m in members if "@" not in m]
+    if wrong:
+        raise ConfigError(f"{t.label('members')}: {wrong[0]!r} is not an email address")
+    return {
+        "domain_wide_admin": admin.lower() if admin else None,
+        "domain": domain.lower() if domain else None,
+        "members": tuple(dict.fromkeys(m.lower() for m in members)),
+        "directory_endpoint": _url(t, "directory_endpoint", GmailSettings.directory_endpoint),
+    }
 
 
 def _push_topic(t: _Table) -> str | None:
@@ -572,6 +621,7 @@ def _microsoft(t: _Table) -> MicrosoftSettings:
             "requests_per_10_minutes = 9000",
         ),
         notification_url=_notification_url(t),
+        members_group=t.text("members_group", None, 'members_group = "Sales"') or None,
     )
     t.finish()
     return settings
@@ -739,8 +789,10 @@ def load_credentials(
     google = top.table("google")
     microsoft = top.table("microsoft")
     pipedrive = top.table("pipedrive")
+    hubspot = top.table("hubspot")
     webhook = top.table("webhook")
     gmail_push = top.table("gmail_push")
+    service_account = _google_service_account(top, data, path)
     keys = _encryption_keys(top, env)
     top.finish()
     push_token, push_oidc = _gmail_push(gmail_push) if gmail_push else (None, None)
@@ -748,12 +800,59 @@ def load_credentials(
         google=_google(google, top.label("google"), data["google"]) if google else None,
         microsoft=_microsoft_credentials(microsoft) if microsoft else None,
         pipedrive=_pipedrive(pipedrive) if pipedrive else None,
+        hubspot=_hubspot(hubspot) if hubspot else None,
         encryption_keys=keys,
         path=path,
         webhook=_webhook(webhook) if webhook else None,
         gmail_push_token=push_token,
         gmail_push_oidc=push_oidc,
+        google_service_account=service_account,
     )
+
+
+SERVICE_ACCOUNT_KEYS = ("client_email", "client_id", "private_key_id", "private_key")
+
+
+def _google_service_account(
+    top: _Table, data: Mapping[str, Any], path: Path
+) -> dict[str, Any] | None:
+    """The service account's JSON key file as Google Cloud gives it: inline
+    (`google_service_account`) or read from `google_service_account_file` (beside this file).
+    Checked for the fields the JWT bearer grant needs; never shown."""
+    inline = top.table("google_service_account")
+    named = top.text(
+        "google_service_account_file", None, '"google_service_account_file": "sa-key.json"'
+    )
+    if inline is not None and named:
+        raise ConfigError(
+            f"{top.label('google_service_account')}: set google_service_account or "
+            "google_service_account_file, not both"
+        )
+    if named:
+        file = _beside(path.parent, named)
+        where = f"{top.label('google_service_account_file')} ({file})"
+        try:
+            key = json.loads(file.read_text(encoding="utf-8-sig"))
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: no such file (the service account's JSON key)") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise ConfigError(f"{where}: cannot be read as a JSON key file") from None
+        if not isinstance(key, dict):
+            raise ConfigError(f"{where}: must be the JSON key file Google Cloud gives")
+    elif inline is not None:
+        where = top.label("google_service_account")
+        key = dict(data["google_service_account"])
+    else:
+        return None
+    if key.get("type") != "service_account":
+        raise ConfigError(f'{where}: "type" must be "service_account" (a service account key)')
+    for name in SERVICE_ACCOUNT_KEYS:
+        if not isinstance(key.get(name), str) or not key[name].strip():
+            raise ConfigError(f'{where}: "{name}" is missing (download a new JSON key)')
+    key["token_uri"] = check_endpoint(
+        key.get("token_uri") or GOOGLE_TOKEN_URI, f"{where} token_uri"
+    )
+    return key
 
 
 def _webhook(t: _Table) -> WebhookCredentials:
@@ -837,6 +936,17 @@ def _microsoft_credentials(t: _Table) -> MicrosoftCredentials:
     )
     t.finish()
     return credentials
+
+
+def _hubspot(t: _Table) -> HubSpotCredentials:
+    access_token = t.text("access_token", None) or None
+    t.finish()
+    if not access_token:
+        raise ConfigError(
+            f"{t.label('access_token')} is missing: set the access token of a HubSpot private app "
+            "(Settings > Integrations > Private apps)"
+        )
+    return HubSpotCredentials(access_token=access_token)
 
 
 def _pipedrive(t: _Table) -> PipedriveCredentials:

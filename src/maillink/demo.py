@@ -84,6 +84,8 @@ def run_demo(
         mail = load_team(
             team, google, pipedrive, extra_threads=odd, microsoft=microsoft, outlook=outlook
         )
+        for rep in team.reps[:-1]:  # the last rep has no Pipedrive user: `accounts` says so
+            pipedrive.add_user(rep.split("@")[0].title(), rep)
         out(
             f"sandbox: Google at {google.url}, Microsoft at {microsoft.graph_url}, Pipedrive at "
             f"{pipedrive.url}; a team of {len(team.reps)} reps ({len(outlook)} on Outlook), "

@@ -106,9 +106,22 @@ class ItemRef:
 
 @dataclass(frozen=True)
 class Person:
+    """A CRM contact. `organization_id`: the organization (Pipedrive) or company (HubSpot) it
+    belongs to, when the CRM says; an email's activity is linked to its primary person's."""
+
     id: int
     name: str
     emails: tuple[str, ...] = ()
+    organization_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CrmUser:
+    """A user of the CRM (Pipedrive user, HubSpot owner): who an email's activity belongs to."""
+
+    id: str
+    email: str
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -500,6 +500,10 @@ def test_token_costs_are_the_specs() -> None:
         "activities.create": ("/api/v2/activities", "POST"),
         "activities.update": ("/api/v2/activities/1", "PATCH"),
         "persons.create": ("/api/v2/persons", "POST"),
+        "users.list": ("/api/v1/users", "GET"),
+        "webhooks.list": ("/api/v1/webhooks", "GET"),
+        "webhooks.create": ("/api/v1/webhooks", "POST"),
+        "webhooks.delete": ("/api/v1/webhooks/1", "DELETE"),
     }
     assert set(TOKEN_COSTS) == set(paths)
     for operation, (path, method) in paths.items():

@@ -16,10 +16,9 @@ import requests
 import openapi_check
 from maillink.cli import main
 from maillink.config import WebhookCredentials
-from maillink.crm.pipedrive_http import PipedriveHTTP
+from maillink.crm.pipedrive_http import TOKEN_COSTS, PipedriveHTTP
 from maillink.crm.pipedrive_webhooks import (
     NEEDED_OBJECTS,
-    WEBHOOK_TOKEN_COSTS,
     BasicAuth,
     PipedriveWebhooks,
     subscription_url,
@@ -87,9 +86,12 @@ def _listed(sandbox: PipedriveSandbox) -> list[dict[str, Any]]:
 
 def test_the_objects_asked_for_are_the_ones_the_daemon_acts_on() -> None:
     assert set(NEEDED_OBJECTS) == ITEM_ENTITIES | {PERSON_ENTITY}
-    assert WEBHOOK_TOKEN_COSTS["webhooks.create"] == openapi_check.token_cost(PATH, "POST")
-    assert WEBHOOK_TOKEN_COSTS["webhooks.list"] == openapi_check.token_cost(PATH, "GET")
-    assert WEBHOOK_TOKEN_COSTS["webhooks.delete"] == openapi_check.token_cost(f"{PATH}/1", "DELETE")
+
+
+def test_the_webhooks_calls_are_costed_in_the_transports_table_as_the_spec_says() -> None:
+    assert TOKEN_COSTS["webhooks.create"] == openapi_check.token_cost(PATH, "POST")
+    assert TOKEN_COSTS["webhooks.list"] == openapi_check.token_cost(PATH, "GET")
+    assert TOKEN_COSTS["webhooks.delete"] == openapi_check.token_cost(f"{PATH}/1", "DELETE")
 
 
 @pytest.mark.parametrize(
@@ -191,11 +193,14 @@ def test_force_creates_every_webhook_again_with_the_current_password(
 ) -> None:
     plan = hooks.install(URL, AUTH)
     new = BasicAuth(AUTH.username, "a-brand-new-password-here")
+    spent = hooks.http.tokens_spent
 
     forced = hooks.install(URL, new, force=True)
 
     assert sorted(forced.removed) == sorted(plan.created.values())
     assert {h["http_auth_password"] for h in _listed(sandbox)} == {new.password}
+    # One list, four creates, four deletes: counted by the transport, at the spec's costs.
+    assert hooks.http.tokens_spent - spent == 10 + 4 * 10 + 4 * 6
 
 
 def test_a_pipedrive_without_project_webhooks_gets_the_others(

@@ -24,13 +24,14 @@ from maillink.store import Store, accounts, push
 from maillink.store.push import Subscription
 
 OTHER = "bob@acme.example"
+WATCHED = (push.MAILBOX,)
 
 
 def _watch(app: App, email: str = REP) -> Subscription:
     with app.store.engine.connect() as conn:
         account = accounts.get(conn, email)
         assert account is not None
-        (row,) = push.for_account(conn, account.id)
+        (row,) = push.for_account(conn, account.id, push.GMAIL_WATCH)
     return row
 
 
@@ -104,26 +105,33 @@ def test_a_new_topic_makes_every_watch_again(
     team: GmailWatches, app: App, google: GoogleSandbox, clock: Clock
 ) -> None:
     team.check()
+    assert _watch(app).target == TOPIC
     moved = "projects/acme-mail/topics/other"
     google.push.create_topic(moved)
-    assert GmailWatches(app, moved, clock=clock).check().watched == 2
+    clock.advance(timedelta(hours=1))  # long before the renewal: the new topic alone makes it due
+    keeper = GmailWatches(app, moved, clock=clock)
+    assert keeper.check().watched == 2
     watch = google.push.watch_of(REP)
     assert watch is not None and watch.topic == moved
+    assert google.meter.requests["gmail.users.stop"] == 0  # a watch replaces the previous one
+    row = _watch(app)
+    assert (row.state, row.target, row.external_id) == (push.ACTIVE_WATCH, moved, moved)
+    assert keeper.check().watched == 0  # pointed where configured: nothing due
 
 
 def test_a_due_watch_is_claimed_by_one_daemon_only(store: Store) -> None:
     with store.transaction() as conn:
         account = accounts.upsert(conn, REP, "gmail", "t", "s")
-        push.ensure_gmail_watches(conn, T0)
-        push.ensure_gmail_watches(conn, T0)  # a second daemon's check adds nothing
-        (first,) = push.due_gmail_watches(conn, T0, TOPIC)
-        (second,) = push.due_gmail_watches(conn, T0, TOPIC)  # both daemons saw it due
+        push.ensure(conn, push.GMAIL_WATCH, WATCHED, T0)
+        push.ensure(conn, push.GMAIL_WATCH, WATCHED, T0)  # a second daemon's check adds nothing
+        (first,) = push.due(conn, push.GMAIL_WATCH, T0, WATCHED, TOPIC)
+        (second,) = push.due(conn, push.GMAIL_WATCH, T0, WATCHED, TOPIC)  # both daemons saw it due
     assert first.account_id == account.id
     with store.transaction() as conn:
         assert push.claim(conn, first, T0 + timedelta(minutes=5), T0)
     with store.transaction() as conn:
         assert not push.claim(conn, second, T0 + timedelta(minutes=5), T0)
-        assert push.due_gmail_watches(conn, T0 + timedelta(minutes=1), TOPIC) == []
+        assert push.due(conn, push.GMAIL_WATCH, T0 + timedelta(minutes=1), WATCHED, TOPIC) == []
 
 
 def test_a_refused_watch_is_shown_failed_and_tried_again_later(
@@ -216,10 +224,24 @@ def test_the_daemon_keeps_the_watches_from_its_loop(
 
 
 def test_one_check_watches_every_mailbox_batch_after_batch(
-    team: GmailWatches, google: GoogleSandbox, monkeypatch: pytest.MonkeyPatch
+    team: GmailWatches, google: GoogleSandbox
 ) -> None:
-    from maillink.push import gmail_watch
-
-    monkeypatch.setattr(gmail_watch, "BATCH", 1)
+    team.batch = 1
     assert team.check().watched == 2
     assert _watch_calls(google) == 2
+
+
+def test_watch_and_stop_go_through_the_mailboxs_gmail_api_at_their_quota_cost(
+    team: GmailWatches, app: App, google: GoogleSandbox
+) -> None:
+    from maillink.push.gmail_watch import watch_api
+
+    api = watch_api(app, app.account(REP))
+    answer = api.watch(TOPIC)
+    assert int(answer["expiration"]) > 0 and answer["historyId"]
+    api.stop()
+    assert google.push.watch_of(REP) is None
+    assert api.api.quota_units == 100 + 50  # users.watch, users.stop: Gmail's units
+    assert (
+        google.meter.requests["gmail.users.watch"] == google.meter.requests["gmail.users.stop"] == 1
+    )

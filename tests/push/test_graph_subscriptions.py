@@ -66,15 +66,31 @@ def clock(ms: MicrosoftSandbox) -> Clock:
 
 
 @pytest.fixture
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """SQLite (None: the workspace's file) unless a test asks for PostgreSQL too, with
+    `@BOTH_STORES` (the key flows run on both databases maillink supports)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+BOTH_STORES = pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
 def config(
     tmp_path: Path,
     google: GoogleSandbox,
     pipedrive: PipedriveSandbox,
     ms: MicrosoftSandbox,
     monkeypatch: pytest.MonkeyPatch,
+    store_url: str | None,
 ) -> Path:
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", ms.ca_bundle)  # the sandbox's throwaway CA
-    return write_workspace(tmp_path, google, pipedrive, microsoft=ms, internal_domains=[DOMAIN])
+    return write_workspace(
+        tmp_path, google, pipedrive, microsoft=ms, internal_domains=[DOMAIN], store_url=store_url
+    )
 
 
 @pytest.fixture
@@ -180,6 +196,7 @@ def _post(url: str, body: object) -> requests.Response:
     return requests.post(url, json=body, timeout=10)
 
 
+@BOTH_STORES
 def test_a_subscription_per_synced_folder_is_made_after_the_handshake(
     graph: Push, app: App, ms: MicrosoftSandbox, config: Path
 ) -> None:
@@ -207,6 +224,7 @@ def test_a_subscription_per_synced_folder_is_made_after_the_handshake(
     assert graph.keeper.check().subscribed == 0  # nothing due: no call to Graph
 
 
+@BOTH_STORES
 def test_new_mail_in_a_subscribed_folder_wakes_only_its_mailbox(
     graph: Push, ms: MicrosoftSandbox
 ) -> None:
@@ -222,6 +240,7 @@ def test_new_mail_in_a_subscribed_folder_wakes_only_its_mailbox(
     assert graph.woken == [graph.ids[REP]]
 
 
+@BOTH_STORES
 def test_a_notification_with_a_wrong_client_state_or_subscription_is_ignored(
     graph: Push, app: App
 ) -> None:
@@ -258,6 +277,7 @@ def test_the_endpoint_echoes_the_handshake_and_refuses_malformed_bodies(graph: P
     assert graph.woken == []
 
 
+@BOTH_STORES
 def test_subscriptions_are_renewed_a_day_later_long_before_they_expire(
     graph: Push, app: App, ms: MicrosoftSandbox, clock: Clock
 ) -> None:
@@ -277,6 +297,7 @@ def test_subscriptions_are_renewed_a_day_later_long_before_they_expire(
     assert row.expires_at == clock.at + LIFETIME and row.renew_at == clock.at + RENEW_EVERY
 
 
+@BOTH_STORES
 def test_pausing_deletes_the_subscriptions_and_resuming_makes_them_again(
     graph: Push, app: App, ms: MicrosoftSandbox, config: Path
 ) -> None:
@@ -315,6 +336,7 @@ def test_a_mailbox_paused_elsewhere_has_its_subscriptions_deleted_by_the_check(
     assert ms.subscriptions.of_mailbox(OTHER) == [] and len(ms.subscriptions.of_mailbox(REP)) == 2
 
 
+@BOTH_STORES
 def test_subscription_removed_makes_the_subscription_again(
     graph: Push, app: App, ms: MicrosoftSandbox
 ) -> None:
@@ -369,10 +391,11 @@ def test_a_renewal_encrypts_the_client_state_again_under_the_newest_key(
     lost = _rows(app)["inbox"]
     assert lost.external_id is not None and lost.expires_at is not None
     with app.store.transaction() as conn:
-        push.subscribed(
+        push.made(
             conn,
             lost.id,
             external_id=lost.external_id,
+            target=graph.url,
             secret=TokenCipher([TokenCipher.generate_key()]).encrypt("gone"),
             expires_at=lost.expires_at,
             renew_at=clock.at,
@@ -383,6 +406,7 @@ def test_a_renewal_encrypts_the_client_state_again_under_the_newest_key(
     assert _rows(app)["inbox"].external_id != lost.external_id
 
 
+@BOTH_STORES
 def test_a_missed_event_wakes_the_mailbox_and_its_round_finds_the_mail(
     graph: Push, app: App, ms: MicrosoftSandbox, clock: Clock
 ) -> None:
@@ -503,3 +527,75 @@ def test_a_notification_url_must_be_https_or_loopback(tmp_path: Path, config: Pa
     )
     settings = load_settings(good, env={})
     assert settings.microsoft.notification_url == "https://m.example/push/graph"
+
+
+@BOTH_STORES
+def test_a_changed_notification_url_re_points_every_subscription_at_the_next_check(
+    graph: Push, app: App, ms: MicrosoftSandbox, clock: Clock
+) -> None:
+    graph.keeper.check()
+    old = {folder: row.external_id for folder, row in _rows(app).items()}
+    assert {row.target for row in _rows(app).values()} == {graph.url}
+    moved = graph.url.replace("127.0.0.1", "localhost")  # the same endpoint, another URL
+    keeper = GraphSubscriptions(app, moved, clock=clock)
+    clock.advance(timedelta(hours=1))  # long before the renewal: the new URL alone makes it due
+
+    assert keeper.check().made == 4
+    assert ms.meter.requests["graph.subscriptions.delete"] == 4  # the old ones, at Graph
+    assert ms.meter.requests["graph.subscriptions.patch"] == 0
+    assert {s.notification_url for s in ms.subscriptions.all_live()} == {moved}
+    assert {s.lifecycle_url for s in ms.subscriptions.all_live()} == {moved}
+    for folder, row in _rows(app).items():
+        assert row.state == push.ACTIVE_WATCH and row.target == moved
+        assert row.external_id not in (None, old[folder])
+        assert ms.subscriptions.live(old[folder] or "") is None
+    assert keeper.check().made == 0  # pointed where configured: nothing due
+    _mail(ms)
+    _deliver(ms)
+    assert graph.woken == [graph.ids[REP]]  # the new subscription notifies the new URL
+
+
+def test_a_failed_re_point_waits_for_its_retry_instead_of_calling_graph_at_every_check(
+    graph: Push, app: App, ms: MicrosoftSandbox, clock: Clock
+) -> None:
+    graph.keeper.check()
+    wrong = graph.url.replace("/push/graph", "/healthz")  # answers no handshake
+    keeper = GraphSubscriptions(app, wrong, clock=clock)
+    assert keeper.check().failed == 4
+    created = ms.meter.requests["graph.subscriptions.create"]
+    assert keeper.check().made + keeper.check().failed == 0  # not before RETRY_AFTER
+    assert ms.meter.requests["graph.subscriptions.create"] == created
+    clock.advance(RETRY_AFTER)
+    assert graph.keeper.check().made == 4  # back to the right URL: made again there
+    assert {s.notification_url for s in ms.subscriptions.all_live()} == {graph.url}
+
+
+@BOTH_STORES
+def test_a_row_made_for_another_target_is_due_at_once_and_a_failed_one_at_its_retry(
+    app: App,
+) -> None:
+    kind, folders = push.GRAPH_SUBSCRIPTION, ("inbox",)
+    with app.store.transaction() as conn:
+        account = accounts.upsert(conn, REP, "microsoft", "t", "s")
+        push.ensure(conn, kind, folders, T0)
+        (row,) = push.due(conn, kind, T0, folders, "https://a.example/push/graph")
+        push.made(
+            conn,
+            row.id,
+            external_id="sub-1",
+            target="https://a.example/push/graph",
+            expires_at=T0 + LIFETIME,
+            renew_at=T0 + RENEW_EVERY,
+            now=T0,
+            secret="x",
+        )
+    later = T0 + timedelta(minutes=1)
+    with app.store.engine.connect() as conn:
+        assert push.due(conn, kind, later, folders, "https://a.example/push/graph") == []
+        (moved,) = push.due(conn, kind, later, folders, "https://b.example/push/graph")
+    assert moved.account_id == account.id and moved.target == "https://a.example/push/graph"
+    with app.store.transaction() as conn:
+        push.failed(conn, moved.id, error="refused", retry_at=T0 + RETRY_AFTER, now=later)
+        assert push.due(conn, kind, later, folders, "https://b.example/push/graph") == []
+        (retried,) = push.due(conn, kind, T0 + RETRY_AFTER, folders, "https://b.example/push/graph")
+    assert retried.live and retried.external_id == "sub-1"

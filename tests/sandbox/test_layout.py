@@ -1,5 +1,5 @@
-"""The sandbox is laid out by service: one package each for Google, Microsoft and Pipedrive, the
-shared plumbing beside them, and route handlers small enough to read one at a time."""
+"""The sandbox is laid out by service: one package each for Google, Microsoft, Pipedrive and
+HubSpot, the shared plumbing beside them, and route handlers small enough to read one at a time."""
 
 from __future__ import annotations
 
@@ -29,17 +29,19 @@ def test_each_service_is_a_package_beside_the_shared_plumbing() -> None:
     modules = {p.name for p in SANDBOX.glob("*.py")}
     packages = {p.parent.name for p in SANDBOX.glob("*/__init__.py")}
     assert modules == SHARED
-    assert packages == {"google", "microsoft", "pipedrive"}
+    assert packages == {"google", "hubspot", "microsoft", "pipedrive"}
 
 
 def test_the_sandboxes_are_imported_from_their_packages() -> None:
     from maillink.sandbox.google import SCOPE_METADATA, GoogleSandbox
+    from maillink.sandbox.hubspot import HubSpotSandbox
     from maillink.sandbox.microsoft import MicrosoftSandbox
     from maillink.sandbox.pipedrive import ADMIN_COSTS, TOKEN_COSTS, PipedriveSandbox
 
     assert GoogleSandbox.__module__ == "maillink.sandbox.google.sandbox"
     assert MicrosoftSandbox.__module__ == "maillink.sandbox.microsoft.sandbox"
     assert PipedriveSandbox.__module__ == "maillink.sandbox.pipedrive.sandbox"
+    assert HubSpotSandbox.__module__ == "maillink.sandbox.hubspot.sandbox"
     assert SCOPE_METADATA.endswith("gmail.metadata") and TOKEN_COSTS and ADMIN_COSTS
 
 

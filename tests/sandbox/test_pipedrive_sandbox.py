@@ -215,6 +215,7 @@ OPERATIONS = {
     "activities.create": ("/api/v2/activities", "POST"),
     "activities.update": ("/api/v2/activities/1", "PATCH"),
     "persons.create": ("/api/v2/persons", "POST"),
+    "users.list": ("/api/v1/users", "GET"),
 }
 
 

@@ -55,6 +55,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
+    options.accept_insecure_certs = True  # the Microsoft sandbox's login host: a throwaway CA
     for argument in (
         "--headless=new",
         "--disable-gpu",

@@ -203,6 +203,7 @@ def test_no_refresh_token_in_the_database_file_or_the_logs(
     web: Flask, app: App, team: Team, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="maillink")  # the in-process CLI may leave it higher
     client = sign_in(web, app, ANN)
     connect_via_web(client, web, team.google, ANN)
     refresh = _stored_refresh_token(app, ANN)

@@ -49,9 +49,15 @@ def one_item_per_kind(items: tuple[ItemRef, ...]) -> tuple[ItemRef, ...]:
 
 
 def draft_for(
-    message: Message, person_ids: tuple[int, ...], items: tuple[ItemRef, ...]
+    message: Message,
+    person_ids: tuple[int, ...],
+    items: tuple[ItemRef, ...],
+    *,
+    owner_id: str | None = None,
+    organization_id: str | None = None,
 ) -> ActivityDraft:
-    """The activity of `message`, linked to `person_ids` (the primary first) and `items`."""
+    """The activity of `message`, linked to `person_ids` (the primary first), `items` and the
+    primary person's organization, owned by the CRM user `owner_id` (None: the CRM's default)."""
     assert message.date is not None  # decisions that write an activity have a date
     return ActivityDraft(
         key=message.key,
@@ -60,6 +66,8 @@ def draft_for(
         person_ids=person_ids,
         items=one_item_per_kind(items),
         note=render_note(message),
+        owner_id=owner_id,
+        organization_id=organization_id,
     )
 
 
@@ -72,6 +80,8 @@ def draft_to_json(draft: ActivityDraft) -> dict[str, Any]:
         "person_ids": list(draft.person_ids),
         "items": [str(ref) for ref in draft.items],
         "note": draft.note,
+        "owner_id": draft.owner_id,
+        "organization_id": draft.organization_id,
     }
 
 
@@ -83,4 +93,6 @@ def draft_from_json(data: dict[str, Any]) -> ActivityDraft:
         person_ids=tuple(data["person_ids"]),
         items=tuple(ItemRef.parse(ref) for ref in data["items"]),
         note=data["note"],
+        owner_id=data.get("owner_id"),
+        organization_id=data.get("organization_id"),
     )

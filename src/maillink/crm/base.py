@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from maillink.model import Item, ItemKind, ItemRef, Person
+from maillink.model import CrmUser, Item, ItemKind, ItemRef, Person
 
 
 class CRMError(Exception):
@@ -73,7 +73,8 @@ class ActivityDraft:
 
     `person_ids` has the primary participant first. `items` holds at most one item of each
     kind (the adapter sets deal_id / lead_id / project_id and clears the others). `note` is HTML
-    and ends with the line `maillink-id: <key>`.
+    and ends with the line `maillink-id: <key>`. `owner_id` is the CRM user of the rep whose
+    mailbox the email came from (`maillink.crm.owners`).
     """
 
     key: str
@@ -82,6 +83,8 @@ class ActivityDraft:
     person_ids: tuple[int, ...]
     items: tuple[ItemRef, ...]
     note: str
+    owner_id: str | None = None  # the CRM user who owns it; None: the CRM's default (the token's)
+    organization_id: str | None = None  # the primary person's organization / company
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,11 @@ class CRM(Protocol):
 
     def create_person(self, name: str, email: str) -> Person:
         """Create a person with this name and address (`[linking] create_persons`); returns it."""
+        ...
+
+    def users(self) -> list[CrmUser]:
+        """The CRM's active users (Pipedrive users, HubSpot owners), to find each mailbox's
+        owner by address; kept in memory a while by the adapter."""
         ...
 
     def forget_cached(self) -> None:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from maillink.crm.base import CRM, ActivityDraft, Changes, CRMError, Listing, MirrorSource
-from maillink.model import Item, ItemKind, Person
+from maillink.model import CrmUser, Item, ItemKind, Person
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,9 @@ class MirroredCRM:
 
     def archived_items_of_person(self, person_id: int) -> list[Item]:
         return self.adapter.archived_items_of_person(person_id)
+
+    def users(self) -> list[CrmUser]:
+        return self.adapter.users()
 
     def _usable(self) -> bool:
         """Complete, not suspect, and refreshed within `max_age` (refreshed now if it is not,

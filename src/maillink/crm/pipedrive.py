@@ -42,8 +42,9 @@ from maillink.crm.pipedrive_items import (
     person_from_search,
     project_item,
     rfc3339,
+    user_from_list,
 )
-from maillink.model import Item, ItemKind, Person
+from maillink.model import CrmUser, Item, ItemKind, Person
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class PipedriveCRM:
     """One Pipedrive company, through its API token or an OAuth access token.
 
     `projects_ttl`: projects can only be listed company-wide, so the list is kept that long and
-    serves every person. `include_archived`: always read archived deals and leads too (they matter for
+    serves every person. `users_ttl`: how long the company's users (the owners of activities)
+    are kept. `include_archived`: always read archived deals and leads too (they matter for
     messages exchanged before the archiving, at 20 + 40 tokens a person). `find_pages` bounds how
     many pages of a person's newest activities `find_activity` reads.
     `tokens_spent` and `requests_made` count what this adapter has cost.
@@ -83,6 +85,7 @@ class PipedriveCRM:
         timeout: float = 30.0,
         max_retries: int = 5,
         projects_ttl: float = 300.0,
+        users_ttl: float = 3600.0,
         include_archived: bool = False,
         find_pages: int = 5,
         find_page_size: int = 100,
@@ -100,6 +103,7 @@ class PipedriveCRM:
             max_wait=max_wait,
         )
         self.projects_ttl = projects_ttl
+        self.users_ttl = users_ttl
         self.include_archived = include_archived
         self.find_pages = find_pages
         self.find_page_size = find_page_size
@@ -108,6 +112,7 @@ class PipedriveCRM:
         self._lock = threading.Lock()
         self._activity_type: str | None = None
         self._projects: tuple[float, dict[int, list[Item]]] | None = None
+        self._users: tuple[float, list[CrmUser]] | None = None
 
     @property
     def tokens_spent(self) -> int:
@@ -292,10 +297,23 @@ class PipedriveCRM:
         except PipedriveNotFound as exc:  # the activity itself (the records it names: 400)
             raise CRMActivityGone(str(exc), exc.status, exc.answer) from exc
 
+    def users(self) -> list[CrmUser]:
+        """The company's active users (GET /api/v1/users, 20 tokens, one page: v1 does not page
+        it), kept `users_ttl`."""
+        with self._lock:
+            if self._users is not None and self._clock() - self._users[0] < self.users_ttl:
+                return list(self._users[1])
+            envelope = self.http.call("users.list", "GET", "/api/v1/users")
+            records = envelope.get("data") or []
+            found = [user_from_list(r) for r in records if isinstance(r, dict)]
+            self._users = (self._clock(), [u for u in found if u is not None])
+            return list(self._users[1])
+
     def forget_cached(self) -> None:
-        """Read the company's projects (and its email activity type) again next time."""
+        """Read the company's projects, users and email activity type again next time."""
         with self._lock:
             self._projects = None
+            self._users = None
             self._activity_type = None
 
     def find_activity(self, key: str, person_id: int | None) -> str | None:
@@ -328,6 +346,11 @@ class PipedriveCRM:
             "due_time": when.strftime("%H:%M"),
             "note": draft.note,
         }
+        # v2 names the activity's user `owner_id` (v1's `user_id`); absent: the token's user.
+        if draft.owner_id is not None and draft.owner_id.isdigit():
+            body["owner_id"] = int(draft.owner_id)
+        if draft.organization_id is not None and draft.organization_id.isdigit():
+            body["org_id"] = int(draft.organization_id)
         person_ids = list(dict.fromkeys(draft.person_ids))
         if person_ids:
             body["person_id"] = person_ids[0]

@@ -64,6 +64,10 @@ TOKEN_COSTS: dict[str, int] = {
     "activities.create": 5,
     "activities.update": 5,
     "persons.create": 5,
+    "webhooks.list": 10,  # maillink's own webhooks (`maillink crm webhooks`)
+    "webhooks.create": 10,
+    "webhooks.delete": 6,
+    "users.list": 20,
 }
 
 BURST_WINDOW = 2.0  # seconds: Pipedrive's rolling burst window, the wait when it names none

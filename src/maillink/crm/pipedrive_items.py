@@ -11,7 +11,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from maillink.model import Item, ItemKind, ItemRef, ItemStatus, Person
+from maillink.model import CrmUser, Item, ItemKind, ItemRef, ItemStatus, Person
 
 _LINE_BREAK = re.compile(r"<br\s*/?>|</p>|</div>|\n", re.IGNORECASE)
 _TAG = re.compile(r"<[^>]+>")
@@ -57,7 +57,14 @@ def person_from_search(result: dict[str, Any]) -> Person | None:
     if not isinstance(item.get("id"), int):
         return None
     emails = tuple(e for e in item.get("emails") or () if isinstance(e, str))
-    return Person(id=item["id"], name=str(item.get("name") or ""), emails=emails)
+    organization = item.get("organization")
+    org_id = organization.get("id") if isinstance(organization, dict) else None
+    return Person(
+        id=item["id"],
+        name=str(item.get("name") or ""),
+        emails=emails,
+        organization_id=_record_id(org_id),
+    )
 
 
 def person_from_list(person: dict[str, Any]) -> Person | None:
@@ -66,7 +73,31 @@ def person_from_list(person: dict[str, Any]) -> Person | None:
     if not isinstance(person.get("id"), int) or person.get("is_deleted"):
         return None
     emails = tuple(dict.fromkeys(person_emails(person)))
-    return Person(id=person["id"], name=str(person.get("name") or ""), emails=emails)
+    return Person(
+        id=person["id"],
+        name=str(person.get("name") or ""),
+        emails=emails,
+        organization_id=_record_id(person.get("org_id")),
+    )
+
+
+def _record_id(value: Any) -> str | None:
+    """An integer id as maillink keeps it (a string); None when there is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def user_from_list(user: dict[str, Any]) -> CrmUser | None:
+    """A GET /api/v1/users record; None when it has no id or address, or is not active
+    (deactivated or deleted users cannot own activities)."""
+    if not isinstance(user.get("id"), int) or not isinstance(user.get("email"), str):
+        return None
+    if user.get("active_flag") is False or user.get("is_deleted"):
+        return None
+    return CrmUser(
+        id=str(user["id"]), email=user["email"].strip().lower(), name=str(user.get("name") or "")
+    )
 
 
 def person_emails(person: dict[str, Any]) -> list[str]:

@@ -31,14 +31,6 @@ NEEDED_OBJECTS: tuple[str, ...] = ("deal", "lead", "person", "project")
 # does not list it and a company without Projects refuses it: then projects are polled.
 OPTIONAL_OBJECTS = frozenset({"project"})
 
-# The webhooks API's token costs (the v1 spec's x-token-cost). The transport's TOKEN_COSTS
-# covers the sync's calls only, so `PipedriveWebhooks` adds these to its count itself.
-WEBHOOK_TOKEN_COSTS: dict[str, int] = {
-    "webhooks.list": 10,
-    "webhooks.create": 10,
-    "webhooks.delete": 6,
-}
-
 UNAUTHORIZED = 401  # the daemon's answer to a wrong user name or password
 
 
@@ -158,9 +150,8 @@ class PipedriveWebhooks:
     def _call(
         self, operation: str, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        envelope = self.http.call(operation, method, path, json=body)
-        self.http.tokens_spent += WEBHOOK_TOKEN_COSTS[operation]  # one thread: the CLI's
-        return envelope
+        """One call, counted in tokens by the transport like every other (its TOKEN_COSTS)."""
+        return self.http.call(operation, method, path, json=body)
 
     def all(self) -> list[Webhook]:
         envelope = self._call("webhooks.list", "GET", "/api/v1/webhooks")

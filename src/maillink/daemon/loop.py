@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -43,6 +43,9 @@ TICK_SECONDS = 0.5  # how often the daemon looks for due mailboxes
 # statistics, `leases.ensure`), besides at its start: the store gives a mailbox its row as it is
 # connected and moves it as its status changes, so this is a safety net only.
 ENSURE_EVERY_SECONDS = 3600.0
+# How often the members of the team connections (tenant-wide, domain-wide) are listed again
+# (`maillink accounts refresh`): newcomers added, leavers paused; one daemon of several does it.
+TEAM_REFRESH_EVERY = timedelta(days=1)
 SERVICES = {"gmail": "gmail", "microsoft": "graph"}  # the API a mailbox's provider calls
 
 
@@ -162,7 +165,14 @@ class Daemon:
                 try:
                     with self.store.transaction() as conn:
                         leases.ensure(conn, self.clock())
+                        refresh = accounts.claim_team_refresh(
+                            conn, self.clock(), TEAM_REFRESH_EVERY
+                        )
                     ensured_at = self._beat
+                    if refresh:
+                        threading.Thread(
+                            target=self._refresh_teams, name="maillink-teams", daemon=True
+                        ).start()
                 except SQLAlchemyError as exc:
                     log.warning("store unavailable: %s", type(exc).__name__)
             self._acquire()
@@ -303,6 +313,21 @@ class Daemon:
         for reason, count in result.reasons.items():
             self.metrics.links.labels(reason).inc(count)
 
+    def _refresh_teams(self) -> None:
+        """The team connections' members listed again (daily, by the daemon that claimed it)."""
+        from maillink.onboarding.team import refresh_teams
+
+        try:
+            done = refresh_teams(self.app)
+        except Exception as exc:  # a thread's last resort: logged, tried again tomorrow
+            log.warning("team refresh failed: %s", type(exc).__name__)
+            return
+        for refreshed in done:
+            if refreshed.report is None:
+                log.warning("%s: members refresh failed: %s", refreshed.label, refreshed.error)
+            else:
+                log.info(refreshed.report.summary(refreshed.label), extra={"event": "team_refresh"})
+
     def _poll_crm(self) -> None:
         """The fallback for missed webhooks: the CRM's changes, every `crm_poll_seconds`."""
         next_at = 0.0
@@ -333,7 +358,7 @@ def run_daemon(
     """Sync on schedule until asked to stop, serving /healthz, /metrics and the webhooks
     (`[daemon]` in maillink.toml; `ops_port` overrides its port) beside the rounds."""
     from maillink.ops.server import OpsContext, OpsServer, create_ops_app
-    from maillink.push.graph_subscriptions import GraphNotifications
+    from maillink.push.graph_notifications import GraphNotifications
     from maillink.push.pubsub_auth import PushVerifier
 
     credentials = app.credentials

@@ -16,13 +16,14 @@ from sqlalchemy import Connection
 
 from maillink.crm.activity import draft_for, draft_to_json
 from maillink.crm.base import CRM
+from maillink.crm.owners import Mailbox, Owners
 from maillink.linking.explanations import Why
 from maillink.linking.facts import Decision, Facts, LinkingPolicy, Reason, ThreadInput
 from maillink.linking.new_persons import PersonCreator, unknown_addresses
 from maillink.linking.rules import decide_thread, external_participants
 from maillink.model import Item, Person
 from maillink.store import Store, cache, mail
-from maillink.store.accounts import Account
+from maillink.store.accounts import Account, all_accounts
 from maillink.store.activity_claims import (
     ActivityClaim,
     OwnedElsewhere,
@@ -112,11 +113,34 @@ def _stored(d: Decision) -> StoredDecision:
     )
 
 
-def _claim(stored: StoredMessage, decision: Decision) -> ActivityClaim:
-    """The activity this decision wants for its email (None when it writes none)."""
+def _organizations(facts: Facts) -> dict[int, str]:
+    """The organization (company) of each person the facts know, when the CRM gave one."""
+    return {
+        p.id: p.organization_id
+        for found in facts.persons_by_email.values()
+        for p in found
+        if p.organization_id is not None
+    }
+
+
+def _claim(
+    stored: StoredMessage,
+    decision: Decision,
+    owners: Owners | None = None,
+    organizations: Mapping[int, str] | None = None,
+) -> ActivityClaim:
+    """The activity this decision wants for its email (None when it writes none): owned by
+    its rep's CRM user, linked to its primary person's organization."""
     desired = None
     if decision.reason.writes_activity:
-        draft = draft_for(stored.message, decision.person_ids, decision.items)
+        primary = decision.person_ids[0] if decision.person_ids else None
+        draft = draft_for(
+            stored.message,
+            decision.person_ids,
+            decision.items,
+            owner_id=owners.owner_id(stored.message) if owners is not None else None,
+            organization_id=(organizations or {}).get(primary) if primary is not None else None,
+        )
         desired = draft_to_json(draft)
     return ActivityClaim(stored.id, stored.message.key, desired)
 
@@ -131,13 +155,27 @@ def _duplicate(decision: Decision, owner: OwnedElsewhere) -> Decision:
     )
 
 
+def connected_mailboxes(conn: Connection) -> tuple[Mailbox, ...]:
+    """Every connected mailbox, with its aliases and the CRM user set by hand (if any)."""
+    return tuple(Mailbox(a.email, a.aliases, a.crm_user_id) for a in all_accounts(conn))
+
+
 class Linker:
     """Decides the threads a page touched and records the outcome (decisions + outbox)."""
 
-    def __init__(self, store: Store, facts: FactGatherer, policy: LinkingPolicy):
+    def __init__(
+        self,
+        store: Store,
+        facts: FactGatherer,
+        policy: LinkingPolicy,
+        mailboxes: Callable[[], Sequence[Mailbox]] | None = None,
+    ):
+        """`mailboxes`: the connected mailboxes (whose reps own the emails), as the caller keeps
+        them; None: read from the store at each decision."""
         self.store = store
         self.facts = facts
         self.policy = policy
+        self.mailboxes = mailboxes
 
     # -- facts ---------------------------------------------------------------------------------
     def _addresses(self, stored: Stored) -> set[str]:
@@ -171,6 +209,7 @@ class Linker:
             stored = messages_to_decide(read, account.email, threads)
             keys = [m.message.key for found in stored.values() for m in found]
             delivered = delivered_links(read, keys)
+            mailboxes = self.mailboxes() if self.mailboxes else connected_mailboxes(read)
         facts = self.facts.gather(self._addresses(stored), remember=conn is None)
         if self.policy.create_persons and conn is None:  # never in a dry run
             facts = self._with_new_persons(stored, facts)
@@ -179,10 +218,11 @@ class Linker:
             facts = self.facts.with_archived(facts, unseen, remember=conn is None)
         facts = replace(facts, delivered=delivered)
         built = {m.id: m for found in stored.values() for m in found}
+        owners = Owners(self.facts.crm, mailboxes).resolve()  # its CRM read, before writing
         if conn is not None:
-            return self._record(conn, account, ids, facts, cause, built)
+            return self._record(conn, account, ids, facts, cause, built, owners)
         with self.store.transaction() as write:
-            return self._record(write, account, ids, facts, cause, built)
+            return self._record(write, account, ids, facts, cause, built, owners)
 
     def redecide(self, thread_ids: Iterable[int], *, cause: str = "crm_refusal") -> Counter[str]:
         """Decide these threads (of any mailboxes) again: the outbox calls it when the CRM
@@ -237,6 +277,7 @@ class Linker:
         facts: Facts,
         cause: str,
         built: Mapping[int, StoredMessage],
+        owners: Owners | None = None,
     ) -> Counter[str]:
         """Replay each thread (its messages read again in this transaction, reusing those built
         before), then ask the store to record what changed."""
@@ -271,9 +312,11 @@ class Linker:
             for decision in outcome.decisions:
                 replayed.append((by_provider_id[decision.provider_id], decision))
         mail.save_thread_outcomes(conn, outcomes)
-        owners = claim_activities(conn, [_claim(m, d) for m, d in replayed], now)
+        organizations = _organizations(facts)
+        claims = [_claim(m, d, owners, organizations) for m, d in replayed]
+        owners_elsewhere = claim_activities(conn, claims, now)
         changed: list[tuple[int, StoredDecision]] = []
-        for (m, decision), owner in zip(replayed, owners, strict=True):
+        for (m, decision), owner in zip(replayed, owners_elsewhere, strict=True):
             if owner is not None:
                 decision = _duplicate(decision, owner)
             counted[decision.reason.value] += 1

@@ -45,6 +45,7 @@ __all__ = [
     "MicrosoftTokenSource",
     "build_app",
     "connect_microsoft",
+    "connected_account",
     "uses_instance_discovery",
 ]
 
@@ -114,6 +115,20 @@ def connect_microsoft(
         raise MicrosoftConnectError(
             f"could not reach the Microsoft sign-in at {authority}: {error}"
         ) from None
+    return connected_account(app, cache, result, scopes, graph_url=graph_url, ca_bundle=ca_bundle)
+
+
+def connected_account(
+    app: msal.ClientApplication,
+    cache: msal.SerializableTokenCache,
+    result: Mapping[str, Any],
+    scopes: Sequence[str],
+    *,
+    graph_url: str,
+    ca_bundle: str | None = None,
+) -> ConnectedMicrosoftAccount:
+    """The connected mailbox from MSAL's answer to a sign-in (the CLI's flows and the web
+    app's): every scope granted, the address read from Graph /me, the token cache to store."""
     if "access_token" not in result:
         raise MicrosoftConnectError(f"Microsoft refused the connection ({describe(result)})")
     granted = _granted(result, scopes)

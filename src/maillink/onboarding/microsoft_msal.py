@@ -4,6 +4,7 @@ configuration, instance discovery only for Microsoft's login hosts, the CA bundl
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
@@ -82,6 +83,30 @@ def describe(result: Mapping[str, Any]) -> str:
 # --- tokens for the sync ---------------------------------------------------------------------
 
 THROTTLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+_token_status = threading.local()  # this thread's last token answer status (`status`)
+
+
+class _BusyAnswerLog(logging.Filter):
+    """MSAL logs a token answer that is not JSON as an ERROR with a traceback (its oauth2
+    client). A busy endpoint's bare 429/503 is no such error: the one retry policy waits it out
+    and logs its own line. So that answer becomes one warning line; any other answer that is
+    not JSON stays MSAL's error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(_token_status, "status", None)
+        if (
+            status in THROTTLE_STATUSES
+            and record.levelno >= logging.ERROR
+            and str(record.msg).startswith("Token response is not in json format")
+        ):
+            record.msg = "the Microsoft token endpoint answered %s without a JSON body (busy)"
+            record.args = (status,)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("msal.oauth2cli.oauth2").addFilter(_BusyAnswerLog())
 
 
 class _CallerCache:
@@ -188,6 +213,7 @@ class SharedApplication:
                 (str(v) for k, v in headers.items() if str(k).lower() == "retry-after"), None
             )
             self._answers.last = (int(response.status_code), retry_after)
+            _token_status.status = int(response.status_code)
             return response
 
         client.post = noted
@@ -210,6 +236,7 @@ class SharedApplication:
         """MSAL's silent acquisition for one account of `cache` (refreshing when needed);
         NeedsReauth when the cache holds no such account."""
         self._answers.last = None
+        _token_status.status = None
         with self.caches.bound(cache):
             account = next(
                 (a for a in self.app.get_accounts() if a.get("home_account_id") == home_account_id),

@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from google.oauth2.credentials import Credentials
-
 from maillink.providers.base import Known, Page, ProviderError
 from maillink.providers.gmail_api import GmailApi
 from maillink.providers.gmail_cursor import GmailCursor, PageTokens
 from maillink.providers.gmail_fetch import SKIPPED_LABELS, Fetched, RoundFetcher
+from maillink.providers.google_token import GoogleCredentials
 from maillink.providers.pacing import Pacer
 from maillink.providers.prefetch import prefetched
 from maillink.providers.retry import ResyncRequired, RetryPolicy
@@ -46,7 +45,7 @@ class GmailProvider:
     def __init__(
         self,
         account: str,
-        credentials: Credentials,
+        credentials: GoogleCredentials,
         *,
         api_endpoint: str,
         aliases: tuple[str, ...] = (),

@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 import httplib2
 from google.auth import exceptions as auth_exceptions
-from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build_from_document
 from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import BatchError, HttpError
@@ -43,7 +42,13 @@ from maillink.http_policy import (
     Failure,
     parse_retry_after,
 )
-from maillink.providers.google_token import TokenRefused, due, refresh, spread
+from maillink.providers.google_token import (
+    GoogleCredentials,
+    TokenRefused,
+    due,
+    refresh,
+    spread,
+)
 from maillink.providers.pacing import GMAIL_UNITS, Pacer
 from maillink.providers.retry import RetryPolicy
 
@@ -327,7 +332,7 @@ class GmailApi:
 
     def __init__(
         self,
-        credentials: Credentials,
+        credentials: GoogleCredentials,
         *,
         api_endpoint: str,
         http_timeout: float,
@@ -375,15 +380,27 @@ class GmailApi:
         if client is not None:
             client.http.close()
 
-    def _call(self, method: str, make: Callable[[], Any], call: str | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        make: Callable[[], Any],
+        call: str | None = None,
+        *,
+        units: int | None = None,
+        empty: bool = False,
+    ) -> Any:
+        cost = self._units[method] if units is None else units
+
         def attempt() -> Any:
-            self._spend(self._units[method])
+            self._spend(cost)
             try:
                 result = make().execute(num_retries=0)
             except HttpError:
-                self.quota_units += self._units[method]  # Gmail answered it: the call counts
+                self.quota_units += cost  # Gmail answered it: the call counts
                 raise
-            self.quota_units += self._units[method]
+            self.quota_units += cost
+            if empty:  # a call Gmail answers without a body (204)
+                return {}
             if not isinstance(result, dict):
                 raise MalformedAnswer(f"gmail {method}: the answer is not a JSON object")
             return result
@@ -392,6 +409,32 @@ class GmailApi:
             attempt, classify=classify, call=call, what=f"gmail {method}"
         )
         return result
+
+    def users_call(
+        self,
+        method: str,
+        units: int,
+        body: dict[str, Any] | None = None,
+        *,
+        empty: bool = False,
+    ) -> dict[str, Any]:
+        """One `users.*` call made outside a round (`users.watch`, `users.stop`: Gmail push):
+        metered at `units` quota units, paced and retried like the round's calls, its client
+        released after. `empty`: Gmail answers no body (204), `{}` is returned."""
+        name = method.removeprefix("users.")
+        params: dict[str, Any] = {"userId": "me"}
+        if body is not None:
+            params["body"] = body
+        try:
+            result: dict[str, Any] = self._call(
+                method,
+                lambda: getattr(self._round.users, name)(**params),
+                units=units,
+                empty=empty,
+            )
+            return result
+        finally:
+            self.release()
 
     def profile(self) -> dict[str, Any]:
         return self._call("users.getProfile", lambda: self._round.users.getProfile(userId="me"))

@@ -8,6 +8,10 @@ The access token lives in the google-auth `Credentials` the adapter was given (`
 mailbox up to `SPREAD` earlier than the last minutes of its validity, at an offset of its own, so
 that tokens first obtained together (a fleet's first start) are not all refreshed together again
 an hour later, and every hour after.
+
+A Workspace mailbox connected domain-wide holds google-auth's service-account `Credentials` with
+the mailbox as `subject`: its refresh is the JWT bearer grant (RFC 7523), an assertion signed by
+the service account's key, sent and refused the same way.
 """
 
 from __future__ import annotations
@@ -19,11 +23,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from google.oauth2 import service_account
 from google.oauth2.credentials import Credentials
 
 from maillink.http_policy import parse_retry_after
 
 SPREAD = timedelta(minutes=15)
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+# A mailbox's own grant (refresh token), or a service account's delegation (domain-wide).
+GoogleCredentials = Credentials | service_account.Credentials
 
 # (url, method, body, headers) → (status, headers with lower-case names, body)
 Send = Callable[[str, str, str | None, dict[str, str]], tuple[int, dict[str, str], bytes]]
@@ -39,13 +48,22 @@ class TokenRefused(Exception):
         self.retry_after = retry_after
 
 
-def spread(credentials: Credentials) -> timedelta:
+def spread(credentials: GoogleCredentials) -> timedelta:
     """How much earlier than google-auth's margin this mailbox refreshes: fixed per grant."""
-    digest = hashlib.sha256((credentials.refresh_token or "").encode()).digest()
+    if isinstance(credentials, service_account.Credentials):
+        seed = f"{credentials.service_account_email} {delegated_subject(credentials)}"
+    else:
+        seed = credentials.refresh_token or ""
+    digest = hashlib.sha256(seed.encode()).digest()
     return timedelta(seconds=int.from_bytes(digest[:4], "big") % int(SPREAD.total_seconds()))
 
 
-def due(credentials: Credentials, early: timedelta, *, now: datetime | None = None) -> bool:
+def delegated_subject(credentials: service_account.Credentials) -> str:
+    """The user a service account's credentials impersonate ("" for none)."""
+    return str(getattr(credentials, "_subject", None) or "")
+
+
+def due(credentials: GoogleCredentials, early: timedelta, *, now: datetime | None = None) -> bool:
     """Whether the access token must be refreshed before the next request: none, spent, or
     within `early` (and google-auth's own margin) of its expiry."""
     if not credentials.valid:
@@ -56,19 +74,26 @@ def due(credentials: Credentials, early: timedelta, *, now: datetime | None = No
     return bool(at >= credentials.expiry - early)
 
 
-def refresh(credentials: Credentials, send: Send, *, now: datetime | None = None) -> None:
+def refresh(credentials: GoogleCredentials, send: Send, *, now: datetime | None = None) -> None:
     """A new access token (and its expiry) into `credentials`, with one token request."""
-    form = {
-        "grant_type": "refresh_token",
-        "client_id": credentials.client_id or "",
-        "refresh_token": credentials.refresh_token or "",
-    }
-    if credentials.client_secret:
-        form["client_secret"] = credentials.client_secret
-    if credentials.scopes:
-        form["scope"] = " ".join(credentials.scopes)
+    if isinstance(credentials, service_account.Credentials):
+        # google-auth's own assertion (iss, sub, scope, aud, iat, exp), signed with the key.
+        assertion = credentials._make_authorization_grant_assertion()
+        form = {"grant_type": JWT_BEARER, "assertion": _text(assertion)}
+        token_uri = str(credentials._token_uri)
+    else:
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": credentials.client_id or "",
+            "refresh_token": credentials.refresh_token or "",
+        }
+        if credentials.client_secret:
+            form["client_secret"] = credentials.client_secret
+        if credentials.scopes:
+            form["scope"] = " ".join(credentials.scopes)
+        token_uri = str(credentials.token_uri)
     status, headers, content = send(
-        str(credentials.token_uri),
+        token_uri,
         "POST",
         urlencode(form),
         {"content-type": "application/x-www-form-urlencoded"},
@@ -90,6 +115,10 @@ def refresh(credentials: Credentials, send: Send, *, now: datetime | None = None
     credentials.token = token
     # google-auth compares a naive UTC expiry.
     credentials.expiry = (start + timedelta(seconds=seconds)).replace(tzinfo=None)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 def _json(content: bytes) -> dict[str, Any]:

@@ -78,7 +78,10 @@ class GraphProvider:
         policy: RetryPolicy | None = None,
         ca_bundle: str | None = None,
         pacer: Pacer | None = None,
+        root: str = "/me",
     ) -> None:
+        """`root` is the mailbox's path on Graph: "/me" for a mailbox whose user signed in,
+        "/users/{id}" for one read with the app's own token (a tenant-wide connection)."""
         if not folders:
             raise ValueError("at least one folder must be tracked")
         if not 1 <= page_size <= 1000:
@@ -96,6 +99,7 @@ class GraphProvider:
         self.folders = tuple(dict.fromkeys(f.strip() for f in folders))
         self.fields = HEADER_FIELDS + ((REPLY_HEADER_FIELD,) if reply_headers else ())
         self.filtered_delta_cap = filtered_delta_cap
+        self.root = root.rstrip("/")
         self._page_size = page_size
         self._own = own_addresses(account, self.aliases)
         self._api = GraphApi(
@@ -109,7 +113,7 @@ class GraphProvider:
             batch_size=batch_size,
             pacer=pacer,
         )
-        self._dates = ThreadDates(self._api, self._own, group=lookup_group)
+        self._dates = ThreadDates(self._api, self._own, group=lookup_group, root=self.root)
 
     @property
     def http_requests(self) -> int:
@@ -244,7 +248,8 @@ class _Pull:
         state.counting = bool(start) and state.after is None
         state.seen = 0
         query = urlencode(params, quote_via=quote, safe="$,:")
-        return self.api.url(f"/me/mailFolders/{quote(folder, safe='')}/messages/delta?{query}")
+        folder_path = f"{self.p.root}/mailFolders/{quote(folder, safe='')}"
+        return self.api.url(f"{folder_path}/messages/delta?{query}")
 
     def _listing(self, folder: str, state: FolderState) -> Iterator[Page]:
         if state.list_next:
@@ -261,7 +266,9 @@ class _Pull:
                 safe="$,:",
             )
             url, resumed = (
-                self.api.url(f"/me/mailFolders/{quote(folder, safe='')}/messages?{query}"),
+                self.api.url(
+                    f"{self.p.root}/mailFolders/{quote(folder, safe='')}/messages?{query}"
+                ),
                 False,
             )
         links = Links(f"graph listing {folder}")
@@ -367,7 +374,8 @@ class _Pull:
         if not ids:
             return []
         select = ",".join(self.p.fields)
-        parts = [Part(i, f"/me/messages/{quote(i, safe='')}?$select={select}") for i in ids]
+        root = self.p.root
+        parts = [Part(i, f"{root}/messages/{quote(i, safe='')}?$select={select}") for i in ids]
         answers = self.api.batch(parts, what="graph messages")
         return [answers[i] for i in ids if i in answers]
 

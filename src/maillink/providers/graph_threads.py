@@ -50,8 +50,10 @@ class ThreadDates:
         *,
         group: int = 15,
         cache: int = 50_000,
+        root: str = "/me",
     ) -> None:
         self._api = api
+        self._root = root  # the mailbox on Graph: /me, or /users/{id} for an app token
         self._own = own
         self._group = group
         self._dates: _Bounded = _Bounded(cache)
@@ -93,7 +95,7 @@ class ThreadDates:
             quote_via=quote,
             safe="$,",
         )
-        return f"/me/messages?{query}"
+        return f"{self._root}/messages?{query}"
 
     def _read(self, rows: Any, found: dict[str, datetime]) -> None:
         for row in rows or ():

@@ -6,62 +6,65 @@ folder it syncs (`[microsoft] folders`): `POST /subscriptions` on
 for the lifecycle notifications, and a random `clientState` per subscription, stored encrypted
 like the tokens. Graph validates the URL first (the handshake `/push/graph` answers). A message
 subscription lasts at most 10,080 minutes; each one is renewed (`PATCH`) a day after it was made,
-or halfway to its expiry if that comes first. The daemon checks every `CHECK_EVERY_SECONDS`, and at
-once when a lifecycle notification asks for it; due rows are claimed by the same compare-and-set
-as Gmail's watches (`store.push.claim`), so only one daemon calls Graph. A mailbox paused or
-removed has its subscriptions deleted (`DELETE /subscriptions/{id}`).
-
-`GraphNotifications` is what `/push/graph` does with a batch: each item's `clientState` compared
-(constant time) with the stored one of its `subscriptionId`, unknown or forged items ignored,
-and the mailbox only woken (the delta cursor stays the truth). Lifecycle notifications:
-`reauthorizationRequired` renews the subscription now, `subscriptionRemoved` makes it again,
-`missed` wakes the mailbox for a normal delta round.
+or halfway to its expiry if that comes first. A subscription made for another notification URL
+(the configuration changed), or whose clientState no configured key decrypts, is deleted and
+made again. A mailbox connected tenant-wide subscribes with the app's token (client credentials,
+the application permission Mail.ReadBasic.All) on `/users/{directory id}/…`; a rep's own
+mailbox with its delegated token. The loop, the claims between daemons and the deletions of a paused or removed
+mailbox's subscriptions are the `Keeper`'s; this module says how Graph makes and deletes one.
+What `/push/graph` does with the notifications is `maillink.push.graph_notifications`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from maillink.errors import ConfigError, WrongKeyError
-from maillink.ops.webhooks import BadPayload
 from maillink.providers.base import ProviderError
 from maillink.providers.graph_api import GraphApi, GraphHTTPError
 from maillink.providers.retry import RetryPolicy
-from maillink.push.gmail_watch import renewal_time
-from maillink.secrets import TokenCipher
-from maillink.store import Store, accounts, push
+from maillink.push.graph_notifications import (
+    GraphNotifications,
+    Handled,
+    Notification,
+    parse_notifications,
+)
+from maillink.push.keeper import (
+    RETRY_AFTER,
+    Keeper,
+    Made,
+    error_text,
+)
+from maillink.store import push
 from maillink.store.accounts import Account
 from maillink.store.push import Subscription
 
 if TYPE_CHECKING:
     from maillink.app import App
 
+__all__ = [
+    "LIFETIME",
+    "RETRY_AFTER",
+    "GraphNotifications",
+    "GraphSubscriptions",
+    "Handled",
+    "Notification",
+    "describe",
+    "mailbox_ref",
+    "parse_notifications",
+    "resource_for",
+    "stop_subscriptions",
+]
+
 log = logging.getLogger("maillink.push")
 
 MAX_LIFETIME = timedelta(minutes=10_080)  # Graph: an Outlook message subscription's maximum
 LIFETIME = MAX_LIFETIME - timedelta(hours=1)  # asked for: a margin for the clocks' difference
-CLAIM_FOR = timedelta(minutes=5)
-RETRY_AFTER = timedelta(minutes=15)
-CHECK_EVERY_SECONDS = 60.0
-BATCH, MAX_BATCHES = 100, 50
 CHANGE_TYPE = "created,updated"
-MAX_ITEMS = 1000  # notifications in one batch; Graph sends far fewer
-LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _iso(when: datetime) -> str:
@@ -88,8 +91,12 @@ def resource_for(email: str, folder: str) -> str:
     return f"/users/{quote(email, safe='@')}/mailFolders('{quote(folder, safe='')}')/messages"
 
 
-def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+def mailbox_ref(account: Account) -> str:
+    """The mailbox in its subscriptions' resource: its address, or, for a mailbox connected
+    tenant-wide (its calls carry the app's token), its directory id as its rounds use it."""
+    if account.connected_via == "tenant" and account.directory_id:
+        return account.directory_id
+    return account.email
 
 
 def _status(exc: BaseException) -> int | None:
@@ -127,8 +134,8 @@ class SubscriptionApi:
 
 
 def subscription_api(app: App, account: Account) -> SubscriptionApi:
-    """The mailbox's Graph API for its subscription calls (its stored MSAL cache; a rotated
-    refresh token is kept at once, as a round keeps it)."""
+    """The mailbox's Graph API for its subscription calls (its stored MSAL cache, a rotated
+    refresh token kept at once as a round keeps it; the app's token for a tenant-wide mailbox)."""
     source = app.microsoft_token_source(account)
     pacers = app.graph_pacers
     return SubscriptionApi(
@@ -144,249 +151,93 @@ def subscription_api(app: App, account: Account) -> SubscriptionApi:
     )
 
 
-ApiFor = Callable[[Account], SubscriptionApi]
-
-
-@dataclass
-class CheckResult:
-    """What one check did: subscriptions made or renewed, deleted, failed."""
-
-    subscribed: int = 0
-    stopped: int = 0
-    failed: int = 0
-
-
-class GraphSubscriptions:
-    """Keeps a subscription per active Microsoft mailbox and synced folder on `notification_url`
-    (None: change notifications off, the subscriptions left from before deleted)."""
-
-    def __init__(
-        self,
-        app: App,
-        notification_url: str | None,
-        *,
-        clock: Callable[[], datetime] = _now,
-        api_for: ApiFor | None = None,
-        check_every: float = CHECK_EVERY_SECONDS,
-    ) -> None:
-        self.app = app
-        self.notification_url = notification_url
-        self.folders = tuple(app.settings.microsoft.folders)
-        self.clock = clock
-        self.api_for: ApiFor = api_for or (lambda account: subscription_api(app, account))
-        self.check_every = check_every
-        self._checked_at: float | None = None
-        self._again = False
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    # -- the daemon's periodic call --------------------------------------------------------------
-    def tick(self) -> None:
-        """Start a check in the background when one is due and none is running (cheap)."""
-        with self._lock:
-            now = time.monotonic()
-            if self._thread is not None and self._thread.is_alive():
-                return
-            if not self._again:
-                if self.notification_url is None and self._checked_at is not None:
-                    return
-                if self._checked_at is not None and now - self._checked_at < self.check_every:
-                    return
-            self._again = False
-            self._checked_at = now
-            self._thread = threading.Thread(target=self._check_logged, name="maillink-push-graph")
-            self._thread.daemon = True
-            self._thread.start()
-
-    def poke(self) -> None:
-        """A subscription was made due now (a lifecycle notification): check at once, or again
-        right after the check that is running."""
-        with self._lock:
-            self._again = True
-        self.tick()
-
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for the running check (and the one a poke asked for meanwhile)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            thread = self._thread
-            if thread is not None:
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if not self._again or (deadline is not None and time.monotonic() >= deadline):
-                return
-            self.tick()
-
-    def _check_logged(self) -> None:
-        while True:
-            try:
-                self.check()
-            except SQLAlchemyError as exc:
-                log.warning("graph subscriptions: the store failed: %s", type(exc).__name__)
-            except Exception:
-                log.exception("graph subscriptions: check failed")
-            with self._lock:
-                if not self._again:
-                    return
-                self._again = False
-
-    # -- one check ----------------------------------------------------------------------------
-    def check(self) -> CheckResult:
-        """Make the missing subscriptions, renew the due ones, delete those no longer wanted."""
-        result = CheckResult()
-        store = self.app.store
-        on = self.notification_url is not None
-        with store.transaction() as conn:
-            if on:
-                push.ensure_graph_subscriptions(conn, self.folders, self.clock())
-            to_stop = push.graph_subscriptions_to_stop(conn, self.folders, all_active=not on)
-        for _ in range(MAX_BATCHES if on else 0):
-            with store.engine.connect() as conn:
-                due = push.due_graph_subscriptions(conn, self.clock(), self.folders, BATCH)
-            for subscription in due:
-                outcome = self._renew(subscription)
-                if outcome is not None:
-                    result.subscribed += outcome
-                    result.failed += 1 - outcome
-            if len(due) < BATCH:
-                break
-        for subscription in to_stop:
-            if self._stop(subscription):
-                result.stopped += 1
-        return result
-
-    def _renew(self, seen: Subscription) -> int | None:
-        """1 when the subscription was made or renewed, 0 when it failed, None when another
-        daemon had it."""
-        url = self.notification_url
-        assert url is not None
-        now = self.clock()
-        with self.app.store.transaction() as conn:
-            if not push.claim(conn, seen, now + CLAIM_FOR, now):
-                return None
-            account = accounts.get_by_id(conn, seen.account_id)
-        if account is None or account.status != accounts.ACTIVE:
-            return None
-        extra = {"event": "graph_subscription", "account_id": account.id, "folder": seen.resource}
-        live = (
-            seen.state in (push.ACTIVE_WATCH, push.FAILED)
-            and seen.external_id is not None
-            and seen.secret is not None
-            and seen.expires_at is not None
-            and seen.expires_at > now
-        )
-        secret = None
-        if live:
-            assert seen.secret is not None
-            try:  # a renewal re-encrypts the clientState under the newest key (a key rotation)
-                secret = self.app.cipher.rotate(seen.secret)
-            except WrongKeyError:  # made under a key since removed: made again
-                live = False
-        try:
-            api = self.api_for(account)
-            external_id, answer = None, None
-            if live:
-                assert seen.external_id is not None
-                try:
-                    answer = api.renew(seen.external_id, now + LIFETIME)
-                    external_id = seen.external_id
-                except ProviderError as exc:
-                    if _status(exc) != 404:
-                        raise
-                    log.info("graph subscription gone at Graph: made again", extra=extra)
-            if answer is None:
-                client_state = secrets.token_urlsafe(32)
-                answer = api.create(
-                    resource_for(account.email, seen.resource), url, client_state, now + LIFETIME
-                )
-                external_id = str(answer.get("id") or "")
-                secret = self.app.cipher.encrypt(client_state)
-                if not external_id:
-                    raise ProviderError("Graph answered a subscription without an id")
-        except (ProviderError, ConfigError) as exc:
-            now = self.clock()
-            with self.app.store.transaction() as conn:
-                push.subscription_failed(
-                    conn, seen.id, error=_error(exc), retry_at=now + RETRY_AFTER, now=now
-                )
-            log.warning("graph subscription failed: %s", _error(exc), extra=extra)
-            return 0
-        assert external_id is not None and secret is not None
-        now = self.clock()
-        expires_at = _parse_time(answer.get("expirationDateTime")) or now + LIFETIME
-        with self.app.store.transaction() as conn:
-            push.subscribed(
-                conn,
-                seen.id,
-                external_id=external_id,
-                secret=secret,
-                expires_at=expires_at,
-                renew_at=renewal_time(now, expires_at),
-                now=now,
-            )
-        log.info("graph subscription until %s", expires_at.isoformat(), extra=extra)
-        return 1
-
-    def _stop(self, subscription: Subscription) -> bool:
-        now = self.clock()
-        with self.app.store.transaction() as conn:
-            if not push.claim(conn, subscription, None, now):
-                return False
-            account = accounts.get_by_id(conn, subscription.account_id)
-        error = None
-        if account is not None and subscription.external_id is not None:
-            error = delete_at_graph(self.api_for, account, subscription.external_id)
-        with self.app.store.transaction() as conn:
-            push.stopped(conn, subscription.id, self.clock(), error)
-        log.info(
-            "graph subscription deleted%s",
-            f": {error}" if error else "",
-            extra={"event": "graph_subscription_stop", "account_id": subscription.account_id},
-        )
-        return True
-
-
-def delete_at_graph(api_for: ApiFor, account: Account, external_id: str) -> str | None:
+def _delete(api: SubscriptionApi, external_id: str) -> str | None:
     """`DELETE /subscriptions/{id}`; None when done (or already gone), else why not (it then
     expires by itself, and its notifications are acknowledged and ignored)."""
     try:
-        api_for(account).delete(external_id)
+        api.delete(external_id)
     except (ProviderError, ConfigError) as exc:
         if isinstance(exc, ProviderError) and _status(exc) == 404:
             return None
-        return f"deleting the subscription failed ({_error(exc)}); it expires by itself"
+        return f"deleting the subscription failed ({error_text(exc)}); it expires by itself"
     return None
 
 
-def stop_subscriptions(
-    app: App,
-    account: Account,
-    *,
-    clock: Callable[[], datetime] = _now,
-    api_for: ApiFor | None = None,
-) -> str | None:
-    """Delete the mailbox's Graph subscriptions now (a pause or a removal); None when there were
-    none or they were deleted, else a one-line warning."""
-    if account.provider != "microsoft":
-        return None
-    with app.store.engine.connect() as conn:
-        live = [
-            s
-            for s in push.for_account(conn, account.id, push.GRAPH_SUBSCRIPTION)
-            if s.state != push.STOPPED
-        ]
-    if not live:
-        return None
-    api_for = api_for or (lambda a: subscription_api(app, a))
-    outcomes = [
-        delete_at_graph(api_for, account, s.external_id)
-        if s.external_id is not None and s.state != push.PENDING
-        else None
-        for s in live
-    ]
-    with app.store.transaction() as conn:
-        for subscription, warning in zip(live, outcomes, strict=True):
-            push.stopped(conn, subscription.id, clock(), warning)
-    return next((w for w in outcomes if w), None)
+class GraphSubscriptions(Keeper[SubscriptionApi]):
+    """Keeps a subscription per active Microsoft mailbox and synced folder on `notification_url`
+    (None: change notifications off, the subscriptions left from before deleted)."""
+
+    kind = push.GRAPH_SUBSCRIPTION
+    label = "graph subscription"
+
+    @property
+    def notification_url(self) -> str | None:
+        return self.target
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        return self.resources
+
+    def watched(self) -> tuple[str, ...]:
+        return tuple(self.app.settings.microsoft.folders)
+
+    def api(self, account: Account) -> SubscriptionApi:
+        return subscription_api(self.app, account)
+
+    def make(self, account: Account, seen: Subscription, target: str, now: datetime) -> Made:
+        """Renew `seen` when it is live, for `target`, and its clientState decrypts (it is then
+        encrypted again under the newest key: a key rotation); else delete what is left of it
+        and make a new one."""
+        api = self.api_for(account)
+        extra = {"event": self.kind, "account_id": account.id, "resource": seen.resource}
+        alive = seen.live and seen.expires_at is not None and seen.expires_at > now
+        secret = None
+        if alive and seen.secret is not None and seen.target == target:
+            try:
+                secret = self.app.cipher.rotate(seen.secret)
+            except WrongKeyError:  # made under a key since removed: made again
+                secret = None
+        if alive and secret is not None:
+            assert seen.external_id is not None
+            try:
+                answer = api.renew(seen.external_id, now + LIFETIME)
+                return Made(seen.external_id, self._expires(answer), secret=secret)
+            except ProviderError as exc:
+                if _status(exc) != 404:
+                    raise
+            log.info("graph subscription gone at Graph: made again", extra=extra)
+        elif alive:
+            assert seen.external_id is not None
+            warning = _delete(api, seen.external_id)
+            why = "another notification URL" if seen.target != target else "a lost key"
+            log.info(
+                "graph subscription made for %s: deleted and made again%s",
+                why,
+                f" ({warning})" if warning else "",
+                extra=extra,
+            )
+        client_state = secrets.token_urlsafe(32)
+        answer = api.create(
+            resource_for(mailbox_ref(account), seen.resource), target, client_state, now + LIFETIME
+        )
+        external_id = str(answer.get("id") or "")
+        if not external_id:
+            raise ProviderError("Graph answered a subscription without an id")
+        encrypted = self.app.cipher.encrypt(client_state)
+        return Made(external_id, self._expires(answer), secret=encrypted)
+
+    def _expires(self, answer: dict[str, Any]) -> datetime:
+        return _parse_time(answer.get("expirationDateTime")) or self.clock() + LIFETIME
+
+    def unmake(self, account: Account, subscription: Subscription) -> str | None:
+        if subscription.external_id is None:
+            return None
+        return _delete(self.api_for(account), subscription.external_id)
+
+
+# Delete the mailbox's Graph subscriptions now (a pause or a removal); None when there were none
+# or they were deleted, else a one-line warning.
+stop_subscriptions = GraphSubscriptions.stop_mailbox
 
 
 def describe(subscriptions: list[Subscription], *, expected: bool) -> str:
@@ -402,120 +253,3 @@ def describe(subscriptions: list[Subscription], *, expected: bool) -> str:
     until = min(s.expires_at for s in live if s.expires_at is not None)
     folders = len(live)
     return f"subscribed ({folders} folder{'s' if folders > 1 else ''}) until {until:%Y-%m-%d %H:%M} UTC"
-
-
-# -- what /push/graph does with a notification batch ---------------------------------------------
-@dataclass(frozen=True)
-class Notification:
-    subscription_id: str
-    client_state: str | None
-    change_type: str | None
-    lifecycle_event: str | None
-
-
-def parse_notifications(payload: Any) -> list[Notification]:
-    """The items of a change (or lifecycle) notification batch; `BadPayload` if it is not one."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
-        raise BadPayload('the body must be a Graph notification batch {"value": [...]}')
-    items = payload["value"]
-    if len(items) > MAX_ITEMS:
-        raise BadPayload(f"more than {MAX_ITEMS} notifications in one batch")
-    found = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("subscriptionId"), str):
-            raise BadPayload("each notification must be an object with a subscriptionId")
-        state = item.get("clientState")
-        change, event = item.get("changeType"), item.get("lifecycleEvent")
-        found.append(
-            Notification(
-                subscription_id=item["subscriptionId"][:200],
-                client_state=state if isinstance(state, str) else None,
-                change_type=change if isinstance(change, str) else None,
-                lifecycle_event=event if isinstance(event, str) else None,
-            )
-        )
-    return found
-
-
-@dataclass
-class Handled:
-    """What a batch did: mailboxes woken, subscriptions renewed or made again, items ignored."""
-
-    woken: set[int] = field(default_factory=set)
-    renewed: int = 0
-    recreated: int = 0
-    ignored: int = 0
-
-
-class GraphNotifications:
-    """Checks and acts on the notification batches `/push/graph` receives."""
-
-    def __init__(
-        self,
-        store: Store,
-        cipher: TokenCipher,
-        *,
-        wake: Callable[[int], None],
-        renew: Callable[[], None] = lambda: None,
-        clock: Callable[[], datetime] = _now,
-    ) -> None:
-        self.store = store
-        self.cipher = cipher
-        self.wake = wake
-        self.renew = renew  # asks the keeper to check now (GraphSubscriptions.poke)
-        self.clock = clock
-
-    def _genuine(self, item: Notification, known: dict[str, Subscription]) -> Subscription | None:
-        subscription = known.get(item.subscription_id)
-        if subscription is None or subscription.secret is None or item.client_state is None:
-            log.info("graph notification for an unknown subscription: ignored")
-            return None
-        try:
-            expected = self.cipher.decrypt(subscription.secret)
-        except WrongKeyError:
-            log.warning("graph notification: the stored clientState does not decrypt: ignored")
-            return None
-        if not hmac.compare_digest(item.client_state.encode(), expected.encode()):
-            log.warning(
-                "graph notification with a wrong clientState: ignored",
-                extra={"event": "push_refused", "account_id": subscription.account_id},
-            )
-            return None
-        return subscription
-
-    def handle(self, items: list[Notification]) -> Handled:
-        done = Handled()
-        with self.store.engine.connect() as conn:
-            known = push.by_external_ids(conn, (i.subscription_id for i in items))
-            ids = {s.account_id for s in known.values()}
-            active = {
-                a.id
-                for a in (accounts.get_by_id(conn, i) for i in sorted(ids))
-                if a is not None and a.provider == "microsoft" and a.status == accounts.ACTIVE
-            }
-        poke = False
-        for item in items:
-            subscription = self._genuine(item, known)
-            if subscription is None or subscription.account_id not in active:
-                done.ignored += 1
-                continue
-            event = item.lifecycle_event
-            if event == "reauthorizationRequired":
-                with self.store.transaction() as conn:
-                    push.renew_now(conn, subscription.id, self.clock())
-                done.renewed += 1
-                poke = True
-            elif event == "subscriptionRemoved":
-                with self.store.transaction() as conn:
-                    push.forget_subscription(conn, subscription.id, self.clock())
-                done.recreated += 1
-                poke = True
-            elif event == "missed" or (event is None and item.change_type is not None):
-                done.woken.add(subscription.account_id)
-            else:
-                done.ignored += 1
-        for account_id in sorted(done.woken):
-            self.wake(account_id)
-        if poke:
-            self.renew()
-        return done

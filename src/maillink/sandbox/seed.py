@@ -429,8 +429,9 @@ def load_team(
     microsoft: Any = None,
     outlook: Sequence[str] = (),
 ) -> TeamMail:
-    """Put the team into the sandboxes: persons and items into Pipedrive, each rep's mail into
-    Gmail or (reps in `outlook`) Microsoft 365. Returns where the mail went, for later replies."""
+    """Put the team into the sandboxes: persons and items into the CRM (`pipedrive`: the Pipedrive
+    sandbox, or the HubSpot one, which takes the same `add_*` calls), each rep's mail into Gmail
+    or (reps in `outlook`) Microsoft 365. Returns where the mail went, for later replies."""
     for person in team.persons:
         if person.known and person.crm_id is None:
             person.crm_id = pipedrive.add_person(person.name, [person.email])

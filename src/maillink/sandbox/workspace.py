@@ -20,9 +20,11 @@ def write_workspace(
     multiple_open_items: str = "ask",
     store_url: str | None = None,
     microsoft: Any = None,
+    hubspot: Any = None,
 ) -> Path:
     """Write both files into `folder`; returns the config's path. Only endpoints differ from a
-    real deployment's files: nothing in the product knows it talks to a sandbox."""
+    real deployment's files: nothing in the product knows it talks to a sandbox. With `hubspot`
+    (a running HubSpot sandbox) the CRM is HubSpot and `pipedrive` may be None."""
     config = folder / "maillink.toml"
     store = store_url or f"sqlite:///{folder / 'maillink.db'}"
     config.write_text(
@@ -30,8 +32,8 @@ def write_workspace(
 url = {json.dumps(store)}
 
 [crm]
-kind = "pipedrive"
-base_url = {json.dumps(pipedrive.url)}
+kind = {json.dumps("hubspot" if hubspot is not None else "pipedrive")}
+base_url = {json.dumps((hubspot if hubspot is not None else pipedrive).url)}
 
 [gmail]
 api_endpoint = {json.dumps(google.api_endpoint)}
@@ -44,9 +46,12 @@ multiple_open_items = {json.dumps(multiple_open_items)}
     )
     credentials: dict[str, Any] = {
         "google": google.client_config(),
-        "pipedrive": {"api_token": pipedrive.api_token},
         "encryption_key": TokenCipher.generate_key(),
     }
+    if pipedrive is not None:
+        credentials["pipedrive"] = {"api_token": pipedrive.api_token}
+    if hubspot is not None:
+        credentials["hubspot"] = {"access_token": hubspot.access_token}
     if microsoft is not None:
         credentials["microsoft"] = {"client_id": microsoft.client_id}
     (folder / "credentials.json").write_text(json.dumps(credentials, indent=2))

@@ -12,13 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from maillink.errors import ConfigError
 
@@ -61,11 +57,20 @@ def _engine_for(url: str) -> Engine:
     return create_engine(parsed, pool_recycle=1800)
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection | None = None) -> Any:
+    # Alembic (with Mako) costs about a third of a second to import: only when migrating.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
+    if connection is not None:
+        config.attributes["connection"] = connection
     return config
+
+
+def _newest_in_files() -> str:
+    """The newest revision, from the migration files' names (`NNNN_what.py`, one chain)."""
+    return max(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
 
 class Store:
@@ -82,8 +87,13 @@ class Store:
         return store
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest version, in place; a no-op when it is current."""
+        """Bring the schema to the newest version, in place; a no-op when it is current (one
+        read of the version, without loading Alembic)."""
         try:
+            if self._recorded_version() == _newest_in_files():
+                return
+            from alembic import command
+
             with self.engine.begin() as connection:
                 command.upgrade(_alembic_config(connection), "head")
         except OperationalError as exc:
@@ -92,15 +102,27 @@ class Store:
                 f"[store] url: cannot open the database {where}: {exc.orig}"
             ) from None
 
+    def _recorded_version(self) -> str | None:
+        """The version the database records; None for a database without maillink's tables."""
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(
+                    text("SELECT version_num FROM alembic_version")
+                ).scalar_one_or_none()
+        except DBAPIError:  # no such table, or no database: Alembic tells which
+            return None
+
     def schema_version(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
         with self.engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
 
     @staticmethod
     def newest_schema_version() -> str | None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        return ScriptDirectory.from_config(config).get_current_head()
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from maillink.store import cache
 from maillink.store.outbox import WorkLeft, work_probes
-from maillink.store.schema import accounts, cursors, leases
+from maillink.store.schema import accounts, crm_state, cursors, leases
 
 ACTIVE = "active"
 PAUSED = "paused"
 NEEDS_REAUTH = "needs_reauth"
 VERSION = "accounts_version"  # crm_state: changes whenever a mailbox or an address does
+TEAM_REFRESH = "team_refresh_at"  # crm_state: when a daemon last re-listed the team members
 MAILBOX_CURSOR = "mailbox"  # the incremental cursor of a mailbox (`sync.MAILBOX`)
 # The next run of a mailbox that is not active: past any date a daemon will see, so its lease
 # stays out of the due range of `ix_leases_due` until the mailbox is active again.
@@ -123,6 +124,7 @@ def upsert(
             scopes=scopes,
             aliases=list(aliases) or list(existing.aliases),
             last_error=None,
+            connected_via="user",  # the rep's own consent takes over from a team connection
         )
     )
     _schedule(conn, existing.id, datetime.now(UTC))
@@ -167,6 +169,84 @@ def set_status(
         update(accounts).where(accounts.c.id == account_id).values(status=status, last_error=error)
     )
     _schedule(conn, account_id, (now or datetime.now(UTC)) if status == ACTIVE else PARKED)
+
+
+def connected_via(conn: Connection, provider: str, via: str) -> list[Account]:
+    """The mailboxes of `provider` connected through a team connection `via` (tenant, domain)."""
+    rows = conn.execute(
+        select(accounts)
+        .where(accounts.c.provider == provider, accounts.c.connected_via == via)
+        .order_by(accounts.c.email)
+    )
+    return [_account(row) for row in rows]
+
+
+def add_member(
+    conn: Connection,
+    email: str,
+    provider: str,
+    via: str,
+    directory_id: str | None,
+    scopes: str,
+) -> Account | None:
+    """Add a directory member's mailbox, connected through the team connection `via`: no token
+    of its own (NULL: the round uses the app's credentials), due at once. None when the address
+    is already a mailbox (another connection, or added meanwhile by another process)."""
+    email = email.lower()
+    if get(conn, email) is not None:
+        return None
+    cache.insert_or_ignore(
+        conn,
+        accounts,
+        [
+            {
+                "email": email,
+                "provider": provider,
+                "status": ACTIVE,
+                "token": None,
+                "scopes": scopes,
+                "aliases": [],
+                "created_at": datetime.now(UTC),
+                "connected_via": via,
+                "directory_id": directory_id,
+            }
+        ],
+    )
+    made = get(conn, email)
+    if made is None or made.connected_via != via or made.provider != provider:
+        return None
+    _changed(conn)
+    _schedule(conn, made.id, AT_ONCE)
+    return made
+
+
+def claim_team_refresh(conn: Connection, now: datetime, every: timedelta) -> bool:
+    """Whether the caller re-lists the team connections' members now: the last refresh (a
+    `crm_state` row) is `every` old or more, and this caller's compare-and-set moved it first,
+    so only one daemon of several does it."""
+    stamp = now.astimezone(UTC).isoformat()
+    last = cache.get_state(conn, TEAM_REFRESH)
+    if last is None:
+        cache.insert_or_ignore(conn, crm_state, [{"name": TEAM_REFRESH, "value": stamp}])
+        return cache.get_state(conn, TEAM_REFRESH) == stamp
+    try:
+        due = datetime.fromisoformat(last) + every <= now
+    except ValueError:
+        due = True
+    return due and cache.replace_state(conn, TEAM_REFRESH, last, stamp)
+
+
+def set_crm_user(conn: Connection, account_id: int, crm_user_id: str | None) -> None:
+    """The CRM user who owns this mailbox's emails, set by hand; None: matched by address."""
+    conn.execute(
+        update(accounts).where(accounts.c.id == account_id).values(crm_user_id=crm_user_id)
+    )
+
+
+def set_directory_id(conn: Connection, account_id: int, directory_id: str | None) -> None:
+    conn.execute(
+        update(accounts).where(accounts.c.id == account_id).values(directory_id=directory_id)
+    )
 
 
 def _schedule(conn: Connection, account_id: int, next_run_at: datetime) -> None:

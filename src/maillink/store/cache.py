@@ -18,11 +18,19 @@ from maillink.store.schema import crm_state, item_cache, person_cache
 
 
 def _person_json(p: Person) -> dict[str, Any]:
-    return {"id": p.id, "name": p.name, "emails": list(p.emails)}
+    data: dict[str, Any] = {"id": p.id, "name": p.name, "emails": list(p.emails)}
+    if p.organization_id is not None:
+        data["organization_id"] = p.organization_id
+    return data
 
 
 def _person(d: Mapping[str, Any]) -> Person:
-    return Person(id=int(d["id"]), name=d["name"], emails=tuple(d["emails"]))
+    return Person(
+        id=int(d["id"]),
+        name=d["name"],
+        emails=tuple(d["emails"]),
+        organization_id=d.get("organization_id"),
+    )
 
 
 def _item_json(i: Item) -> dict[str, Any]:

@@ -71,6 +71,7 @@ _PERSONS_UNLESS_STALE = (
         crm_mirror_persons.c.person_id,
         crm_mirror_persons.c.email,
         crm_mirror_persons.c.name,
+        crm_mirror_persons.c.organization_id,
     )
     .select_from(
         _STALE_FLAG.outerjoin(
@@ -94,11 +95,16 @@ def persons_unless_stale(conn: Connection, email: str, keys: Iterable[str]) -> l
         return None
     emails: dict[int, list[str]] = {}
     names: dict[int, str] = {}
+    organizations: dict[int, str | None] = {}
     for row in rows:
         if row.person_id is not None:
             emails.setdefault(row.person_id, []).append(row.email)
             names[row.person_id] = row.name
-    return [Person(id=pid, name=names[pid], emails=tuple(found)) for pid, found in emails.items()]
+            organizations[row.person_id] = row.organization_id
+    return [
+        Person(id=pid, name=names[pid], emails=tuple(found), organization_id=organizations[pid])
+        for pid, found in emails.items()
+    ]
 
 
 def knows_person(conn: Connection, person_id: int) -> bool:
@@ -143,6 +149,7 @@ def _person_rows(persons: Iterable[Person]) -> list[dict[str, Any]]:
                     "email": address,
                     "person_id": person.id,
                     "name": person.name,
+                    "organization_id": person.organization_id,
                 }
     return [rows[key] for key in sorted(rows)]
 

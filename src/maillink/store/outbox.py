@@ -252,6 +252,8 @@ def claim_creates(conn: Connection, rows: Sequence[Any], started: datetime) -> s
             conn.execute(
                 update(activities)
                 .where(
+                    # The keys alone first: SQLite finds rows by a row value only by scanning.
+                    activities.c.key.in_([row["key"] for row in chunk]),
                     tuple_(activities.c.key, activities.c.attempts).in_(
                         [(row["key"], row["attempts"]) for row in chunk]
                     ),

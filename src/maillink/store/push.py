@@ -1,13 +1,19 @@
-"""Push subscriptions: the watches (Gmail) and subscriptions (Graph, later) maillink keeps itself.
+"""Push subscriptions: the watches (Gmail) and subscriptions (Graph) maillink keeps itself.
 
-One row per mailbox and watched resource. `renew_at` says when the subscription must be made or
-renewed (NULL: nothing due); a daemon takes a due row with `claim`, a compare-and-set that moves
-`renew_at` forward, so that when several daemons share the store only one calls the provider.
+One row per mailbox and watched resource (Gmail: the whole mailbox; Graph: each synced folder),
+of one `kind`. `renew_at` says when the subscription must be made or renewed (NULL: nothing due);
+a daemon takes a due row with `claim`, a compare-and-set that moves `renew_at` forward, so that
+when several daemons share the store only one calls the provider. `target` is what the
+subscription was made for (Gmail: the Pub/Sub topic; Graph: the notification URL): a live row
+whose target is not the configured one is due at once, to be pointed at the new one.
+
+The operations are the same for both kinds; `kind` says which rows, and `KINDS` which provider
+a kind belongs to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,6 +24,8 @@ from maillink.store.accounts import ACTIVE
 from maillink.store.schema import accounts, push_subscriptions
 
 GMAIL_WATCH = "gmail_watch"
+GRAPH_SUBSCRIPTION = "graph_subscription"
+KINDS = {GMAIL_WATCH: "gmail", GRAPH_SUBSCRIPTION: "microsoft"}  # kind -> provider
 MAILBOX = "mailbox"  # the resource of a Gmail watch: the whole mailbox (its labels filter it)
 PENDING, ACTIVE_WATCH, FAILED, STOPPED = "pending", "active", "failed", "stopped"
 
@@ -39,6 +47,16 @@ class Subscription:
     last_error: str | None
     updated_at: datetime
     secret: str | None = None  # still encrypted
+    target: str | None = None  # the topic (Gmail) or notification URL (Graph) it was made for
+
+    @property
+    def live(self) -> bool:
+        """Made at the provider and maybe still there (active, or failed to renew since)."""
+        return (
+            self.state in (ACTIVE_WATCH, FAILED)
+            and self.external_id is not None
+            and self.expires_at is not None
+        )
 
 
 def _subscription(row: object) -> Subscription:
@@ -57,51 +75,74 @@ def _subscription(row: object) -> Subscription:
         last_error=m["last_error"],
         updated_at=m["updated_at"],
         secret=m["secret"],
+        target=m["target"],
     )
 
 
-def ensure_gmail_watches(conn: Connection, now: datetime) -> int:
-    """A pending watch row, due now, for every active Gmail mailbox that has none; how many."""
-    missing = conn.execute(
-        select(accounts.c.id)
-        .select_from(
-            accounts.outerjoin(_t, and_(_t.c.account_id == accounts.c.id, _t.c.kind == GMAIL_WATCH))
-        )
-        .where(accounts.c.provider == "gmail", accounts.c.status == ACTIVE, _t.c.id.is_(None))
-    ).scalars()
-    rows = [
-        {
-            "account_id": account_id,
-            "provider": "gmail",
-            "kind": GMAIL_WATCH,
-            "resource": MAILBOX,
-            "state": PENDING,
-            "renew_at": now,
-            "updated_at": now,
-        }
-        for account_id in missing
-    ]
+def ensure(conn: Connection, kind: str, resources: Sequence[str], now: datetime) -> int:
+    """A pending row, due now, for every active mailbox of the kind's provider and every
+    resource that has none; how many were added (another daemon may add the same: ignored)."""
+    rows = []
+    for resource in resources:
+        missing = conn.execute(
+            select(accounts.c.id)
+            .select_from(
+                accounts.outerjoin(
+                    _t,
+                    and_(
+                        _t.c.account_id == accounts.c.id,
+                        _t.c.kind == kind,
+                        _t.c.resource == resource,
+                    ),
+                )
+            )
+            .where(
+                accounts.c.provider == KINDS[kind],
+                accounts.c.status == ACTIVE,
+                _t.c.id.is_(None),
+            )
+        ).scalars()
+        rows += [
+            {
+                "account_id": account_id,
+                "provider": KINDS[kind],
+                "kind": kind,
+                "resource": resource,
+                "state": PENDING,
+                "renew_at": now,
+                "updated_at": now,
+            }
+            for account_id in missing
+        ]
     if rows:
-        cache.insert_or_ignore(conn, _t, rows)  # another daemon may insert the same rows
+        rows.sort(key=lambda row: (row["account_id"], row["resource"]))
+        cache.insert_or_ignore(conn, _t, rows)
     return len(rows)
 
 
-def due_gmail_watches(
-    conn: Connection, now: datetime, topic: str, limit: int = 100
+def due(
+    conn: Connection,
+    kind: str,
+    now: datetime,
+    resources: Sequence[str],
+    target: str,
+    limit: int = 100,
 ) -> list[Subscription]:
-    """The watches of active mailboxes to make or renew now: due (`renew_at` passed, new ones
-    included), stopped while the mailbox was paused (it is active again), or made for another
-    topic. The first two are left out once claimed (`claim` sets `renew_at` ahead)."""
+    """The rows of active mailboxes' `resources` to make or renew now: due (`renew_at` passed,
+    new ones included), stopped while the mailbox was paused (it is active again), or active
+    for another target than `target` (the configuration changed). The first two are left out
+    once claimed (`claim` sets `renew_at` ahead); a failed one waits for its retry."""
     rows = conn.execute(
         select(_t)
         .join(accounts, accounts.c.id == _t.c.account_id)
         .where(
-            _t.c.kind == GMAIL_WATCH,
+            _t.c.kind == kind,
+            _t.c.resource.in_(list(resources)),
             accounts.c.status == ACTIVE,
             or_(
                 _t.c.renew_at <= now,
                 and_(_t.c.state == STOPPED, _t.c.renew_at.is_(None)),
-                and_(_t.c.state != PENDING, _t.c.external_id != topic),
+                and_(_t.c.state == ACTIVE_WATCH, _t.c.target.is_distinct_from(target)),
             ),
         )
         .order_by(_t.c.renew_at, _t.c.id)
@@ -110,13 +151,20 @@ def due_gmail_watches(
     return [_subscription(row) for row in rows]
 
 
-def gmail_watches_to_stop(conn: Connection, *, all_active: bool = False) -> list[Subscription]:
-    """Active watches whose mailbox is no longer active (paused, needs re-authorisation); every
-    active watch when `all_active` (push was turned off)."""
-    query = select(_t).where(_t.c.kind == GMAIL_WATCH, _t.c.state == ACTIVE_WATCH)
-    if not all_active:
+def to_stop(
+    conn: Connection, kind: str, resources: Sequence[str], *, all_live: bool = False
+) -> list[Subscription]:
+    """Live rows (see `Subscription.live`) whose mailbox is no longer active or whose resource
+    is no longer watched; every live one when `all_live` (push was turned off)."""
+    query = select(_t).where(
+        _t.c.kind == kind,
+        _t.c.state.in_([ACTIVE_WATCH, FAILED]),
+        _t.c.external_id.is_not(None),
+        _t.c.expires_at.is_not(None),
+    )
+    if not all_live:
         query = query.join(accounts, accounts.c.id == _t.c.account_id).where(
-            accounts.c.status != ACTIVE
+            or_(accounts.c.status != ACTIVE, _t.c.resource.not_in(list(resources)))
         )
     return [_subscription(row) for row in conn.execute(query.order_by(_t.c.id))]
 
@@ -138,23 +186,28 @@ def claim(conn: Connection, seen: Subscription, until: datetime | None, now: dat
     return result.rowcount == 1
 
 
-def watching(
+def made(
     conn: Connection,
     subscription_id: int,
     *,
     external_id: str,
+    target: str,
     expires_at: datetime,
     renew_at: datetime,
-    history_id: str | None,
     now: datetime,
+    secret: str | None = None,
+    history_id: str | None = None,
 ) -> None:
-    """The provider accepted the watch: it lasts until `expires_at`, renewed at `renew_at`."""
+    """The provider made or renewed the subscription `external_id` for `target`: it lasts until
+    `expires_at`, renewed at `renew_at` (Graph's `secret` encrypted; Gmail's `history_id`)."""
     conn.execute(
         update(_t)
         .where(_t.c.id == subscription_id)
         .values(
             state=ACTIVE_WATCH,
             external_id=external_id,
+            target=target,
+            secret=secret,
             expires_at=expires_at,
             renew_at=renew_at,
             history_id=history_id,
@@ -165,33 +218,22 @@ def watching(
 
 
 def failed(
-    conn: Connection,
-    subscription_id: int,
-    *,
-    external_id: str,
-    error: str,
-    retry_at: datetime,
-    now: datetime,
+    conn: Connection, subscription_id: int, *, error: str, retry_at: datetime, now: datetime
 ) -> None:
-    """The provider refused or could not be reached: tried again at `retry_at`. A watch made
-    earlier stays valid until its `expires_at`."""
+    """The provider refused or could not be reached: tried again at `retry_at`. A subscription
+    made earlier (its id, target and secret kept) stays valid until its `expires_at`."""
     conn.execute(
         update(_t)
         .where(_t.c.id == subscription_id)
-        .values(
-            state=FAILED,
-            external_id=external_id,
-            renew_at=retry_at,
-            last_error=error[:2000],
-            updated_at=now,
-        )
+        .values(state=FAILED, renew_at=retry_at, last_error=error[:2000], updated_at=now)
     )
 
 
 def stopped(
     conn: Connection, subscription_id: int, now: datetime, error: str | None = None
 ) -> None:
-    """The watch is no more (stopped at the provider, or left to expire: `error` says why)."""
+    """The subscription is no more (stopped at the provider, or left to expire: `error` says
+    why)."""
     conn.execute(
         update(_t)
         .where(_t.c.id == subscription_id)
@@ -205,7 +247,33 @@ def stopped(
     )
 
 
-def for_account(conn: Connection, account_id: int, kind: str = GMAIL_WATCH) -> list[Subscription]:
+def renew_now(conn: Connection, subscription_id: int, now: datetime) -> None:
+    """Make the subscription due now (a lifecycle notification asked for it)."""
+    conn.execute(
+        update(_t)
+        .where(_t.c.id == subscription_id, _t.c.state != STOPPED)
+        .values(renew_at=now, updated_at=now)
+    )
+
+
+def forget(conn: Connection, subscription_id: int, now: datetime) -> None:
+    """The provider removed the subscription: made again (a new id and secret), due now."""
+    conn.execute(
+        update(_t)
+        .where(_t.c.id == subscription_id, _t.c.state != STOPPED)
+        .values(
+            state=PENDING,
+            external_id=None,
+            secret=None,
+            target=None,
+            expires_at=None,
+            renew_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def for_account(conn: Connection, account_id: int, kind: str) -> list[Subscription]:
     rows = conn.execute(
         select(_t).where(_t.c.account_id == account_id, _t.c.kind == kind).order_by(_t.c.id)
     )
@@ -226,85 +294,6 @@ def by_account(
     return found
 
 
-# -- Graph change notifications: one subscription per Microsoft mailbox and synced folder ----------
-GRAPH_SUBSCRIPTION = "graph_subscription"
-
-
-def ensure_graph_subscriptions(conn: Connection, folders: Iterable[str], now: datetime) -> int:
-    """A pending row, due now, for every active Microsoft mailbox and folder that has none."""
-    rows = []
-    for folder in folders:
-        missing = conn.execute(
-            select(accounts.c.id)
-            .select_from(
-                accounts.outerjoin(
-                    _t,
-                    and_(
-                        _t.c.account_id == accounts.c.id,
-                        _t.c.kind == GRAPH_SUBSCRIPTION,
-                        _t.c.resource == folder,
-                    ),
-                )
-            )
-            .where(
-                accounts.c.provider == "microsoft", accounts.c.status == ACTIVE, _t.c.id.is_(None)
-            )
-        ).scalars()
-        rows += [
-            {
-                "account_id": account_id,
-                "provider": "microsoft",
-                "kind": GRAPH_SUBSCRIPTION,
-                "resource": folder,
-                "state": PENDING,
-                "renew_at": now,
-                "updated_at": now,
-            }
-            for account_id in missing
-        ]
-    if rows:
-        rows.sort(key=lambda row: (row["account_id"], row["resource"]))
-        cache.insert_or_ignore(conn, _t, rows)
-    return len(rows)
-
-
-def due_graph_subscriptions(
-    conn: Connection, now: datetime, folders: Iterable[str], limit: int = 100
-) -> list[Subscription]:
-    """The subscriptions of active mailboxes' synced folders to make or renew now: due, or
-    stopped while the mailbox was paused (it is active again)."""
-    rows = conn.execute(
-        select(_t)
-        .join(accounts, accounts.c.id == _t.c.account_id)
-        .where(
-            _t.c.kind == GRAPH_SUBSCRIPTION,
-            _t.c.resource.in_(list(folders)),
-            accounts.c.status == ACTIVE,
-            or_(_t.c.renew_at <= now, and_(_t.c.state == STOPPED, _t.c.renew_at.is_(None))),
-        )
-        .order_by(_t.c.renew_at, _t.c.id)
-        .limit(limit)
-    )
-    return [_subscription(row) for row in rows]
-
-
-def graph_subscriptions_to_stop(
-    conn: Connection, folders: Iterable[str], *, all_active: bool = False
-) -> list[Subscription]:
-    """Live subscriptions (active, or failed with an id) whose mailbox is no longer active or
-    whose folder is no longer synced; every live one when `all_active` (push was turned off)."""
-    query = select(_t).where(
-        _t.c.kind == GRAPH_SUBSCRIPTION,
-        _t.c.state.in_([ACTIVE_WATCH, FAILED]),
-        _t.c.external_id.is_not(None),
-    )
-    if not all_active:
-        query = query.join(accounts, accounts.c.id == _t.c.account_id).where(
-            or_(accounts.c.status != ACTIVE, _t.c.resource.not_in(list(folders)))
-        )
-    return [_subscription(row) for row in conn.execute(query.order_by(_t.c.id))]
-
-
 def by_external_ids(
     conn: Connection, external_ids: Iterable[str], kind: str = GRAPH_SUBSCRIPTION
 ) -> dict[str, Subscription]:
@@ -315,66 +304,3 @@ def by_external_ids(
     rows = conn.execute(select(_t).where(_t.c.kind == kind, _t.c.external_id.in_(wanted)))
     found = [_subscription(row) for row in rows]
     return {s.external_id: s for s in found if s.external_id is not None}
-
-
-def subscribed(
-    conn: Connection,
-    subscription_id: int,
-    *,
-    external_id: str,
-    secret: str,
-    expires_at: datetime,
-    renew_at: datetime,
-    now: datetime,
-) -> None:
-    """The provider made or renewed the subscription `external_id` (its `secret` encrypted)."""
-    conn.execute(
-        update(_t)
-        .where(_t.c.id == subscription_id)
-        .values(
-            state=ACTIVE_WATCH,
-            external_id=external_id,
-            secret=secret,
-            expires_at=expires_at,
-            renew_at=renew_at,
-            last_error=None,
-            updated_at=now,
-        )
-    )
-
-
-def subscription_failed(
-    conn: Connection, subscription_id: int, *, error: str, retry_at: datetime, now: datetime
-) -> None:
-    """The provider refused the subscription call: tried again at `retry_at`; a subscription
-    made earlier (its id and secret kept) stays valid until its `expires_at`."""
-    conn.execute(
-        update(_t)
-        .where(_t.c.id == subscription_id)
-        .values(state=FAILED, renew_at=retry_at, last_error=error[:2000], updated_at=now)
-    )
-
-
-def renew_now(conn: Connection, subscription_id: int, now: datetime) -> None:
-    """Make the subscription due now (a lifecycle notification asked for it)."""
-    conn.execute(
-        update(_t)
-        .where(_t.c.id == subscription_id, _t.c.state != STOPPED)
-        .values(renew_at=now, updated_at=now)
-    )
-
-
-def forget_subscription(conn: Connection, subscription_id: int, now: datetime) -> None:
-    """The provider removed the subscription: made again (a new id and secret), due now."""
-    conn.execute(
-        update(_t)
-        .where(_t.c.id == subscription_id, _t.c.state != STOPPED)
-        .values(
-            state=PENDING,
-            external_id=None,
-            secret=None,
-            expires_at=None,
-            renew_at=now,
-            updated_at=now,
-        )
-    )

@@ -164,6 +164,18 @@ activities = Table(
     Column("redecided_version", Integer, nullable=True),
 )
 Index("ix_activities_pending", activities.c.delivered_version, activities.c.desired_version)
+# The rows still to write, oldest first (`outbox.due_activities`): a partial index stays as small
+# as the outbox's backlog, however many emails were delivered.
+_UNDELIVERED = (activities.c.delivered_version < activities.c.desired_version) & (
+    activities.c.failed_at.is_(None)
+)
+Index(
+    "ix_activities_due",
+    activities.c.updated_at,
+    activities.c.key,
+    sqlite_where=_UNDELIVERED,
+    postgresql_where=_UNDELIVERED,
+)
 
 person_cache = Table(
     "person_cache",
@@ -279,6 +291,7 @@ crm_mirror_persons = Table(
     Column("email", String(320), primary_key=True),  # lower-cased
     Column("person_id", Integer, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False, default=""),
+    Column("organization_id", String(64), nullable=True),  # migration 0011
 )
 Index("ix_crm_mirror_persons_person", crm_mirror_persons.c.person_id)
 

@@ -27,8 +27,9 @@ class Obj(Protocol):
 PUBLIC_URL_ENV = "MAILLINK_PUBLIC_URL"
 PUBLIC_URL_HELP = (
     "The address browsers reach maillink at, e.g. https://maillink.example.com behind a TLS "
-    "proxy (default: http://HOST:PORT; plain http for loopback hosts only). Google's redirect URI "
-    f"is PUBLIC_URL/oauth/google/callback. Also ${PUBLIC_URL_ENV}."
+    "proxy (default: http://HOST:PORT; plain http for loopback hosts only). The redirect URIs to "
+    "register are PUBLIC_URL/oauth/google/callback (Google) and PUBLIC_URL/oauth/microsoft/callback "
+    f"(Microsoft). Also ${PUBLIC_URL_ENV}."
 )
 
 

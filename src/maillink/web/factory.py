@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response
 
 from maillink.errors import ConfigError
 from maillink.store.users import SESSION_LIFETIME
-from maillink.web import auth, connect, views
+from maillink.web import auth, connect_google, connect_microsoft, team, views
 from maillink.web.context import EXTENSION, WebContext
 from maillink.web.jobs import SyncJobs
 from maillink.web.session_key import session_key
@@ -52,7 +52,10 @@ def _consent_origins(app: App) -> list[str]:
     except ConfigError:
         return []
     section = google.get("web") or google.get("installed") or {}
-    return [_origin(section["auth_uri"])] if section.get("auth_uri") else []
+    origins = [_origin(section["auth_uri"])] if section.get("auth_uri") else []
+    if app.credentials.microsoft is not None:  # Microsoft's sign-in and admin-consent pages
+        origins.append(_origin(app.settings.microsoft.authority))
+    return origins
 
 
 def _when(value: Any) -> str:
@@ -89,8 +92,10 @@ def create_app(app: App, settings: WebSettings, *, testing: bool = False) -> Fla
     web.url_map.converters["id"] = IdConverter
     CSRFProtect(web)
     web.register_blueprint(auth.bp)
-    web.register_blueprint(connect.bp)
+    web.register_blueprint(connect_google.bp)
+    web.register_blueprint(connect_microsoft.bp)
     web.register_blueprint(views.bp)
+    web.register_blueprint(team.bp)
     web.add_template_filter(_when, "when")
     form_action = " ".join(["'self'", *_consent_origins(app)])
     policy = (

@@ -5,6 +5,8 @@ it holds the mailbox's lease, so it never runs beside a daemon's round. While a 
 mailbox, the job waits for it (`held_by`: the page says the daemon is syncing it) and syncs once
 it is given back. Each page is committed as it comes (the sync is resumable), and on shutdown the
 running syncs finish their page in hand and stop.
+
+An admin's team refreshes (the Team page's "Connect / refresh members") run here too: `TeamJobs`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from maillink.sync import MAILBOX, RoundResult
 
 if TYPE_CHECKING:
     from maillink.app import App
+    from maillink.onboarding.team import MembersReport, TeamConnection
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +143,88 @@ class SyncJobs:
             error = str(exc) or type(exc).__name__
             log.warning("sync of %s failed: %s", account.email, error)
         self._update(account.id, finished_at=datetime.now(UTC), error=error)
+
+
+@dataclass(frozen=True)
+class TeamJob:
+    """An admin's "Connect / refresh members" of one team connection (`via`: tenant, domain)."""
+
+    via: str
+    label: str
+    started_by: str  # the admin's address
+    started_at: datetime
+    finished_at: datetime | None = None
+    report: MembersReport | None = None
+    error: str | None = None  # one line, as `maillink accounts refresh` prints it
+
+    @property
+    def running(self) -> bool:
+        return self.finished_at is None
+
+
+class TeamJobs:
+    """The team refreshes of this process, by connection: one at a time per connection, each a
+    listing of the directory and one transaction (`maillink.onboarding.team.refresh_team`)."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._jobs: dict[str, TeamJob] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def get(self, via: str) -> TeamJob | None:
+        with self._lock:
+            return self._jobs.get(via)
+
+    def start(self, connection: TeamConnection, started_by: str) -> TeamJob:
+        """Refresh `connection` in the background, unless its refresh is already running."""
+        with self._lock:
+            job = self._jobs.get(connection.via)
+            if job is not None and job.running:
+                return job
+            job = TeamJob(connection.via, connection.label, started_by, datetime.now(UTC))
+            self._jobs[connection.via] = job
+            thread = threading.Thread(
+                target=self._run, args=(connection,), name=f"team {connection.via}", daemon=True
+            )
+            self._threads[connection.via] = thread
+        thread.start()
+        return job
+
+    def wait(self, via: str, timeout: float = 60.0) -> TeamJob | None:
+        """Wait for the connection's refresh to end (tests, shutdown); returns its last state."""
+        with self._lock:
+            thread = self._threads.get(via)
+        if thread is not None:
+            thread.join(timeout)
+        return self.get(via)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Wait for the running refreshes (each ends with its one transaction)."""
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def _run(self, connection: TeamConnection) -> None:
+        from maillink.onboarding.team import refresh_team
+
+        report: MembersReport | None = None
+        try:
+            refreshed = refresh_team(self.app, connection)
+            if refreshed is None:
+                error: str | None = f"{connection.label}: not configured"
+            else:
+                report = refreshed.report
+                error = f"{connection.label}: {refreshed.error}" if refreshed.error else None
+        except Exception as exc:  # the store itself failed: the page says so, in one line
+            first = str(exc).strip().splitlines()[:1]
+            error = f"{connection.label}: {first[0] if first else type(exc).__name__}"
+            log.warning("team refresh %s failed: %s", connection.label, error)
+        with self._lock:
+            self._jobs[connection.via] = replace(
+                self._jobs[connection.via],
+                finished_at=datetime.now(UTC),
+                report=report,
+                error=error,
+            )

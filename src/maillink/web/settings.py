@@ -13,6 +13,7 @@ from maillink.config import check_endpoint
 from maillink.errors import ConfigError
 
 GOOGLE_CALLBACK = "/oauth/google/callback"
+MICROSOFT_CALLBACK = "/oauth/microsoft/callback"
 
 
 def _netloc(host: str, port: int) -> str:
@@ -51,6 +52,11 @@ class WebSettings:
     @property
     def google_redirect_uri(self) -> str:
         return self.public_url + GOOGLE_CALLBACK
+
+    @property
+    def microsoft_redirect_uri(self) -> str:
+        """The one redirect URI to register for the Microsoft app (sign-in and admin consent)."""
+        return self.public_url + MICROSOFT_CALLBACK
 
     def signin_link(self, token: str) -> str:
         return f"{self.public_url}/signin?token={token}"

@@ -36,6 +36,7 @@ SUPPORTED_SCOPES = frozenset(
     }
 )
 ACCESS_TOKEN_SECONDS = 3599
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CODE_SECONDS = 600
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _PKCE_VALUE = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
@@ -193,9 +194,13 @@ def register_oauth_routes(
     lock: threading.RLock,
     meter: Meter,
     consent_as: Callable[[], str | None],
+    assertions: Callable[[Mapping[str, str]], Grant] | None = None,
 ) -> None:
-    """Mount /o/oauth2/auth (and /o/oauth2/v2/auth), /token and /revoke on `app`."""
-    OAuthRoutes(state, lock, meter, consent_as).register(app)
+    """Mount /o/oauth2/auth (and /o/oauth2/v2/auth), /token and /revoke on `app`.
+
+    `assertions` answers the JWT bearer grant (a service account's signed assertion: the
+    sandbox's Workspace, `maillink.sandbox.google.delegation`)."""
+    OAuthRoutes(state, lock, meter, consent_as, assertions).register(app)
 
 
 class OAuthRoutes:
@@ -207,11 +212,13 @@ class OAuthRoutes:
         lock: threading.RLock,
         meter: Meter,
         consent_as: Callable[[], str | None],
+        assertions: Callable[[Mapping[str, str]], Grant] | None = None,
     ) -> None:
         self.state = state
         self.lock = lock
         self.meter = meter
         self.consent_as = consent_as
+        self.assertions = assertions
 
     def register(self, app: Flask) -> None:
         app.add_url_rule("/o/oauth2/auth", "oauth_authorize", self.authorize)
@@ -244,6 +251,12 @@ class OAuthRoutes:
         grant_type = form.get("grant_type")
         if not grant_type:
             raise OAuthError(400, "invalid_request", "Missing required parameter: grant_type")
+        if grant_type == JWT_BEARER and self.assertions is not None:
+            # A service account's assertion: signed by its key, no client secret.
+            with self.lock:
+                grant = self.assertions(form)
+                access_token = self.state.issue_access_token(grant)
+            return _token_response(access_token, grant, None)
         with self.lock:
             self.state.authenticate_client(client_id, client_secret)
             assert client_id is not None

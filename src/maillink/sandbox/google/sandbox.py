@@ -28,6 +28,8 @@ from werkzeug.exceptions import HTTPException
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
 from maillink.sandbox.google.batch import INNER_FLAG, RESET_FLAG, register_batch_route
+from maillink.sandbox.google.delegation import Workspace, WorkspaceControls
+from maillink.sandbox.google.directory import register_directory_routes
 from maillink.sandbox.google.errors import GoogleApiError
 from maillink.sandbox.google.gmail import GmailContext, QuotaBuckets, register_gmail_routes
 from maillink.sandbox.google.mailbox import Mailbox
@@ -74,6 +76,14 @@ class GoogleSandbox:
         self._context = GmailContext(self._lock, self._mailboxes, self._oauth, self.meter, quota)
         # users.watch / users.stop and Pub/Sub's signed pushes (`push.subscribe(topic, url)`).
         self.push = PubSubPush()
+        # Google Workspace: directory, service accounts, domain-wide delegation (JWT bearer).
+        self._workspace = Workspace(lambda: self.token_uri)
+        self.workspace = WorkspaceControls(
+            self._lock,
+            self._workspace,
+            ensure_mailbox=self._ensure_mailbox,
+            revoke_email=self._oauth.revoke_email,
+        )
         self._in_flight: Counter[str] = Counter()
         self._max_in_flight: Counter[str] = Counter()
         self.app = self._build_app()
@@ -83,7 +93,15 @@ class GoogleSandbox:
 
     def _build_app(self) -> Flask:
         app = Flask(f"{__name__}.{id(self)}")
-        register_oauth_routes(app, self._oauth, self._lock, self.meter, self._consenting_mailbox)
+        register_oauth_routes(
+            app,
+            self._oauth,
+            self._lock,
+            self.meter,
+            self._consenting_mailbox,
+            self._workspace.assertion_grant,
+        )
+        register_directory_routes(app, self._workspace, self._oauth, self._lock, self.meter)
         register_gmail_routes(app, self._context)
         register_batch_route(app, self.meter)
         register_push_routes(app, self._context, self.push)
@@ -210,6 +228,11 @@ class GoogleSandbox:
         return self.url
 
     @property
+    def directory_endpoint(self) -> str:
+        """The Admin SDK's base URL ([gmail] directory_endpoint)."""
+        return self.url
+
+    @property
     def batch_uri(self) -> str:
         return f"{self.url}/batch/gmail/v1"
 
@@ -237,6 +260,11 @@ class GoogleSandbox:
             if _key(email) in self._mailboxes:
                 raise ValueError(f"mailbox {email} already exists")
             self._mailboxes[_key(email)] = Mailbox(email.strip(), tuple(aliases))
+
+    def _ensure_mailbox(self, email: str) -> None:
+        with self._lock:
+            if _key(email) not in self._mailboxes:
+                self._mailboxes[_key(email)] = Mailbox(email.strip(), ())
 
     def aliases(self, email: str) -> tuple[str, ...]:
         with self._lock:

@@ -32,6 +32,10 @@ AADSTS_MESSAGES = {
     "or use an existing refresh token.",
     65001: "The user or administrator has not consented to use the application.",
     65004: "User declined to consent to access the app.",
+    90093: "An administrator of the tenant has set a policy that prevents you from granting "
+    "the permissions this application requests. Contact an administrator, who can grant "
+    "permissions to this application on your behalf.",
+    90094: "The grant requires admin permission.",
     70000: "The provided value for the 'refresh_token' is not valid: it was replaced by a newer "
     "refresh token.",
     70003: "The app requested an unsupported grant type.",
@@ -43,6 +47,9 @@ AADSTS_MESSAGES = {
     7000218: "The request body must contain the following parameter: 'client_assertion' or "
     "'client_secret'.",
     7000215: "Invalid client secret provided.",
+    500011: "The resource principal named in the scope was not found in the tenant.",
+    1002012: "The provided value for scope is not valid. Client credential flows must have a "
+    "scope value with /.default suffixed to the resource identifier (application ID URI).",
     9002313: "Invalid request. Request is malformed or invalid.",
     9002325: "Proof Key for Code Exchange is required for cross-origin authorization code "
     "redemption.",
@@ -98,7 +105,8 @@ class User:
 @dataclass
 class Grant:
     email: str
-    scopes: tuple[str, ...]
+    scopes: tuple[str, ...]  # delegated scopes; an app token's application permissions (roles)
+    app: bool = False  # client credentials: no signed-in user, `/me` is refused
 
 
 @dataclass
@@ -149,6 +157,14 @@ class IdentityState:
     codes: dict[str, CodeRecord] = field(default_factory=dict)
     devices: dict[str, DeviceRecord] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Application permissions an admin granted the app in this tenant (client credentials).
+    app_permissions: set[str] = field(default_factory=set)
+    # Delegated consent (consent.py): the app's web redirect URIs, the tenant's administrators,
+    # a policy that blocks user consent, and the tenant-wide consent an administrator gave.
+    redirect_uris: set[str] = field(default_factory=set)
+    admins: set[str] = field(default_factory=set)
+    user_consent_blocked: bool = False
+    admin_consented: bool = False
 
     # --- tokens --------------------------------------------------------------------------
 

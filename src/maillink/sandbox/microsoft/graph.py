@@ -22,6 +22,12 @@ from flask import Flask, Response, request
 
 from maillink.sandbox._server import Meter
 from maillink.sandbox.microsoft.batch import Traffic, run_batch
+from maillink.sandbox.microsoft.directory import (
+    Directory,
+    app_mailbox,
+    check_app_mail,
+    reads_user,
+)
 from maillink.sandbox.microsoft.grants import Grant, IdentityState
 from maillink.sandbox.microsoft.mailbox import (
     DeltaRound,
@@ -62,8 +68,11 @@ class GraphContext:
     base_url: Callable[[], str]  # https://127.0.0.1:PORT (the Graph host)
     tokens: DeltaTokens = field(default_factory=DeltaTokens)
     expired_code: dict[tuple[str, str], str] = field(default_factory=dict)
+    directory: Directory = field(default_factory=Directory)
 
     def mailbox_for(self, grant: Grant, ref: str | None) -> Mailbox:
+        if grant.app:  # client credentials: any user by id or address, no `/me`
+            return app_mailbox(self, grant, ref)
         with self.lock:
             own = self.mailboxes.get(grant.email)
             if ref is None:
@@ -148,14 +157,16 @@ def _authenticate(ctx: GraphContext) -> Grant | Response:
 def _dispatch(ctx: GraphContext, grant: Grant, mailbox: Mailbox, rest: str, tail: str) -> Any:
     if tail == "":
         ctx.meter.count("graph.user")
-        if "User.Read" not in grant.scopes:
+        if not reads_user(grant):
             raise ODataError(
                 403,
                 "Authorization_RequestDenied",
                 "Insufficient privileges to complete the operation.",
             )
         return _user(ctx, mailbox, rest)
-    if not {"Mail.ReadBasic", "Mail.Read"}.intersection(grant.scopes):
+    if grant.app:
+        check_app_mail(ctx, grant, mailbox)
+    elif not {"Mail.ReadBasic", "Mail.Read"}.intersection(grant.scopes):
         raise ODataError(
             403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
         )

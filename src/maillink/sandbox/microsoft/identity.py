@@ -4,6 +4,7 @@ device code, as MSAL Python uses them, with errors in Entra ID's shape (``AADSTS
 Authorization codes need PKCE S256 and are redeemed once; every refresh returns a new refresh
 token and the old one keeps working only for `rotation_grace` seconds; device codes answer
 ``authorization_pending`` until the test approves them. Tokens are opaque random strings.
+Redirect URIs, a tenant that blocks user consent, and admin consent: `consent`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from urllib.parse import urlencode, urlsplit
 from flask import Flask, Response, request
 
 from maillink.sandbox._server import Meter
+from maillink.sandbox.microsoft.consent import (
+    redirect_uri_allowed,
+    register_admin_consent,
+    user_consent_refusal,
+)
+from maillink.sandbox.microsoft.directory import client_credentials
 from maillink.sandbox.microsoft.grants import (
     AADSTS_MESSAGES,
     DEVICE_GRANT,
-    LOOPBACK_HOSTS,
     RESOURCE_SCOPES,
     CodeRecord,
     DeviceRecord,
@@ -71,6 +77,7 @@ class IdentityRoutes:
             ("/<tenant>/oauth2/v2.0/token", self.token, ["POST"]),
         ):
             app.add_url_rule(rule, view.__name__, view, methods=methods)
+        register_admin_consent(app, self.state, self.meter, self.consenting)
 
     def tenant_ok(self, tenant: str) -> bool:
         names = {self.state.tenant.lower(), self.state.tenant_id, "common", "organizations"}
@@ -102,8 +109,7 @@ class IdentityRoutes:
         if not self.tenant_ok(tenant) or args.get("client_id") != self.state.client_id:
             return aad_error("unauthorized_client", 700016)
         redirect_uri = args.get("redirect_uri", "")
-        parts = urlsplit(redirect_uri)
-        if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS:
+        if not redirect_uri_allowed(self.state, redirect_uri):
             return aad_error("invalid_request", 50011)
         reply = _AuthorizeReply(redirect_uri, args.get("state"), args.get("response_mode"))
         refusal = _authorize_refusal(args)
@@ -112,6 +118,9 @@ class IdentityRoutes:
         email = self.consenting()
         if email is None:
             return reply.refuse("access_denied", 65004)
+        blocked = user_consent_refusal(self.state, email)
+        if blocked is not None:
+            return reply.refuse(*blocked)
         code = "sbx-code-" + secrets.token_urlsafe(24)
         scopes = resource_scopes(args.get("scope", ""))
         record = CodeRecord(
@@ -342,4 +351,5 @@ _GRANT_TYPES: dict[str, Callable[[IdentityState, Any, str], Any]] = {
     "authorization_code": _redeem_code,
     "refresh_token": _refresh,
     DEVICE_GRANT: _device,
+    "client_credentials": client_credentials,
 }

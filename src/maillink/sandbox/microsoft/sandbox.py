@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
 from maillink.sandbox.microsoft.batch import BATCH_PART, Traffic
+from maillink.sandbox.microsoft.directory import register_directory_routes
 from maillink.sandbox.microsoft.grants import Grant, IdentityState, User
 from maillink.sandbox.microsoft.graph import GraphContext, register_graph_routes
 from maillink.sandbox.microsoft.identity import register_identity_routes
@@ -121,6 +122,7 @@ class MicrosoftSandbox:
     def _graph_app(self) -> Flask:
         app = Flask(f"{__name__}.graph.{id(self)}")
         register_subscription_routes(app, self._graph, self.subscriptions)
+        register_directory_routes(app, self._graph)
         register_graph_routes(app, self._graph)
 
         @app.errorhandler(HTTPException)
@@ -235,6 +237,94 @@ class MicrosoftSandbox:
 
     def expire_access_tokens(self, email: str) -> None:
         self.identity.expire_access_tokens(_key(email))
+
+    # --- delegated consent: web redirect URIs, tenant admins, user consent blocked --------
+
+    def register_redirect_uri(self, uri: str) -> None:
+        """A web redirect URI registered for the app (matched exactly; loopback ones without a
+        path are always accepted, as MSAL's loopback flow needs)."""
+        with self.identity.lock:
+            self.identity.redirect_uris.add(uri)
+
+    def make_admin(self, email: str) -> None:
+        """The user becomes a tenant administrator (who may grant admin consent)."""
+        self._mailbox(email)
+        with self.identity.lock:
+            self.identity.admins.add(_key(email))
+
+    def block_user_consent(self, blocked: bool = True) -> None:
+        """The tenant's policy lets no user consent to apps (until an administrator grants
+        consent for the whole tenant at /{tenant}/adminconsent)."""
+        with self.identity.lock:
+            self.identity.user_consent_blocked = blocked
+
+    @property
+    def admin_consented(self) -> bool:
+        """Whether a tenant administrator granted the app's permissions for every user."""
+        return self.identity.admin_consented
+
+    # --- the tenant's directory, application permissions (client credentials) ----------
+
+    def grant_app_permissions(self, *permissions: str) -> None:
+        """An admin grants the app these application permissions (e.g. Mail.ReadBasic.All);
+        tokens issued from now on carry them."""
+        with self.identity.lock:
+            self.identity.app_permissions.update(permissions)
+
+    def revoke_app_permissions(self, *permissions: str) -> None:
+        """Taken back: tokens issued from now on lack them (app tokens already issued are
+        dropped, as if they had expired)."""
+        with self.identity.lock:
+            self.identity.app_permissions.difference_update(permissions)
+            for token in [t for t, r in self.identity.access.items() if r.grant.app]:
+                del self.identity.access[token]
+
+    def add_group(self, display_name: str, members: Iterable[str] = ()) -> str:
+        """A security group; returns its id."""
+        group_id = self._graph.directory.add_group(display_name)
+        for email in members:
+            self.add_group_member(group_id, email)
+        return group_id
+
+    def add_group_member(self, group_id: str, email: str) -> None:
+        self._mailbox(email)
+        with self._graph.directory.lock:
+            self._graph.directory.group(group_id).members.add(_key(email))
+
+    def remove_group_member(self, group_id: str, email: str) -> None:
+        with self._graph.directory.lock:
+            self._graph.directory.group(group_id).members.discard(_key(email))
+
+    def disable_user(self, email: str, disabled: bool = True) -> None:
+        """accountEnabled false (or true again) on the user."""
+        self._mailbox(email)
+        disabled_users = self._graph.directory.disabled
+        with self._graph.directory.lock:
+            if disabled:
+                disabled_users.add(_key(email))
+            else:
+                disabled_users.discard(_key(email))
+
+    def remove_user(self, email: str) -> None:
+        """The user (and its mailbox) leaves the tenant."""
+        key = _key(email)
+        self._mailbox(email)
+        self.identity.revoke(key)
+        with self._lock:
+            del self._mailboxes[key]
+            self.identity.users.pop(key, None)
+        with self._graph.directory.lock:
+            for group in self._graph.directory.groups.values():
+                group.members.discard(key)
+
+    def restrict_app_access(self, group_id: str | None) -> None:
+        """Exchange Online's application access policy (`New-ApplicationAccessPolicy
+        -AccessRight RestrictAccess -PolicyScopeGroupId …`): an app token reads only the mail
+        of this group's members; None removes the policy."""
+        if group_id is not None:
+            self._graph.directory.group(group_id)
+        with self._graph.directory.lock:
+            self._graph.directory.policy_group = group_id
 
     # --- mail ----------------------------------------------------------------------------
 

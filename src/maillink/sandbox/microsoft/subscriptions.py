@@ -8,6 +8,12 @@
     PATCH  /v1.0/subscriptions/{id}   renew: a new expirationDateTime
     DELETE /v1.0/subscriptions/{id}   204
 
+A user's token (delegated Mail.ReadBasic or Mail.Read) subscribes to its own mailbox only; an app
+token (client credentials) to any member's mailbox at `/users/{id}/…` when the app holds the
+application permission Mail.ReadBasic.All (or Mail.Read) and no application access policy keeps
+it out, as Graph allows. Each token manages (lists, renews, deletes) the subscriptions made with
+its kind: the app's, or the user's own.
+
 A message subscription lasts at most 10,080 minutes (`MAX_MINUTES`); a later expiration is
 refused, an expired subscription is gone. A message created in (or moved into) a subscribed folder
 sends a "created" notification, a changed one an "updated" notification, from a background thread
@@ -32,6 +38,7 @@ from urllib.parse import unquote
 import requests
 from flask import Flask, Response, request
 
+from maillink.sandbox.microsoft.directory import check_app_mail
 from maillink.sandbox.microsoft.graph import _USER, GraphContext, _authenticate
 from maillink.sandbox.microsoft.mailbox import iso, parse_iso
 from maillink.sandbox.microsoft.odata import ODataError
@@ -61,6 +68,7 @@ class Subscription:
     client_state: str | None
     expires: datetime
     application_id: str
+    by_app: bool = False  # made with an app token (application permissions), not a user's
 
     def body(self) -> dict[str, Any]:
         return {
@@ -73,7 +81,7 @@ class Subscription:
             "notificationUrl": self.notification_url,
             "lifecycleNotificationUrl": self.lifecycle_url,
             "expirationDateTime": iso(self.expires),
-            "creatorId": self.user_id,
+            "creatorId": self.application_id if self.by_app else self.user_id,
             "latestSupportedTlsVersion": "v1_2",
             "notificationContentType": None,
             "includeResourceData": None,
@@ -246,9 +254,16 @@ def _target(ctx: GraphContext, grant: Any, resource: str) -> tuple[str, str, str
         raise ODataError(
             400, "InvalidRequest", f"Resource '{resource}' is not supported for subscriptions."
         )
-    if not {"Mail.ReadBasic", "Mail.Read"}.intersection(grant.scopes):
+    if not grant.app and not {"Mail.ReadBasic", "Mail.Read"}.intersection(grant.scopes):
         raise ODataError(403, "ExtensionError", "Operation: Create; Exception: [Access denied]")
     mailbox = ctx.mailbox_for(grant, match.group(1) or match.group(2))
+    if grant.app:  # application permissions: any member's mailbox, with Mail.ReadBasic.All
+        try:
+            check_app_mail(ctx, grant, mailbox)
+        except ODataError as error:
+            raise ODataError(
+                403, "ExtensionError", f"Operation: Create; Exception: [{error.message}]"
+            ) from None
     folder = None
     ref = tail.group(1) or tail.group(2)
     if ref is not None:
@@ -311,13 +326,22 @@ def _new_subscription(
         state,
         expires,
         subs.application_id,
+        by_app=grant.app,
     )
+
+
+def _mine(subscription: Subscription, grant: Any) -> bool:
+    """An app token manages the subscriptions the app made with its own token; a user's token,
+    those made with a token of that user's."""
+    if grant.app:
+        return subscription.by_app
+    return not subscription.by_app and subscription.mailbox == grant.email
 
 
 def register_subscription_routes(app: Flask, ctx: GraphContext, subs: GraphSubscriptions) -> None:
     def own(subscription_id: str, grant: Any) -> Subscription:
         found = subs.live(subscription_id)
-        if found is None or found.mailbox != grant.email:
+        if found is None or not _mine(found, grant):
             raise ODataError(
                 404, "ResourceNotFound", f"The object was not found: {subscription_id}"
             )
@@ -341,7 +365,7 @@ def register_subscription_routes(app: Flask, ctx: GraphContext, subs: GraphSubsc
         grant = _authenticate(ctx)
         if isinstance(grant, Response):
             return grant
-        mine = [s.body() for s in subs.all_live() if s.mailbox == grant.email]
+        mine = [s.body() for s in subs.all_live() if _mine(s, grant)]
         return {"value": mine}
 
     @app.route("/v1.0/subscriptions/<subscription_id>", methods=["GET", "PATCH", "DELETE"])

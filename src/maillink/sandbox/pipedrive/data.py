@@ -109,6 +109,22 @@ class Person:
     emails: list[str]
     add_time: datetime
     update_time: datetime
+    org_id: int | None = None
+
+
+@dataclass
+class User:
+    """A user of the company (GET /api/v1/users): who may own activities."""
+
+    id: int
+    name: str
+    email: str
+    created: datetime
+    active: bool = True
+    is_you: bool = False  # the API token's user
+
+
+TOKEN_USER = (1, "Sandbox Admin", "admin@pipedrive-sandbox.invalid")  # owns what names no owner
 
 
 @dataclass
@@ -162,9 +178,20 @@ class Records:
     leads: dict[str, Lead] = field(default_factory=dict)
     projects: dict[int, Project] = field(default_factory=dict)
     activities: dict[int, dict[str, Any]] = field(default_factory=dict)
+    users: dict[int, User] = field(default_factory=dict)
+    organizations: dict[int, str] = field(default_factory=dict)  # id -> name
     lock: threading.RLock = field(default_factory=threading.RLock)
     _next_id: dict[str, int] = field(default_factory=dict)
     webhooks: SandboxWebhooks | None = None  # told of every change, to notify the webhooks
+
+    def __post_init__(self) -> None:
+        self.add_token_user()
+
+    def add_token_user(self) -> None:
+        """The API token's user, as every company has one (id 1)."""
+        uid, name, email = TOKEN_USER
+        self.users[uid] = User(uid, name, email, datetime(2024, 1, 1, tzinfo=UTC), is_you=True)
+        self._next_id["user"] = max(self._next_id.get("user", 0), uid)
 
     def next_id(self, kind: str) -> int:
         self._next_id[kind] = self._next_id.get(kind, 0) + 1
@@ -215,7 +242,10 @@ class Records:
         with self.lock:
             for table in (self.persons, self.deals, self.leads, self.projects, self.activities):
                 table.clear()
+            self.users.clear()
+            self.organizations.clear()
             self._next_id.clear()
+            self.add_token_user()
 
 
 def activity_type_json(type_id: int, name: str, key: str) -> dict[str, Any]:
@@ -242,7 +272,7 @@ def person_json(person: Person) -> dict[str, Any]:
         "first_name": first,
         "last_name": last,
         "owner_id": 1,
-        "org_id": None,
+        "org_id": person.org_id,
         "add_time": v2_time(person.add_time),
         "update_time": v2_time(person.update_time),
         "emails": [
@@ -284,7 +314,9 @@ def merged_person_json(person: Person, merged_id: int) -> dict[str, Any]:
     }
 
 
-def person_search_json(person: Person, score: float) -> dict[str, Any]:
+def person_search_json(
+    person: Person, score: float, organization_name: str | None = None
+) -> dict[str, Any]:
     """One `data.items[]` entry of GET /api/v2/persons/search."""
     return {
         "result_score": score,
@@ -296,7 +328,11 @@ def person_search_json(person: Person, score: float) -> dict[str, Any]:
             "emails": list(person.emails),
             "visible_to": 3,
             "owner": {"id": 1},
-            "organization": None,
+            "organization": (
+                {"id": person.org_id, "name": organization_name}
+                if person.org_id is not None
+                else None
+            ),
             "custom_fields": [],
             "notes": [],
         },
@@ -392,6 +428,32 @@ def project_json(project: Project) -> dict[str, Any]:
         "update_time": v1_time(project.update_time),
         "status_change_time": v1_time(project.status_change_time),
         "archive_time": v1_time(project.archive_time),
+    }
+
+
+def user_json(user: User) -> dict[str, Any]:
+    """One entry of GET /api/v1/users (v1 times: `YYYY-MM-DD HH:MM:SS`, UTC)."""
+    return {
+        "id": user.id,
+        "name": user.name,
+        "default_currency": "EUR",
+        "locale": "en_US",
+        "lang": 1,
+        "email": user.email,
+        "phone": None,
+        "activated": user.active,
+        "last_login": v1_time(user.created),
+        "created": v1_time(user.created),
+        "modified": None,
+        "has_created_company": user.is_you,
+        "access": [{"app": "sales", "admin": user.is_you, "permission_set_id": "1"}],
+        "active_flag": user.active,
+        "timezone_name": "Europe/Tallinn",
+        "timezone_offset": "+02:00",
+        "role_id": 1,
+        "icon_url": None,
+        "is_you": user.is_you,
+        "is_deleted": False,
     }
 
 

@@ -33,6 +33,7 @@ from maillink.sandbox.pipedrive.data import (
     Person,
     Project,
     Records,
+    User,
     activity_json,
     activity_type_json,
     note_has_key,
@@ -135,13 +136,27 @@ class PipedriveSandbox:
 
     # -- seeding -----------------------------------------------------------------------------
 
-    def add_person(self, name: str, emails: list[str]) -> int:
+    def add_person(self, name: str, emails: list[str], *, org_id: int | None = None) -> int:
         with self.records.lock:
             now = self.clock()
             pid = self.records.next_id("person")
-            self.records.persons[pid] = Person(pid, name, list(emails), now, now)
+            self.records.persons[pid] = Person(pid, name, list(emails), now, now, org_id)
             self.webhooks.created(self.records.persons[pid])
             return pid
+
+    def add_organization(self, name: str) -> int:
+        with self.records.lock:
+            oid = self.records.next_id("organization")
+            self.records.organizations[oid] = name
+            return oid
+
+    def add_user(self, name: str, email: str, *, active: bool = True) -> int:
+        """A user of the company (a rep): activities may name it as their owner. The API
+        token's user (id 1) is always there."""
+        with self.records.lock:
+            uid = self.records.next_id("user")
+            self.records.users[uid] = User(uid, name, email, self.clock(), active=active)
+            return uid
 
     def merge_persons(self, person_id: int, merge_with_id: int, at: datetime | None = None) -> None:
         """Merge `person_id` into `merge_with_id` as Pipedrive does (the API's PUT

@@ -26,6 +26,7 @@ from maillink.sandbox.pipedrive.data import (
     person_json,
     person_search_json,
     project_json,
+    user_json,
     v2_time,
 )
 from maillink.sandbox.pipedrive.query import (
@@ -58,6 +59,7 @@ TOKEN_COSTS: dict[str, int] = {
     "activities.create": 5,
     "activities.update": 5,
     "persons.create": 5,
+    "users.list": 20,
 }
 
 # Query parameters each v2 operation accepts (v2 refuses others); v1 ignores unknown ones.
@@ -111,6 +113,7 @@ class PipedriveViews:
             ("/api/v1/leads/archived", "leads.archived", self.leads_archived, "GET"),
             ("/api/v1/projects", "projects.list", self.projects_list, "GET"),
             ("/api/v1/activityTypes", "activityTypes.list", self.activity_types_list, "GET"),
+            ("/api/v1/users", "users.list", self.users_list, "GET"),
             ("/api/v2/activities", "activities.list", self.activities_list, "GET"),
             ("/api/v2/activities", "activities.create", self.activities_create, "POST"),
             ("/api/v2/activities/<int:activity_id>", "activities.get", self.activities_get, "GET"),
@@ -138,7 +141,11 @@ class PipedriveViews:
 
         with self.records.lock:
             found = [
-                person_search_json(person, 1.0 if exact else 0.5)
+                person_search_json(
+                    person,
+                    1.0 if exact else 0.5,
+                    self.records.organizations.get(person.org_id or 0),
+                )
                 for person in self.records.persons.values()
                 if ("email" in fields and any(matches(e) for e in person.emails))
                 or ("name" in fields and matches(person.name))
@@ -267,6 +274,12 @@ class PipedriveViews:
     def activity_types_list(self) -> Response:
         return jsonify({"success": True, "data": self.activity_types})
 
+    def users_list(self) -> Response:
+        """GET /api/v1/users: every user of the company, deactivated ones too (one page)."""
+        with self.records.lock:
+            users = sorted(self.records.users.values(), key=lambda u: u.id)
+            return jsonify({"success": True, "data": [user_json(u) for u in users]})
+
     # -- activities --------------------------------------------------------------------------
 
     def activities_list(self) -> Response:
@@ -381,6 +394,15 @@ class PipedriveViews:
                 raise ApiError(400, f"Person with id {participant['person_id']} not found")
         if "type" in body and body["type"] not in {t["key_string"] for t in self.activity_types}:
             raise ApiError(400, f"type {body['type']!r} is not an activity type of this company")
+        # An owner must be an active user of the company, an organization one it has (the
+        # spec names no error: modelled as the 400 it gives for the other records).
+        owner = body.get("owner_id")
+        user = records.users.get(owner) if owner is not None else None
+        if owner is not None and (user is None or not user.active):
+            raise ApiError(400, f"User with id {owner} not found")
+        org = body.get("org_id")
+        if org is not None and org not in records.organizations:
+            raise ApiError(400, f"Organization with id {org} not found")
 
     @staticmethod
     def _apply(activity: dict[str, Any], body: dict[str, Any], now: datetime) -> None:

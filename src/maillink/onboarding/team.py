@@ -1,0 +1,189 @@
+"""The team model: the mailboxes an admin connected at once, kept in step with the directory.
+
+A team connection (Microsoft tenant-wide through client credentials, Google domain-wide through
+a service account's delegation) lists the directory's members; `sync_members` makes the store's
+mailboxes of that connection follow the list:
+
+- a new member is added as a mailbox (`connected_via` = the connection, its directory id, and no
+  token of its own: the `token` column stays NULL, the round uses the app's credentials);
+- a mailbox whose address is no longer a member is paused, never deleted (its cursors, threads
+  and CRM links stay), with `last_error` = `LEFT_DIRECTORY`, the mark that this process paused it;
+- a paused mailbox that is a member again is resumed only when it carries that mark: a mailbox
+  that a person paused (`maillink accounts pause`, no mark) stays paused; a member's mailbox
+  that needs re-authorisation (the app's credentials were refused) is active again, since the
+  listing just succeeded with those credentials;
+- a mailbox that a rep connected themself (`connected_via` "user") is left alone, member or not.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from maillink.store import accounts
+
+if TYPE_CHECKING:
+    from maillink.app import App
+
+# The `last_error` of a mailbox paused because it left the directory (or the group); only a
+# mailbox paused with this mark is resumed when it comes back.
+LEFT_DIRECTORY = "paused: no longer a member of the directory or group (maillink accounts refresh)"
+
+# What a team connection's mailboxes are read with (shown by `maillink accounts --json`).
+SCOPES = {
+    ("microsoft", "tenant"): "Mail.ReadBasic.All",
+    ("gmail", "domain"): "https://www.googleapis.com/auth/gmail.metadata",
+}
+TEAM_CONNECTIONS = frozenset({"tenant", "domain"})
+
+
+@dataclass(frozen=True)
+class Member:
+    email: str  # the mailbox address (lower-cased)
+    directory_id: str | None  # Graph user id / Google user id
+
+
+@dataclass
+class MembersReport:
+    added: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    kept: int = 0
+
+    def summary(self, label: str) -> str:
+        """One line for the command line: what the refresh changed."""
+        parts = [f"{len(self.added)} added", f"{len(self.paused)} paused"]
+        parts += [f"{len(self.resumed)} resumed", f"{self.kept} unchanged"]
+        return f"{label}: " + ", ".join(parts)
+
+
+def sync_members(app: App, provider: str, via: str, members: Sequence[Member]) -> MembersReport:
+    """Make the mailboxes of `provider` connected `via` a team connection follow `members`
+    (in one transaction); returns what changed."""
+    if via not in TEAM_CONNECTIONS:
+        raise ValueError(f"not a team connection: {via!r}")
+    wanted: dict[str, Member] = {}
+    for member in members:
+        email = member.email.strip().lower()
+        if email:
+            wanted.setdefault(email, Member(email, member.directory_id))
+    report = MembersReport()
+    scopes = SCOPES.get((provider, via), "")
+    with app.store.transaction() as conn:
+        present = {a.email: a for a in accounts.connected_via(conn, provider, via)}
+        for email, member in sorted(wanted.items()):
+            account = present.get(email)
+            if account is None:
+                made = accounts.add_member(conn, email, provider, via, member.directory_id, scopes)
+                if made is not None:
+                    report.added.append(email)
+                else:  # already a mailbox of its own (a rep connected it): left alone
+                    report.kept += 1
+                continue
+            if member.directory_id and account.directory_id != member.directory_id:
+                accounts.set_directory_id(conn, account.id, member.directory_id)
+            if _back(account):
+                accounts.set_status(conn, account.id, accounts.ACTIVE)
+                report.resumed.append(email)
+            else:
+                report.kept += 1
+        for email, account in sorted(present.items()):
+            if email in wanted or account.status == accounts.PAUSED:
+                continue
+            # Active or needing re-authorisation: either way it is no longer ours to read.
+            accounts.set_status(conn, account.id, accounts.PAUSED, LEFT_DIRECTORY)
+            report.paused.append(email)
+    return report
+
+
+def _back(account: accounts.Account) -> bool:
+    """A member's mailbox to make active again: paused by a refresh (not by a person), or
+    needing re-authorisation (the app's credentials were refused: the listing that just worked
+    with them is the new consent; a mailbox of a team connection has none of its own)."""
+    if account.status == accounts.PAUSED:
+        return account.last_error == LEFT_DIRECTORY
+    return account.status == accounts.NEEDS_REAUTH
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    """One team connection's refresh: its label and report, or why it failed."""
+
+    label: str
+    report: MembersReport | None
+    error: str | None = None
+
+
+def refresh_teams(app: App) -> list[Refreshed]:
+    """`maillink accounts refresh` (and the daemon, daily): re-list the members of every
+    configured team connection and make its mailboxes follow. A connection that fails is
+    reported and the others still run."""
+    done: list[Refreshed] = []
+    for connection in team_connections(app):
+        refreshed = refresh_team(app, connection)
+        if refreshed is not None:
+            done.append(refreshed)
+    return done
+
+
+def refresh_team(app: App, connection: TeamConnection) -> Refreshed | None:
+    """Re-list one team connection's members and make its mailboxes follow (the web app's
+    "Connect / refresh members"); None when it turns out not to be configured. A failure is
+    returned, with the one line `maillink accounts refresh` prints, never raised."""
+    from maillink.errors import ConfigError, ConnectError
+    from maillink.providers.base import ProviderError
+
+    try:
+        found = connection.members()
+        if found is None:
+            return None
+        report = sync_members(app, connection.provider, connection.via, found)
+    except (ConfigError, ConnectError, ProviderError) as error:
+        return Refreshed(connection.label, None, str(error) or type(error).__name__)
+    return Refreshed(connection.label, report)
+
+
+@dataclass(frozen=True)
+class TeamConnection:
+    """A team connection: its label, provider, `connected_via`, how to list its members (None
+    from `members()`: not configured after all), and whether its settings say it is configured
+    (known without listing anyone: what the web app's Team page shows)."""
+
+    label: str
+    provider: str
+    via: str  # "tenant" | "domain"
+    members: Callable[[], Sequence[Member] | None]
+    configured: bool = True
+
+
+def team_connections(app: App) -> list[TeamConnection]:
+    """Each configured team connection: Microsoft tenant-wide when a mailbox is connected so or
+    `[microsoft] members_group` is set; Google domain-wide when `maillink.onboarding.google_domain`
+    says so (its `domain_members` answers None when it is not configured)."""
+    with app.store.engine.connect() as conn:
+        tenant = bool(accounts.connected_via(conn, "microsoft", "tenant"))
+    found: list[TeamConnection] = []
+    if tenant or app.settings.microsoft.members_group is not None:
+        from maillink.onboarding.microsoft_tenant import tenant_members
+
+        found.append(
+            TeamConnection(
+                "microsoft tenant-wide", "microsoft", "tenant", lambda: tenant_members(app)
+            )
+        )
+    try:  # written beside this one (Google domain-wide); absent: no such connection
+        google_domain = importlib.import_module("maillink.onboarding.google_domain")
+    except ModuleNotFoundError:
+        return found
+    domain_members = getattr(google_domain, "domain_members", None)
+    if callable(domain_members):
+        gmail = app.settings.gmail
+        configured = bool(gmail.members or gmail.domain_wide_admin)
+        found.append(
+            TeamConnection(
+                "google domain-wide", "gmail", "domain", lambda: domain_members(app), configured
+            )
+        )
+    return found
