@@ -8,6 +8,8 @@ process against the same sandboxes (which run here, in threads):
 2. the naive strategy (bench/naive.py): one messages.get per message, no CRM caches;
 3. `maillink backfill` of another mailbox of `--quota-messages` emails, with the Google sandbox
    enforcing `--quota` units/s per mailbox and maillink pacing itself at `--pace-share` of it.
+With `--crm hubspot` (or `both`, the default) the same mailbox (same seed) is also backfilled
+with HubSpot as the CRM, and the CRM requests per message are printed side by side.
 It prints each run's figures and the naive/maillink ratios. Not part of the test suite.
 """
 
@@ -38,6 +40,15 @@ from maillink.sandbox.workspace import write_workspace
 from maillink.store import accounts
 from maillink.store.schema import messages
 
+PIPEDRIVE_WRITES = ("activities.create", "activities.update", "persons.create")
+HUBSPOT_WRITES = (
+    "objects.batch.create",
+    "objects.create",
+    "objects.update",
+    "objects.batch.update",
+    "associations.create",
+    "associations.archive",
+)
 READS = (
     "persons.search",
     "persons.list",
@@ -64,6 +75,7 @@ class Figures:
     throttled: int  # 429 answers, Google's and Pipedrive's
     stored: int
     outbox_pending: int
+    pipedrive_writes: int = 0
 
     def per(self, value: float) -> float:
         return value / max(self.messages, 1)
@@ -88,13 +100,14 @@ class Figures:
 def _workspace(
     folder: Path,
     google: GoogleSandbox,
-    pipedrive: PipedriveSandbox,
+    pipedrive: PipedriveSandbox | None,
     gmail_keys: str,
     microsoft: Any = None,
+    hubspot: Any = None,
 ) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = write_workspace(
-        folder, google, pipedrive, internal_domains=[DOMAIN], microsoft=microsoft
+        folder, google, pipedrive, internal_domains=[DOMAIN], microsoft=microsoft, hubspot=hubspot
     )
     text = config.read_text().replace("[gmail]\n", f"[gmail]\n{gmail_keys}\n", 1)
     config.write_text(text)
@@ -171,6 +184,7 @@ def _measure(
         throttled=mail.statuses[429] + pipedrive.meter.statuses[429],
         stored=stored,
         outbox_pending=pending,
+        pipedrive_writes=sum(pipedrive.meter.requests[op] for op in PIPEDRIVE_WRITES),
     )
 
 
@@ -206,6 +220,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--graph-messages", type=int, default=10_000, help="an Outlook mailbox; 0: skip it"
     )
+    parser.add_argument(
+        "--crm",
+        choices=("pipedrive", "hubspot", "both"),
+        default="both",
+        help="the CRM of the maillink runs; both: the same mailbox once with each",
+    )
     parser.add_argument("--profile", metavar="FILE", help="cProfile maillink's backfill")
     parser.add_argument("--runner", metavar="SCRIPT", help=argparse.SUPPRESS)  # development
     args = parser.parse_args(argv)
@@ -216,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="maillink-bench-") as tmp:
         root = Path(tmp)
+        hubspot = _hubspot_run(args, root / "hubspot") if args.crm != "pipedrive" else None
+        if args.crm == "hubspot":
+            assert hubspot is not None
+            print(f"\n{'HubSpot requests / message':<32}{_fmt(hubspot.per(hubspot.crm_http)):>14}")
+            return
         with GoogleSandbox() as google, PipedriveSandbox() as pipedrive:
             started = time.monotonic()
             generated = generate_mailbox(
@@ -254,10 +279,92 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(_summary(runs[-1]))
         print()
         _table(runs)
+        if hubspot is not None:
+            _side_by_side(runs[0], hubspot)
         if args.quota_messages:
             _quota_run(args, root / "quota")
         if args.graph_messages:
             _graph_run(args, root / "graph")
+
+
+@dataclass
+class CrmFigures:
+    """What one backfill cost the CRM: HTTP requests, and how many of them read or wrote."""
+
+    messages: int
+    crm_http: int
+    crm_reads: int
+    crm_writes: int
+    by_operation: dict[str, int]
+
+    def per(self, value: float) -> float:
+        return value / max(self.messages, 1)
+
+
+def _hubspot_run(args: argparse.Namespace, folder: Path) -> CrmFigures:
+    """`maillink backfill` of the main run's mailbox (same seed and sizes) with HubSpot as the
+    CRM: the same persons, deals, leads (projects as deals of a projects pipeline)."""
+    from maillink.sandbox.hubspot import HubSpotSandbox
+
+    sys.setswitchinterval(0.0005)
+    with GoogleSandbox() as google, HubSpotSandbox() as hubspot:
+        generated = generate_mailbox(
+            google,
+            hubspot,
+            messages=args.messages,
+            seed=args.seed,
+            messages_per_contact=args.messages_per_contact,
+            known_share=args.known_share,
+        )
+        config = _workspace(folder, google, None, "quota_units_per_minute = 0", hubspot=hubspot)
+        _connect(config, google, generated.rep)
+        hubspot.meter.reset()
+        google.meter.reset()
+        command = [sys.executable, "-m", "maillink", "backfill"]
+        seconds, _ = _run(command, config, config.with_name("hubspot.log"))
+        app = App(load_settings(config))
+        with app.store.engine.connect() as conn:
+            pending = pending_count(conn)
+        app.close()
+        used = {k: v for k, v in hubspot.meter.requests.items() if k != "http"}
+        writes = sum(used.get(op, 0) for op in HUBSPOT_WRITES)
+        figures = CrmFigures(
+            messages=generated.messages,
+            crm_http=hubspot.meter.requests["http"],
+            crm_reads=sum(used.values()) - writes,
+            crm_writes=writes,
+            by_operation=used,
+        )
+        emails = len(hubspot.emails())
+    print(
+        f"hubspot: {generated.messages} messages in {seconds:.1f}s; "
+        f"{figures.crm_http} HubSpot requests ({figures.crm_reads} reads, "
+        f"{figures.crm_writes} writes) = {figures.per(figures.crm_http):.4f} per message; "
+        f"{emails} emails written, outbox pending {pending}; "
+        f"{google.meter.requests['http']} Gmail requests"
+    )
+    print("  by operation: " + ", ".join(f"{k} {v}" for k, v in sorted(used.items())))
+    return figures
+
+
+def _side_by_side(pipedrive: Figures, hubspot: CrmFigures) -> None:
+    """The CRM cost of the same mailbox in both CRMs, per message."""
+    writes = pipedrive.pipedrive_writes
+    print(f"\n{'same mailbox, per message':<32}{'Pipedrive':>14}{'HubSpot':>14}")
+    print(
+        f"{'CRM requests / message':<32}{_fmt(pipedrive.per(pipedrive.pipedrive_http)):>14}"
+        f"{_fmt(hubspot.per(hubspot.crm_http)):>14}"
+    )
+    print(
+        f"{'CRM reads / message':<32}{_fmt(pipedrive.per(pipedrive.pipedrive_reads)):>14}"
+        f"{_fmt(hubspot.per(hubspot.crm_reads)):>14}"
+    )
+    print(
+        f"{'CRM writes / message':<32}{_fmt(pipedrive.per(writes)):>14}"
+        f"{_fmt(hubspot.per(hubspot.crm_writes)):>14}"
+    )
+    print(f"Pipedrive requests / message: {pipedrive.per(pipedrive.pipedrive_http):.4f}")
+    print(f"HubSpot requests / message: {hubspot.per(hubspot.crm_http):.4f}")
 
 
 def _summary(run: Figures) -> str:

@@ -98,7 +98,8 @@ class Daemon:
         return self.err.exists() and '"event": "start"' in self.err.read_text()
 
 
-def start_daemon(folder: Path, config: Path, name: str) -> Daemon:
+def start_daemon(folder: Path, config: Path, name: str, *, ops_port: int | None = None) -> Daemon:
+    """`maillink daemon` in a child process, its ops endpoint off (or on `ops_port`)."""
     counts, out, err = (folder / f"{name}{ext}" for ext in (".counts.json", ".out", ".err"))
     env = dict(os.environ, MAILLINK_CONFIG=str(config))
     env.pop("MAILLINK_STORE_URL", None)
@@ -106,7 +107,8 @@ def start_daemon(folder: Path, config: Path, name: str) -> Daemon:
         p for p in (env.get("PYTHONPATH", ""), str(ROOT)) if p
     )  # a PYTHONPATH given first: it may name another checkout of maillink
     command = [sys.executable, "-m", "bench._counted", str(counts), "maillink", "daemon"]
-    command += ["--log-format", "json", "--no-ops"]
+    command += ["--log-format", "json"]
+    command += ["--no-ops"] if ops_port is None else ["--ops-port", str(ops_port)]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env)
     return Daemon(name, process, counts, err)

@@ -33,6 +33,10 @@ from maillink.sync import Syncer
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from maillink.crm.hubspot_oauth import Grant as HubSpotGrant
+    from maillink.crm.hubspot_oauth import OAuthApp as HubSpotOAuthApp
+    from maillink.crm.hubspot_oauth import OAuthTokens as HubSpotTokens
+    from maillink.crm.hubspot_webhooks import HubSpotWebhooks
     from maillink.onboarding.microsoft import ConnectedMicrosoftAccount, MicrosoftTokenSource
     from maillink.onboarding.microsoft_tenant import AppTokenSource
     from maillink.providers.google_token import GoogleCredentials
@@ -115,7 +119,74 @@ class App:
         if hubspot is None:
             where = self.settings.credentials_path
             raise ConfigError(f'{where}: hubspot is missing: add {{"access_token": "…"}}')
-        return HubSpotCRM(self.settings.crm.base_url, access_token=hubspot.access_token)
+        if hubspot.access_token:
+            return HubSpotCRM(self.settings.crm.base_url, access_token=hubspot.access_token)
+        return HubSpotCRM(self.settings.crm.base_url, tokens=self.hubspot_tokens())
+
+    def hubspot_tokens(self) -> HubSpotTokens:
+        """The access tokens of the grant `maillink crm connect hubspot` stored (encrypted in
+        the store's crm_state); `CRMAuthError` when there is none or no key reads it."""
+        from maillink.crm.base import CRMAuthError
+        from maillink.crm.hubspot_oauth import RECONNECT, STATE_NAME, Grant, OAuthTokens
+        from maillink.errors import WrongKeyError
+        from maillink.store import cache
+
+        oauth_app = self.hubspot_app()
+        with self.store.engine.connect() as conn:
+            stored = cache.get_state(conn, STATE_NAME)
+        if stored is None:
+            raise CRMAuthError(f"HubSpot is not connected yet; {RECONNECT}")
+        try:
+            grant = Grant.loads(self.cipher.decrypt(stored))
+        except WrongKeyError:
+            raise CRMAuthError(
+                f"the stored HubSpot grant cannot be decrypted; {RECONNECT}"
+            ) from None
+        return OAuthTokens(oauth_app, grant.refresh_token)
+
+    def hubspot_webhooks(self) -> HubSpotWebhooks | None:
+        """What the daemon's `POST /webhooks/hubspot` needs: the public app's client secret
+        (which signs HubSpot's webhooks) and the adapter to read a deal's contacts; None when
+        the CRM is not HubSpot or no public app is configured (changes are then polled)."""
+        from maillink.crm.base import CRMError
+        from maillink.crm.hubspot import HubSpotCRM
+        from maillink.crm.hubspot_webhooks import HubSpotWebhooks, persons_of
+
+        hubspot = self.credentials.hubspot
+        if self.settings.crm.kind != "hubspot" or hubspot is None or not hubspot.client_secret:
+            return None
+        try:
+            crm = self.crm
+        except CRMError:
+            crm = None
+        return HubSpotWebhooks(
+            hubspot.client_secret,
+            public_url=self.settings.daemon.public_url,
+            persons_of=persons_of(crm) if isinstance(crm, HubSpotCRM) else None,
+        )
+
+    def save_hubspot_grant(self, grant: HubSpotGrant) -> None:
+        """Keep the grant of a HubSpot consent, encrypted; it replaces the one before."""
+        from maillink.crm.hubspot_oauth import STATE_NAME
+        from maillink.store import cache
+
+        with self.store.transaction() as conn:
+            cache.set_state(conn, STATE_NAME, self.cipher.encrypt(grant.dumps()))
+
+    def hubspot_app(self) -> HubSpotOAuthApp:
+        """The HubSpot public app of credentials.json `hubspot` (client_id, client_secret)."""
+        from maillink.crm.hubspot_oauth import OAuthApp
+
+        hubspot = self.credentials.hubspot
+        if hubspot is None or not hubspot.client_id or not hubspot.client_secret:
+            where = self.settings.credentials_path
+            raise ConfigError(
+                f"{where}: hubspot has no public app: add client_id and client_secret "
+                "(HubSpot app > Auth)"
+            )
+        return OAuthApp(
+            hubspot.client_id, hubspot.client_secret, hubspot.auth_url, hubspot.token_url
+        )
 
     # -- linking -------------------------------------------------------------------------------
     def policy(self) -> LinkingPolicy:
@@ -198,6 +269,10 @@ class App:
     def provider_for(self, account: Account, *, policy: RetryPolicy | None = None) -> MailProvider:
         """The mailbox's adapter; `policy` replaces the default retry policy (the daemon's counts
         every API answer for its metrics)."""
+        from maillink.onboarding.team import TEAM_CONNECTIONS, team_policy
+
+        if account.connected_via in TEAM_CONNECTIONS:  # read with the app's own credentials
+            policy = team_policy(policy)
         if account.provider == "microsoft":
             return self._graph_provider(account, policy)
         if account.provider != "gmail":
@@ -431,6 +506,8 @@ class App:
 
     def rotate_keys(self) -> int:
         """Re-encrypt every stored token under the newest key; returns how many."""
+        from maillink.crm.hubspot_oauth import STATE_NAME as HUBSPOT_GRANT
+        from maillink.store import cache
         from maillink.web.session_key import rotate_session_key
 
         count = 0
@@ -440,6 +517,10 @@ class App:
                     accounts.set_token(conn, account.id, self.cipher.rotate(account.token))
                     count += 1
             rotate_session_key(conn, self.cipher)
+            grant = cache.get_state(conn, HUBSPOT_GRANT)
+            if grant is not None:
+                cache.set_state(conn, HUBSPOT_GRANT, self.cipher.rotate(grant))
+                count += 1
         return count
 
     def close(self) -> None:

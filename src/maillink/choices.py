@@ -27,20 +27,26 @@ ID_FORMATS = {
     ItemKind.PROJECT: (_INTEGER_ID, "a project's id is a whole number, e.g. project:3"),
     ItemKind.LEAD: (_UUID, "a lead's id is a UUID, e.g. lead:5d1c3a9e-0b7f-4c2e-9a51-3f0c8d2e6b14"),
 }
+# HubSpot names every record, leads too, by a whole number.
+HUBSPOT_ID_FORMATS = {
+    **ID_FORMATS,
+    ItemKind.LEAD: (_INTEGER_ID, "a lead's id is a whole number, e.g. lead:12"),
+}
 
 
-def well_formed(item: ItemRef) -> ItemRef:
-    """`item` with its id in canonical form; ValueError when the id cannot be one of its kind."""
-    pattern, example = ID_FORMATS[item.kind]
+def well_formed(item: ItemRef, crm: str = "pipedrive") -> ItemRef:
+    """`item` with its id in canonical form; ValueError when the id cannot be one of its kind
+    in `crm` (the `[crm] kind`)."""
+    pattern, example = (HUBSPOT_ID_FORMATS if crm == "hubspot" else ID_FORMATS)[item.kind]
     ident = item.id.strip().lower() if item.kind is ItemKind.LEAD else item.id.strip()
     if not pattern.fullmatch(ident):
         raise ValueError(f"{str(item)[:80]!r} is not an item: {example}")
     return ItemRef(item.kind, ident)
 
 
-def parse_item(text: str) -> ItemRef:
+def parse_item(text: str, crm: str = "pipedrive") -> ItemRef:
     """`deal:ID`, `lead:ID` or `project:ID`, well formed; ValueError with what to write."""
-    return well_formed(ItemRef.parse(text))
+    return well_formed(ItemRef.parse(text), crm)
 
 
 def thread_person_items(app: App, thread_id: int, *, fresh: bool = False) -> dict[ItemRef, Item]:
@@ -74,7 +80,7 @@ def thread_person_items(app: App, thread_id: int, *, fresh: bool = False) -> dic
 def check_choice(app: App, thread_id: int, item: ItemRef) -> ItemRef:
     """`item`, canonical, if it may be chosen for the thread; ConfigError saying why not."""
     try:
-        item = well_formed(item)
+        item = well_formed(item, app.settings.crm.kind)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if item in thread_person_items(app, thread_id):

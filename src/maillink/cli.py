@@ -107,11 +107,18 @@ def cli(ctx: click.Context, config: str | None, debug: bool) -> None:
 @cli.command()
 @click.option("--messages", default=2400, show_default=True, help="Size of the generated mailbox.")
 @click.option("--seed", default=7, show_default=True, help="Seed of the generated team.")
-def demo(messages: int, seed: int) -> None:
+@click.option(
+    "--crm",
+    type=click.Choice(["pipedrive", "hubspot"]),
+    default="pipedrive",
+    show_default=True,
+    help="The CRM sandbox the pipeline writes to.",
+)
+def demo(messages: int, seed: int, crm: str) -> None:
     """Run the whole pipeline against the local sandbox and print a summary."""
     from maillink.demo import run_demo
 
-    run_demo(messages=messages, seed=seed, out=click.echo)
+    run_demo(messages=messages, seed=seed, crm=crm, out=click.echo)
 
 
 # -- connect ------------------------------------------------------------------------------------
@@ -565,7 +572,8 @@ def choose(obj: Obj, thread_id: int, item: str) -> None:
     from maillink.choices import choose_item, parse_item
 
     try:
-        ref = parse_item(item)  # well-formed ids only; choose_item checks the thread's persons
+        # well-formed ids only; choose_item checks the thread's persons
+        ref = parse_item(item, obj.checked_app.settings.crm.kind)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     outcome = choose_item(obj.checked_app, thread_id, ref)
@@ -644,6 +652,31 @@ cli.add_command(outbox)
 from maillink.cli_webhooks import crm  # noqa: E402  (click only: cheap to import)
 
 cli.add_command(crm)
+
+
+@crm.command("connect")
+@click.argument("kind", type=click.Choice(["hubspot"]))
+@click.option("--no-browser", is_flag=True, help="Print the authorization URL instead.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8757,
+    show_default=True,
+    help="Loopback port of the redirect (the app's redirect URL is "
+    "http://localhost:PORT/oauth-callback).",
+)
+@pass_obj
+def crm_connect(obj: Obj, kind: str, no_browser: bool, port: int) -> None:
+    """Connect the CRM through its public app (OAuth): the refresh token is stored encrypted."""
+    from maillink.crm.hubspot_oauth import connect_hubspot
+
+    app = obj.checked_app
+    oauth_app = app.hubspot_app()
+    _ = app.cipher  # no encryption key: say so before the consent, not after
+    grant = connect_hubspot(oauth_app, open_browser=not no_browser, port=port)
+    app.save_hubspot_grant(grant)
+    hub = f" (account {grant.hub_id})" if grant.hub_id is not None else ""
+    click.echo(f"connected HubSpot{hub}; the daemon uses it from its next start")
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ DEFAULT_CONFIG = "maillink.toml"
 DEFAULT_CREDENTIALS = "credentials.json"
 PIPEDRIVE_TOKEN_URL = "https://oauth.pipedrive.com/oauth/token"
 HUBSPOT_API_URL = "https://api.hubapi.com"
+HUBSPOT_AUTH_URL = "https://app.hubspot.com/oauth/authorize"
+HUBSPOT_TOKEN_URL = "https://api.hubapi.com/oauth/v3/token"
 CRM_KINDS = ("pipedrive", "hubspot")
 GOOGLE_AUTH_URI = "https://accounts.google.com/o/oauth2/auth"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -153,9 +155,15 @@ class PipedriveCredentials:
 
 @dataclass(frozen=True)
 class HubSpotCredentials:
-    """A HubSpot private app's access token."""
+    """A HubSpot private app's access token, or a public app's OAuth client (its refresh token
+    is kept encrypted in the store by `maillink crm connect hubspot`; its client secret also
+    signs HubSpot's webhooks)."""
 
-    access_token: str = field(repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    auth_url: str = HUBSPOT_AUTH_URL
+    token_url: str = HUBSPOT_TOKEN_URL
 
 
 @dataclass(frozen=True)
@@ -940,13 +948,30 @@ def _microsoft_credentials(t: _Table) -> MicrosoftCredentials:
 
 def _hubspot(t: _Table) -> HubSpotCredentials:
     access_token = t.text("access_token", None) or None
+    client_id = t.text("client_id", None) or None
+    client_secret = t.text("client_secret", None) or None
+    auth_url = check_endpoint(t.text("auth_url", HUBSPOT_AUTH_URL), t.label("auth_url"))
+    token_url = check_endpoint(t.text("token_url", HUBSPOT_TOKEN_URL), t.label("token_url"))
     t.finish()
-    if not access_token:
+    if not access_token and not (client_id or client_secret):
         raise ConfigError(
             f"{t.label('access_token')} is missing: set the access token of a HubSpot private app "
-            "(Settings > Integrations > Private apps)"
+            "(Settings > Integrations > Private apps), or client_id and client_secret of a "
+            "public app (then run: maillink crm connect hubspot)"
         )
-    return HubSpotCredentials(access_token=access_token)
+    if client_id and not client_secret or client_secret and not client_id:
+        missing = "client_secret" if client_id else "client_id"
+        raise ConfigError(
+            f"{t.label(missing)} is missing (client_id and client_secret of a HubSpot public "
+            "app go together)"
+        )
+    return HubSpotCredentials(
+        access_token=access_token,
+        client_id=client_id,
+        client_secret=client_secret,
+        auth_url=auth_url,
+        token_url=token_url,
+    )
 
 
 def _pipedrive(t: _Table) -> PipedriveCredentials:

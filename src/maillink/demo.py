@@ -1,8 +1,9 @@
 """`maillink demo`: the whole pipeline against the local sandbox, with nothing else needed.
 
-Starts the Google and Pipedrive sandboxes, seeds a generated team, onboards each rep's mailbox
-through the real OAuth onboarding code, backfills, then runs an incremental round with new mail
-and a deal won meanwhile, and a second round that must write nothing new. Prints what happened.
+Starts the Google, Microsoft and CRM sandboxes (Pipedrive, or HubSpot with `--crm hubspot`),
+seeds a generated team, onboards each rep's mailbox through the real OAuth onboarding code,
+backfills, then runs an incremental round with new mail and a deal won meanwhile, and a second
+round that must write nothing new. Prints what happened.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from maillink.daemon import sync_round
 from maillink.outbox import pending_count
 from maillink.sandbox.browser import ConsentingBrowser
 from maillink.sandbox.google import GoogleSandbox
+from maillink.sandbox.hubspot import HubSpotSandbox
 from maillink.sandbox.microsoft import MicrosoftSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
 from maillink.sandbox.seed import (
@@ -33,6 +35,56 @@ from maillink.sandbox.seed import (
 )
 from maillink.sandbox.workspace import write_workspace
 from maillink.store.read_models import reason_counts
+
+CRMS = ("pipedrive", "hubspot")
+
+
+class _DemoCrm:
+    """What the demo does with the CRM sandbox of its choice: the same seeding calls for both
+    (`load_team`), the CRM's users, its cost, and what it holds at the end."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.sandbox: PipedriveSandbox | HubSpotSandbox = (
+            HubSpotSandbox() if kind == "hubspot" else PipedriveSandbox()
+        )
+        self.name = "HubSpot" if kind == "hubspot" else "Pipedrive"
+
+    def add_user(self, email: str) -> None:
+        name = email.split("@")[0].title()
+        if isinstance(self.sandbox, HubSpotSandbox):
+            self.sandbox.add_owner(email, name)
+        else:
+            self.sandbox.add_user(name, email)
+
+    def workspace(self, folder: Path, google: Any, microsoft: Any, domain: str) -> Path:
+        if isinstance(self.sandbox, HubSpotSandbox):
+            return write_workspace(
+                folder,
+                google,
+                None,
+                hubspot=self.sandbox,
+                internal_domains=[domain],
+                microsoft=microsoft,
+            )
+        return write_workspace(
+            folder, google, self.sandbox, internal_domains=[domain], microsoft=microsoft
+        )
+
+    def cost(self, messages: int) -> str:
+        """The CRM's hidden cost of the backfill: Pipedrive's API tokens, HubSpot's requests
+        (its limits count requests; batching keeps them low)."""
+        per = max(messages, 1)
+        requests = self.sandbox.meter.requests["http"]
+        if isinstance(self.sandbox, HubSpotSandbox):
+            return f"HubSpot {requests} requests, {requests / per:.3f} requests per message"
+        tokens = self.sandbox.meter.total_units
+        return f"Pipedrive {requests} requests, {tokens / per:.2f} API tokens per message"
+
+    def emails_held(self) -> str:
+        if isinstance(self.sandbox, HubSpotSandbox):
+            return f"HubSpot now holds {len(self.sandbox.emails())} email engagements"
+        return f"Pipedrive now holds {len(self.sandbox.activities())} activities"
 
 
 @contextmanager
@@ -66,36 +118,42 @@ def _table(counts: Counter[str], out: Callable[[str], None]) -> None:
 
 
 def run_demo(
-    *, messages: int = 2400, seed: int = 7, out: Callable[[str], None] = print
+    *,
+    messages: int = 2400,
+    seed: int = 7,
+    crm: str = "pipedrive",
+    out: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """The demo against the `crm` sandbox ("pipedrive" or "hubspot"); returns its figures."""
+    if crm not in CRMS:
+        raise ValueError(f"crm {crm!r}: use one of {', '.join(CRMS)}")
     started = time.monotonic()
     now = datetime.now(UTC).replace(microsecond=0)
     team = generate_team(messages=messages, seed=seed, now=now, reps=("alice", "bob", "carol"))
     outlook = [rep for rep in team.reps if rep.startswith("carol@")]
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"crm": crm}
+    chosen = _DemoCrm(crm)
     with (
         GoogleSandbox() as google,
         MicrosoftSandbox() as microsoft,
-        PipedriveSandbox() as pipedrive,
+        chosen.sandbox as sandbox,
         tempfile.TemporaryDirectory(prefix="maillink-demo-") as tmp,
         _trusting(microsoft.ca_bundle),
     ):
         odd = odd_messages(team, team.reps[0], now)
         mail = load_team(
-            team, google, pipedrive, extra_threads=odd, microsoft=microsoft, outlook=outlook
+            team, google, sandbox, extra_threads=odd, microsoft=microsoft, outlook=outlook
         )
-        for rep in team.reps[:-1]:  # the last rep has no Pipedrive user: `accounts` says so
-            pipedrive.add_user(rep.split("@")[0].title(), rep)
+        for rep in team.reps[:-1]:  # the last rep has no CRM user: `accounts` says so
+            chosen.add_user(rep)
         out(
-            f"sandbox: Google at {google.url}, Microsoft at {microsoft.graph_url}, Pipedrive at "
-            f"{pipedrive.url}; a team of {len(team.reps)} reps ({len(outlook)} on Outlook), "
+            f"sandbox: Google at {google.url}, Microsoft at {microsoft.graph_url}, {chosen.name} "
+            f"at {sandbox.url}; a team of {len(team.reps)} reps ({len(outlook)} on Outlook), "
             f"{team.message_count + sum(len(t.messages) for t in odd)} emails in "
             f"{len(team.threads) + len(odd)} threads, {sum(p.known for p in team.persons)} CRM "
             f"persons, {len(team.items)} items"
         )
-        config = write_workspace(
-            Path(tmp), google, pipedrive, internal_domains=[team.domain], microsoft=microsoft
-        )
+        config = chosen.workspace(Path(tmp), google, microsoft, team.domain)
         app = App(load_settings(config))
         try:
             # 1. onboarding, through the real OAuth code (PKCE, state, loopback redirect); the
@@ -115,7 +173,7 @@ def run_demo(
             # 2. backfill
             google.meter.reset()
             microsoft.meter.reset()
-            pipedrive.meter.reset()
+            sandbox.meter.reset()
             syncer = app.syncer()
             backfilled = Counter[str]()
             for account in app.store_accounts():
@@ -130,11 +188,11 @@ def run_demo(
                 "graph_http": microsoft.meter.requests["http"],
                 "gmail_units": google.meter.total_units,
                 "gmail_http": google.meter.requests["http"],
-                "pipedrive_http": pipedrive.meter.requests["http"],
-                "pipedrive_tokens": pipedrive.meter.total_units,
+                f"{crm}_http": sandbox.meter.requests["http"],
             }
+            if isinstance(sandbox, PipedriveSandbox):
+                figures["pipedrive_tokens"] = sandbox.meter.total_units
             report["backfill"] = figures
-            per = max(figures["messages"], 1)
             per_gmail = max(figures["gmail_messages"], 1)
             out(
                 f"backfill: {figures['messages']} messages in {time.monotonic() - started:.1f}s; "
@@ -142,8 +200,7 @@ def run_demo(
                 f"quota units and {figures['gmail_http'] / per_gmail:.3f} HTTP requests per message; "
                 f"Graph ({figures['graph_messages']}) "
                 f"{figures['graph_http'] / max(figures['graph_messages'], 1):.3f} requests per message; "
-                f"Pipedrive {figures['pipedrive_http']} requests, "
-                f"{figures['pipedrive_tokens'] / per:.2f} API tokens per message"
+                f"{chosen.cost(figures['messages'])}"
             )
 
             # 3. meanwhile: a deal is won, new mail arrives
@@ -152,7 +209,7 @@ def run_demo(
             )
             deal = won_thread.items[0]
             assert isinstance(deal.crm_id, int)
-            pipedrive.set_deal_status(deal.crm_id, "won", at=now - timedelta(seconds=30))
+            sandbox.set_deal_status(deal.crm_id, "won", at=now - timedelta(seconds=30))
             fresh = _incoming(team, now)
             index = team.threads.index(won_thread)
             last = won_thread.messages[-1]
@@ -196,10 +253,13 @@ def run_demo(
                 out(f"  thread {row['thread']} ({row['account']}) {row['subject']!r}: {cands}")
             if len(waiting) > 5:
                 out(f"  … and {len(waiting) - 5} more (maillink pending)")
-            activities = pipedrive.activities()
-            report["activities"] = len(activities)
+            report["activities"] = (
+                len(sandbox.emails())
+                if isinstance(sandbox, HubSpotSandbox)
+                else len(sandbox.activities())
+            )
             out(
-                f"\nPipedrive now holds {len(activities)} activities; outbox pending: {report['outbox_pending']}; "
+                f"\n{chosen.emails_held()}; outbox pending: {report['outbox_pending']}; "
                 f"done in {time.monotonic() - started:.1f}s"
             )
         finally:

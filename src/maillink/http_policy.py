@@ -152,6 +152,27 @@ RULES: tuple[Rule, ...] = (
     Rule(Action.RETRY, HUBSPOT, reason=TIMEOUT),
 )
 
+# A team connection's mailboxes (Microsoft tenant-wide, Google domain-wide) are read with the
+# app's own credentials, not with a grant of the mailbox's: what refuses them is the admin's doing
+# (delegation withdrawn, an application permission or the admin consent revoked, the app disabled
+# or its secret replaced, the user's Exchange Online mailbox gone). The mailbox needs
+# re-authorisation, with the reason; `maillink accounts refresh` checks again with the same
+# credentials and makes it active when they work. Consulted before `RULES` for those mailboxes.
+TEAM_RULES: tuple[Rule, ...] = (
+    # Google: no delegation for the scope; Entra ID: the app disabled or not in the tenant
+    # (AADSTS7000112, AADSTS700016).
+    Rule(Action.REAUTH, MAIL, reason="unauthorized_client"),
+    Rule(Action.REAUTH, GRAPH, reason="invalid_client"),  # the secret expired or replaced
+    Rule(Action.REAUTH, GRAPH, reason="invalid_scope"),
+    Rule(Action.REAUTH, GRAPH, reason="invalid_resource"),
+    # Mail.ReadBasic.All revoked, or an application access policy that leaves the mailbox out.
+    Rule(Action.REAUTH, GRAPH, status=403, reason="ErrorAccessDenied"),
+    # A user whose Exchange Online mailbox is gone (unlicensed, on-premises, soft-deleted).
+    Rule(Action.REAUTH, GRAPH, status=404, reason="MailboxNotEnabledForRESTAPI"),
+    Rule(Action.REAUTH, GRAPH, status=404, reason="MailboxNotSupportedForRESTAPI"),
+    *RULES,
+)
+
 
 def decide(
     service: str, failure: Failure, call: str | None = None, rules: tuple[Rule, ...] = RULES

@@ -39,6 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from maillink.crm.activity import draft_from_json
 from maillink.crm.base import (
     CRM,
+    BatchWrites,
     CRMActivityGone,
     CRMAuthError,
     CRMError,
@@ -53,6 +54,7 @@ from maillink.store.outbox import failed_count, pending_count
 
 __all__ = ["Delivery", "Outbox", "failed_count", "pending_count"]
 
+MAX_BATCH_CLAIM = 100  # rows claimed at once for a CRM that creates them in one request
 PARKED_UNTIL = "outbox_parked_until"  # crm_state: the daily budget is spent until then
 
 
@@ -187,6 +189,9 @@ class Outbox:
         Plain creates are claimed a few at a time in one transaction, and recorded as delivered
         a few at a time: a crash in between only means a look-up by maillink-id next time.
         """
+        if isinstance(self.crm, BatchWrites):
+            yield from self._deliver_batches(rows, result, self.crm)
+            return
         workers = max(1, self.workers)
         delivered: list[tuple[Any, str]] = []
 
@@ -275,6 +280,55 @@ class Outbox:
                         delivered.append((row, created))
             self._record_delivered(delivered)
             self._release([row for row, claimed in ready if claimed])
+
+    def _deliver_batches(
+        self, rows: list[Any], result: Delivery, crm: BatchWrites
+    ) -> Iterator[tuple[Any, Exception | None]]:
+        """`_deliver_window` for a CRM that creates many activities a request: plain creates
+        are claimed up to `crm.max_batch` (at most `MAX_BATCH_CLAIM`) at a time in one commit,
+        sent in one call and recorded as delivered in one commit; the others (updates, look-ups
+        after an unknown outcome) go one by one. Each row's own outcome is yielded: one refused
+        draft fails only its row."""
+        size = max(1, min(crm.max_batch, MAX_BATCH_CLAIM))
+        waiting = iter(rows)
+        while chunk := list(itertools.islice(waiting, size)):
+            plain = [r for r in chunk if r["crm_id"] is None and r["attempt_started_at"] is None]
+            is_plain = {id(r) for r in plain}
+            for row in chunk:
+                if id(row) not in is_plain:
+                    yield row, self._deliver_alone(row, result)
+            claimed = self._claim(plain)
+            for row in plain:
+                if row["key"] not in claimed:
+                    yield row, None  # another process has claimed it: left to it
+            sending = [r for r in plain if r["key"] in claimed]
+            if not sending:
+                continue
+            drafts = [draft_from_json(r["desired"]) for r in sending]
+            answers = list(zip(sending, crm.create_activities(drafts), strict=True))
+            delivered = [(r, crm_id) for r, crm_id in answers if isinstance(crm_id, str)]
+            result.created += len(delivered)
+            self._record_delivered(delivered)
+            unsent = [r for r, error in answers if isinstance(error, CRMRateLimited)]
+            try:
+                for row, outcome in answers:
+                    if isinstance(outcome, CRMRateLimited):
+                        unsent.remove(row)
+                    yield row, None if isinstance(outcome, str) else outcome
+            finally:
+                # The caller stopped (a spent budget): creates the CRM turned away were not
+                # carried out, so their claims are given back (no look-up next time).
+                self._release(unsent)
+
+    def _deliver_alone(self, row: Any, result: Delivery) -> Exception | None:
+        """Deliver one row on its own (`_deliver_one`); the CRM's error, if any."""
+        try:
+            self._deliver_one(row, result)
+        except CRMAuthError:
+            raise
+        except CRMError as exc:
+            return exc
+        return None
 
     def _claim(self, rows: list[Any]) -> set[str]:
         """Mark plain creates as attempted, in one commit, before they are sent; the keys this

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import app, cli, config, google, pipedrive
+from tests.e2e.conftest import app, cli, config, crm, google, pipedrive
 
-__all__ = ["app", "cli", "config", "google", "pipedrive"]
+__all__ = ["app", "cli", "config", "crm", "google", "pipedrive"]

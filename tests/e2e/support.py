@@ -1,16 +1,23 @@
-"""Helpers of the end-to-end tests (constants, connecting a mailbox, acting as the browser)."""
+"""Helpers of the end-to-end tests (constants, connecting a mailbox, acting as the browser, and
+one CRM-neutral view of what either CRM sandbox holds)."""
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
 import requests
 
 from maillink.app import App
 from maillink.sandbox.google import GoogleSandbox
+from maillink.sandbox.hubspot import HubSpotSandbox
+from maillink.sandbox.pipedrive import PipedriveSandbox
 
 DOMAIN = "acme.example"
 REP = f"alice@{DOMAIN}"
@@ -37,3 +44,145 @@ def follow_printed_url(process: subprocess.Popen[str]) -> str:
             threading.Thread(target=requests.get, args=(url,), kwargs={"timeout": 30}).start()
             return url
     raise AssertionError("no authorization URL was printed")
+
+
+# -- one view of both CRMs ----------------------------------------------------------------------
+
+CRMS = ("pipedrive", "hubspot")
+both_crms = pytest.mark.parametrize("crm", CRMS, indirect=True)  # the `crm` fixture, both ways
+_KEY_LINE = "maillink-id: "
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One email as the CRM holds it: a Pipedrive activity or a HubSpot email engagement.
+
+    `items` are the item references it is linked to ("deal:12", "lead:…"), `persons` its
+    persons (contacts), `organization` the organization (company) it is linked to."""
+
+    id: str
+    key: str
+    subject: str
+    persons: frozenset[int]
+    items: frozenset[str]
+    organization: str | None
+    owner: str | None
+
+    def item(self, kind: str) -> str | None:
+        """The id of the item of that kind ("deal", "lead", "project") it is linked to."""
+        found = [ref.partition(":")[2] for ref in self.items if ref.startswith(kind + ":")]
+        return found[0] if found else None
+
+
+@dataclass
+class CrmSandbox:
+    """The running sandbox of one CRM, seeded and read back the same way for both.
+
+    Seeding goes straight to the sandbox (`add_person`, `add_deal`, `add_lead`,
+    `set_deal_status` have the same names and arguments in both); reading back goes through
+    `emails()`, which hides how each CRM stores an email and its links."""
+
+    kind: str
+    sandbox: Any  # PipedriveSandbox | HubSpotSandbox
+
+    @classmethod
+    def of(cls, sandbox: PipedriveSandbox | HubSpotSandbox) -> CrmSandbox:
+        return cls("hubspot" if isinstance(sandbox, HubSpotSandbox) else "pipedrive", sandbox)
+
+    # -- seeding ------------------------------------------------------------------------------
+
+    def add_person(self, name: str, emails: list[str]) -> int:
+        return int(self.sandbox.add_person(name, emails))
+
+    def add_deal(self, title: str, person_id: int, *, add_time: datetime) -> int:
+        return int(self.sandbox.add_deal(title, person_id, add_time=add_time))
+
+    def add_lead(self, title: str, person_id: int, *, add_time: datetime) -> str:
+        return str(self.sandbox.add_lead(title, person_id, add_time=add_time))
+
+    def set_deal_status(self, deal_id: int, status: str, at: datetime) -> None:
+        """Win, lose, reopen or delete ("deleted": HubSpot archives) the deal at `at`."""
+        self.sandbox.set_deal_status(deal_id, status, at=at)
+
+    def lose_next_create(self) -> None:
+        """The next create of an email is carried out, then left unanswered."""
+        if self.kind == "hubspot":
+            self.sandbox.lose_next_response(r"^/crm/v3/objects/emails/batch/create$")
+        else:
+            self.sandbox.lose_next_response(r"/api/v2/activities$", method="POST")
+
+    # -- reading back -------------------------------------------------------------------------
+
+    def emails(self) -> list[Logged]:
+        """Every email the CRM holds (not deleted ones), oldest first."""
+        if self.kind == "hubspot":
+            return [_from_engagement(e) for e in self.sandbox.emails() if not e["archived"]]
+        return [_from_activity(a) for a in self.sandbox.activities() if not a["is_deleted"]]
+
+    def persons(self) -> list[tuple[int, str, list[str]]]:
+        """Every person (contact) the CRM holds: (id, name, addresses), oldest first."""
+        if self.kind == "hubspot":
+            return [
+                (int(c["id"]), _contact_name(c["properties"]), _contact_emails(c["properties"]))
+                for c in self.sandbox.objects("contacts")
+                if not c["archived"]
+            ]
+        return [(p.id, p.name, list(p.emails)) for p in self.sandbox.records.persons.values()]
+
+    def emails_with_key(self, key: str) -> list[Logged]:
+        return [e for e in self.emails() if e.key == key]
+
+    def email(self, key: str) -> Logged:
+        """The one email with this key (a failed assertion when there are none or several)."""
+        found = self.emails_with_key(key)
+        assert len(found) == 1, (key, found)
+        return found[0]
+
+
+def _from_activity(activity: dict[str, Any]) -> Logged:
+    lines = (activity.get("note") or "").replace("<br>", "\n").splitlines()
+    keys = [line.strip()[len(_KEY_LINE) :] for line in lines if line.strip().startswith(_KEY_LINE)]
+    items = {
+        f"{kind}:{activity[f'{kind}_id']}"
+        for kind in ("deal", "lead", "project")
+        if activity.get(f"{kind}_id") is not None
+    }
+    persons = {p["person_id"] for p in activity.get("participants") or ()}
+    if activity.get("person_id") is not None:
+        persons.add(activity["person_id"])
+    org = activity.get("org_id")
+    return Logged(
+        id=str(activity["id"]),
+        key=html.unescape(keys[-1]) if keys else "",
+        subject=str(activity.get("subject") or ""),
+        persons=frozenset(int(p) for p in persons),
+        items=frozenset(items),
+        organization=str(org) if org is not None else None,
+        owner=str(activity["owner_id"]) if activity.get("owner_id") is not None else None,
+    )
+
+
+def _contact_name(props: dict[str, Any]) -> str:
+    return " ".join(str(props.get(n) or "") for n in ("firstname", "lastname")).strip()
+
+
+def _contact_emails(props: dict[str, Any]) -> list[str]:
+    extra = [e for e in str(props.get("hs_additional_emails") or "").split(";") if e]
+    return [str(props.get("email") or ""), *extra]
+
+
+def _from_engagement(email: dict[str, Any]) -> Logged:
+    props = email["properties"]
+    links = email.get("associations") or {}
+    items = {f"deal:{i}" for i in links.get("deals", ())}
+    items |= {f"lead:{i}" for i in links.get("leads", ())}
+    companies = links.get("companies") or []
+    return Logged(
+        id=str(email["id"]),
+        key=str(props.get("maillink_key") or ""),
+        subject=str(props.get("hs_email_subject") or ""),
+        persons=frozenset(int(c) for c in links.get("contacts", ())),
+        items=frozenset(items),
+        organization=str(companies[0]) if companies else None,
+        owner=props.get("hubspot_owner_id") or None,
+    )

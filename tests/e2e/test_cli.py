@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,8 +12,9 @@ from datetime import timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
+import pytest
 from tests.e2e.conftest import Ran
-from tests.e2e.support import NOW, REP, follow_printed_url
+from tests.e2e.support import CRMS, NOW, REP, CrmSandbox, both_crms, follow_printed_url
 
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
@@ -28,10 +30,10 @@ def _one_line_error(ran: Ran) -> str:
     return lines[0]
 
 
-def _seed(google: GoogleSandbox, pipedrive: PipedriveSandbox) -> dict[str, int | str]:
-    ann = pipedrive.add_person("Ann", [ANN])
-    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
-    lead = pipedrive.add_lead("Upsell", ann, add_time=NOW - timedelta(days=30))
+def _seed(google: GoogleSandbox, crm: CrmSandbox | PipedriveSandbox) -> dict[str, int | str]:
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    lead = crm.add_lead("Upsell", ann, add_time=NOW - timedelta(days=30))
     first = None
     for i in range(3):
         date = NOW - timedelta(days=3 - i)
@@ -68,11 +70,12 @@ def _connect(config: Path, google: GoogleSandbox) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
+@both_crms
 def test_connect_then_backfill_pending_choose_explain_and_sync(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     google.add_mailbox(REP)
-    items = _seed(google, pipedrive)
+    items = _seed(google, crm)
     connected = _connect(config, google)
     assert connected.returncode == 0, connected.stderr
     assert f"connected {REP}" in connected.stdout
@@ -84,11 +87,11 @@ def test_connect_then_backfill_pending_choose_explain_and_sync(
     dry = cli("backfill", "--dry-run")
     assert dry.code == 0, dry.err
     assert "dry run" in dry.out and "multiple_open_items 3" in dry.out
-    assert pipedrive.activities() == []
+    assert crm.emails() == []
 
     done = cli("backfill", "--account", REP, "--since", "2020-01-01")
     assert done.code == 0, done.err
-    assert len(pipedrive.activities()) == 3
+    assert len(crm.emails()) == 3
 
     waiting = json.loads(cli("pending", "--json").out)
     assert len(waiting) == 1
@@ -101,7 +104,7 @@ def test_connect_then_backfill_pending_choose_explain_and_sync(
 
     chosen = cli("choose", str(thread), f"deal:{items['deal']}")
     assert chosen.code == 0, chosen.err
-    assert {a["deal_id"] for a in pipedrive.activities()} == {items["deal"]}
+    assert {e.items for e in crm.emails()} == {frozenset({f"deal:{items['deal']}"})}
 
     explained = json.loads(cli("explain", str(thread), "--json").out)
     assert explained["linked"] == f"deal:{items['deal']}"
@@ -115,7 +118,7 @@ def test_connect_then_backfill_pending_choose_explain_and_sync(
 
     again = cli("sync", "--once")
     assert again.code == 0, again.err
-    assert len(pipedrive.activities()) == 3  # nothing written twice
+    assert len(crm.emails()) == 3  # nothing written twice
 
 
 def test_a_denied_consent_is_one_line_without_a_class_name_and_exit_1(
@@ -215,9 +218,10 @@ def test_usage_mistakes_exit_2(cli: Cli) -> None:
     assert cli("no-such-command").code == 2
 
 
-def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crm", ["pipedrive", "hubspot"])
+def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path, crm: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "maillink", "demo", "--messages", "300"],
+        [sys.executable, "-m", "maillink", "demo", "--messages", "300", "--crm", crm],
         capture_output=True,
         text=True,
         timeout=180,
@@ -238,6 +242,15 @@ def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path) -> 
         assert f"  {reason} " in done.stdout, reason
     assert "sync --once again: 0 new messages, 0 activities created" in done.stdout
     assert "outbox pending: 0" in done.stdout
+    if crm == "hubspot":  # HubSpot's cost is its requests; Pipedrive's its API tokens
+        assert "HubSpot at http://127.0.0.1:" in done.stdout
+        assert re.search(r"HubSpot \d+ requests, [\d.]+ requests per message", done.stdout)
+        assert re.search(r"HubSpot now holds [1-9]\d* email engagements", done.stdout)
+        assert "Pipedrive" not in done.stdout and "token" not in done.stdout
+    else:
+        assert re.search(r"Pipedrive \d+ requests, [\d.]+ API tokens per message", done.stdout)
+        assert re.search(r"Pipedrive now holds [1-9]\d* activities", done.stdout)
+        assert "HubSpot" not in done.stdout
     assert list(tmp_path.iterdir()) == []  # nothing left behind
     # the demo grants each consent itself: it says so, and no prompt is left without its address
     assert done.stdout.count(": the demo grants the consent itself") == 3
@@ -249,6 +262,16 @@ def test_demo_runs_the_whole_pipeline_and_shows_every_reason(tmp_path: Path) -> 
             if line.endswith(":") and not after.startswith(("  ", "http"))
         ]
         assert dangling == [], dangling
+
+
+def test_the_demo_decides_the_same_mail_the_same_way_on_both_crms() -> None:
+    """The same generated team, loaded into either CRM: the same outcomes, reason by reason."""
+    from maillink.demo import run_demo
+
+    reports = [run_demo(messages=150, seed=3, crm=crm, out=lambda _: None) for crm in CRMS]
+    assert reports[0]["reasons"] == reports[1]["reasons"]
+    assert reports[0]["activities"] == reports[1]["activities"] > 0
+    assert reports[0]["waiting"] == reports[1]["waiting"]
 
 
 def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(

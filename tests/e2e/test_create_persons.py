@@ -11,13 +11,12 @@ from email.utils import format_datetime
 from pathlib import Path
 
 from tests.e2e.conftest import Ran
-from tests.e2e.support import DOMAIN, NOW, REP, connect
+from tests.e2e.support import DOMAIN, NOW, REP, CrmSandbox, both_crms, connect
 
 import openapi_check
 from maillink.app import App
 from maillink.config import load_settings
 from maillink.sandbox.google import GoogleSandbox
-from maillink.sandbox.pipedrive import PipedriveSandbox
 
 COLLEAGUE = f"bob@{DOMAIN}"
 STRANGER = "zoe.new@prospect.example"
@@ -52,8 +51,9 @@ def _connect_both(config: Path, google: GoogleSandbox) -> None:
         app.close()
 
 
+@both_crms
 def test_an_email_from_an_unknown_address_creates_one_person_named_in_its_activity(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     config.write_text(
         config.read_text().replace("[linking]\n", "[linking]\ncreate_persons = true\n")
@@ -64,33 +64,36 @@ def test_an_email_from_an_unknown_address_creates_one_person_named_in_its_activi
     ran = cli("sync", "--once")
     assert ran.code == 0, ran.err
 
-    persons = pipedrive.records.persons
-    assert [(p.name, p.emails) for p in persons.values()] == [("Zoe New", [STRANGER])]
-    [zoe] = persons
-    [activity] = pipedrive.activities()
-    assert activity["person_id"] == zoe
-    assert [p["person_id"] for p in activity["participants"]] == [zoe]
-    creates = [r for r in pipedrive.received if r.operation == "persons.create"]
-    assert len(creates) == 1
-    # The request is Pipedrive's (its spec wrongly lists `title` as required; persons have none).
-    errors = openapi_check.request_errors(creates[0].path, "POST", creates[0].body)
-    assert errors == ["<body>: 'title' is a required property"], errors
+    [(zoe, name, emails)] = crm.persons()
+    assert (name, emails) == ("Zoe New", [STRANGER])
+    [activity] = crm.emails()
+    assert activity.persons == {zoe}
+    if crm.kind == "pipedrive":
+        pipedrive = crm.sandbox
+        creates = [r for r in pipedrive.received if r.operation == "persons.create"]
+        assert len(creates) == 1
+        # The request is Pipedrive's (its spec wrongly lists `title` as required).
+        errors = openapi_check.request_errors(creates[0].path, "POST", creates[0].body)
+        assert errors == ["<body>: 'title' is a required property"], errors
+    else:
+        posts = [r for r in crm.sandbox.received if r.method == "POST"]
+        assert sum(r.path == "/crm/v3/objects/contacts" for r in posts) == 1
 
     again = cli("sync", "--once")  # nothing new: nothing created again
     assert again.code == 0, again.err
-    assert len(pipedrive.records.persons) == 1 and len(pipedrive.activities()) == 1
+    assert len(crm.persons()) == 1 and len(crm.emails()) == 1
 
 
+@both_crms
 def test_by_default_no_person_is_created_and_nothing_is_written(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     _mail_from_a_stranger(google)
     _connect_both(config, google)
 
     ran = cli("sync", "--once")
     assert ran.code == 0, ran.err
-    assert pipedrive.records.persons == {}
-    assert pipedrive.activities() == []
-    assert not [r for r in pipedrive.received if r.operation == "persons.create"]
+    assert crm.persons() == []
+    assert crm.emails() == []
     explained = cli("explain", "--json", "1")
     assert "no_known_contact" in explained.out, explained.out + explained.err

@@ -1,7 +1,8 @@
-"""Who owns an email in Pipedrive, end to end: each activity belongs to the Pipedrive user of the
-rep whose mailbox the email came from (the sender's, else the first connected recipient's), is
-linked to the primary person's organization, and `maillink accounts` names each mailbox's user
-or says why it has none. Through `maillink` as a user runs it, against the sandboxes."""
+"""Who owns an email, end to end, in both CRMs: each activity (HubSpot: email engagement) belongs
+to the CRM user (Pipedrive user, HubSpot owner) of the rep whose mailbox the email came from (the
+sender's, else the first connected recipient's), is linked to the primary person's organization
+(company), and `maillink accounts` names each mailbox's user or says why it has none. Through
+`maillink` as a user runs it, against the sandboxes."""
 
 from __future__ import annotations
 
@@ -14,33 +15,47 @@ from typing import Any
 
 import pytest
 from tests.e2e.conftest import Ran
-from tests.e2e.support import DOMAIN, NOW, REP, connect
+from tests.e2e.support import DOMAIN, NOW, REP, CrmSandbox, Logged, both_crms, connect
 
 import openapi_check
 from maillink.app import App
 from maillink.config import load_settings
 from maillink.sandbox.google import GoogleSandbox
-from maillink.sandbox.pipedrive import PipedriveSandbox
 
-ALICE, BOB, CAROL = REP, f"bob@{DOMAIN}", f"carol@{DOMAIN}"  # Carol has no Pipedrive user
+ALICE, BOB, CAROL = REP, f"bob@{DOMAIN}", f"carol@{DOMAIN}"  # Carol has no CRM user
 XAVIER, YVONNE = "xavier@customer.example", "yvonne@other.example"
 Cli = Callable[..., Ran]
 
 
 class Team:
-    """The sandbox company: users for Alice and Bob, Xavier in an organization, Yvonne in none."""
+    """The sandbox company: users for Alice and Bob, Xavier in an organization, Yvonne in none.
 
-    def __init__(self, pipedrive: PipedriveSandbox):
-        self.pipedrive = pipedrive
+    `unowned` is who owns an email of a mailbox without a CRM user: Pipedrive's token user (1),
+    nobody in HubSpot."""
+
+    def __init__(self, crm: CrmSandbox):
+        self.crm = crm
+        self.former: int | None = None
+        if crm.kind == "hubspot":
+            hubspot = crm.sandbox
+            self.alice = hubspot.add_owner(ALICE.upper(), "Alice", "Rep")
+            self.bob = hubspot.add_owner(BOB, "Bob", "Rep")
+            self.org = hubspot.add_company("Customer Ltd", "customer.example")
+            self.xavier = hubspot.add_contact(XAVIER, "Xavier", company_id=self.org)
+            self.yvonne = hubspot.add_contact(YVONNE, "Yvonne")
+            self.unowned: str | None = None
+            return
+        pipedrive = crm.sandbox
         self.alice = pipedrive.add_user("Alice Rep", ALICE.upper())  # matched case-insensitively
         self.bob = pipedrive.add_user("Bob Rep", BOB)
         self.former = pipedrive.add_user("Former Rep", f"dan@{DOMAIN}", active=False)
         self.org = pipedrive.add_organization("Customer Ltd")
         self.xavier = pipedrive.add_person("Xavier", [XAVIER], org_id=self.org)
         self.yvonne = pipedrive.add_person("Yvonne", [YVONNE])
+        self.unowned = "1"
 
-    def activity(self, subject: str) -> dict[str, Any]:
-        [found] = [a for a in self.pipedrive.activities() if a["subject"] == subject]
+    def activity(self, subject: str) -> Logged:
+        [found] = [e for e in self.crm.emails() if e.subject == subject]
         return found
 
 
@@ -67,7 +82,7 @@ def _mail(
 
 
 @pytest.fixture
-def team(config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox) -> Team:
+def team(config: Path, google: GoogleSandbox, crm: CrmSandbox) -> Team:
     for mailbox in (ALICE, BOB, CAROL):
         google.add_mailbox(mailbox)
     app = App(load_settings(config))
@@ -76,7 +91,7 @@ def team(config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox) -> Te
             connect(app, google, mailbox)
     finally:
         app.close()
-    return Team(pipedrive)
+    return Team(crm)
 
 
 def _accounts(cli: Cli) -> dict[str, dict[str, Any]]:
@@ -85,8 +100,9 @@ def _accounts(cli: Cli) -> dict[str, dict[str, Any]]:
     return {row["email"]: row for row in json.loads(ran.out)}
 
 
-def test_each_activity_belongs_to_its_reps_pipedrive_user_and_the_persons_organization(
-    cli: Cli, google: GoogleSandbox, pipedrive: PipedriveSandbox, team: Team
+@both_crms
+def test_each_activity_belongs_to_its_reps_crm_user_and_the_persons_organization(
+    cli: Cli, google: GoogleSandbox, crm: CrmSandbox, team: Team
 ) -> None:
     _mail(google, (ALICE,), ALICE, XAVIER, "outbound from Alice", 5)
     _mail(google, (BOB,), XAVIER, BOB, "inbound to Bob", 4)
@@ -97,14 +113,28 @@ def test_each_activity_belongs_to_its_reps_pipedrive_user_and_the_persons_organi
     ran = cli("sync", "--once")
     assert ran.code == 0, ran.err
 
-    assert len(pipedrive.activities()) == 4
-    owners = {a["subject"]: (a["owner_id"], a["org_id"]) for a in pipedrive.activities()}
+    assert len(crm.emails()) == 4
+    owners = {e.subject: (e.owner, e.organization) for e in crm.emails()}
+    alice, bob, org = str(team.alice), str(team.bob), str(team.org)
     assert owners == {
-        "outbound from Alice": (team.alice, team.org),
-        "inbound to Bob": (team.bob, team.org),
-        "inbound to Bob and Alice": (team.bob, team.org),
-        "outbound from Carol": (1, None),  # no Pipedrive user: the token's, as before
+        "outbound from Alice": (alice, org),
+        "inbound to Bob": (bob, org),
+        "inbound to Bob and Alice": (bob, org),
+        "outbound from Carol": (team.unowned, None),  # no CRM user: the CRM's default
     }
+    if crm.kind == "hubspot":
+        hubspot = crm.sandbox
+        created = [r for r in hubspot.received if r.path.endswith("/emails/batch/create")]
+        carol = [
+            i
+            for r in created
+            for i in r.body["inputs"]
+            if i["properties"]["hs_email_subject"] == "outbound from Carol"
+        ]
+        assert carol and "hubspot_owner_id" not in carol[0]["properties"]
+        assert sum(r.path == "/crm/v3/owners" for r in hubspot.received) == 1
+        return
+    pipedrive = crm.sandbox
     posted = {
         r.body["subject"]: r for r in pipedrive.received if r.operation == "activities.create"
     }
@@ -115,6 +145,7 @@ def test_each_activity_belongs_to_its_reps_pipedrive_user_and_the_persons_organi
     assert sum(r.operation == "users.list" for r in pipedrive.received) == 1
 
 
+@both_crms
 def test_accounts_names_each_mailboxs_crm_user_or_why_it_has_none(cli: Cli, team: Team) -> None:
     rows = _accounts(cli)
     assert rows[ALICE]["crm_user"] == {
@@ -135,8 +166,9 @@ def test_accounts_names_each_mailboxs_crm_user_or_why_it_has_none(cli: Cli, team
     assert "crm user: none (no CRM user" in lines[CAROL]
 
 
+@both_crms
 def test_a_user_set_by_hand_owns_the_mailboxs_next_emails_until_auto(
-    cli: Cli, google: GoogleSandbox, pipedrive: PipedriveSandbox, team: Team
+    cli: Cli, google: GoogleSandbox, team: Team
 ) -> None:
     set_by_hand = cli("accounts", "owner", CAROL, str(team.bob))
     assert set_by_hand.code == 0, set_by_hand.err
@@ -145,7 +177,7 @@ def test_a_user_set_by_hand_owns_the_mailboxs_next_emails_until_auto(
 
     _mail(google, (CAROL,), CAROL, XAVIER, "Carol for Bob", 2)
     assert cli("sync", "--once").code == 0
-    assert team.activity("Carol for Bob")["owner_id"] == team.bob
+    assert team.activity("Carol for Bob").owner == str(team.bob)
 
     back = cli("accounts", "owner", CAROL, "--auto")
     assert back.code == 0, back.err
@@ -153,9 +185,10 @@ def test_a_user_set_by_hand_owns_the_mailboxs_next_emails_until_auto(
     assert _accounts(cli)[CAROL]["crm_user"] is None
     _mail(google, (CAROL,), CAROL, XAVIER, "Carol alone again", 1)
     assert cli("sync", "--once").code == 0
-    assert team.activity("Carol alone again")["owner_id"] == 1
+    assert team.activity("Carol alone again").owner == team.unowned
 
 
+@pytest.mark.pipedrive_only  # a deactivated user
 def test_owner_refuses_an_unknown_user_and_a_missing_choice(cli: Cli, team: Team) -> None:
     unknown = cli("accounts", "owner", CAROL, "999")
     assert unknown.code == 2

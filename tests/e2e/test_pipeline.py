@@ -1,4 +1,8 @@
-"""The whole pipeline through real HTTP: Gmail sandbox → store → rules → outbox → Pipedrive sandbox."""
+"""The whole pipeline through real HTTP: Gmail sandbox → store → rules → outbox → CRM sandbox.
+
+The rules' tests run on both CRMs (`both_crms`) and assert the same outcomes for the same mail
+and the same deals; the Pipedrive-specific ones (its token budget) on Pipedrive only.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import itertools
 import random
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
-from tests.e2e.support import DOMAIN, NOW, REP, connect
+from tests.e2e.support import DOMAIN, NOW, REP, CrmSandbox, both_crms, connect
 
 from maillink.app import App
 from maillink.choices import choose_item
@@ -76,36 +81,38 @@ def team(app: App, google: GoogleSandbox) -> App:
     return app
 
 
+@both_crms
 def test_one_open_deal_links_the_thread_and_a_rerun_writes_nothing_new(
-    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    team: App, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
-    ann = pipedrive.add_person("Ann", [ANN])
-    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
-    first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3))
-    send(google, REP, frm=REP, to=ANN, date=NOW - timedelta(days=2), thread=first)
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3), mid="<one-0@x>")
+    send(google, REP, frm=REP, to=ANN, date=NOW - timedelta(days=2), thread=first, mid="<one-1@x>")
 
     backfill_all(team)
-    activities = pipedrive.activities()
-    assert len(activities) == 2
-    assert {a["deal_id"] for a in activities} == {deal}
-    assert all(a["note"].rstrip().splitlines()[-1].startswith("maillink-id: ") for a in activities)
+    emails = crm.emails()
+    assert sorted(e.key for e in emails) == ["one-0@x", "one-1@x"]  # found again by this key
+    assert {e.items for e in emails} == {frozenset({f"deal:{deal}"})}
+    assert {e.persons for e in emails} == {frozenset({ann})}
 
     for _ in range(2):
         results = sync_round(team)
         assert [r.error for r in results] == [None]
-    assert len(pipedrive.activities()) == 2
+    assert len(crm.emails()) == 2
 
 
+@both_crms
 def test_a_deal_won_between_two_messages_keeps_the_first_and_not_the_second(
-    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    team: App, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
-    ann = pipedrive.add_person("Ann", [ANN])
-    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
     first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3), subject="before")
     backfill_all(team)
     sync_round(team)  # the CRM changes poll starts here
 
-    pipedrive.set_deal_status(deal, "won", at=NOW - timedelta(hours=1))
+    crm.set_deal_status(deal, "won", at=NOW - timedelta(hours=1))
     send(google, REP, frm=ANN, to=REP, date=NOW, thread=first, subject="after")
     sync_round(team)
 
@@ -113,17 +120,28 @@ def test_a_deal_won_between_two_messages_keeps_the_first_and_not_the_second(
         "before": "single_open_item",
         "after": "item_closed_before_message",
     }
-    by_subject = {a["subject"]: a for a in pipedrive.activities()}
-    assert by_subject["before"]["deal_id"] == deal
-    assert by_subject["after"].get("deal_id") is None
+    by_subject = {e.subject: e for e in crm.emails()}
+    assert by_subject["before"].items == {f"deal:{deal}"}
+    assert by_subject["after"].items == set()
+    assert by_subject["after"].persons == {ann}
 
 
+@pytest.mark.parametrize(
+    ("crm", "chosen"),
+    [
+        ("pipedrive", "deal"),
+        ("pipedrive", "lead"),
+        ("hubspot", "deal"),
+        ("hubspot", "lead"),
+    ],
+    indirect=["crm"],
+)
 def test_several_open_items_wait_and_the_users_choice_relinks_the_thread(
-    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    team: App, google: GoogleSandbox, crm: CrmSandbox, chosen: str
 ) -> None:
-    ann = pipedrive.add_person("Ann", [ANN])
-    deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
-    lead = pipedrive.add_lead("Upsell", ann, add_time=NOW - timedelta(days=20))
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    lead = crm.add_lead("Upsell", ann, add_time=NOW - timedelta(days=20))
     first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=3))
     send(google, REP, frm=REP, to=ANN, date=NOW - timedelta(days=2), thread=first)
     backfill_all(team)
@@ -131,62 +149,66 @@ def test_several_open_items_wait_and_the_users_choice_relinks_the_thread(
     with team.store.engine.connect() as conn:
         (waiting,) = store_mail.waiting_threads(conn)
     assert set(waiting.candidates) == {ItemRef.parse(f"deal:{deal}"), ItemRef.parse(f"lead:{lead}")}
-    assert all(
-        a.get("deal_id") is None and a.get("lead_id") is None for a in pipedrive.activities()
-    )
+    assert [e.items for e in crm.emails()] == [frozenset(), frozenset()]  # persons only
 
-    text = choose_item(team, waiting.id, ItemRef.parse(f"lead:{lead}"))
+    item = f"deal:{deal}" if chosen == "deal" else f"lead:{lead}"
+    text = choose_item(team, waiting.id, ItemRef.parse(item))
     assert "2 message(s) linked" in text
-    activities = pipedrive.activities()
-    assert len(activities) == 2
-    assert {a["lead_id"] for a in activities} == {lead}
+    emails = crm.emails()
+    assert len(emails) == 2
+    assert {e.items for e in emails} == {frozenset({item})}
 
     send(google, REP, frm=ANN, to=REP, date=NOW, thread=first)  # later messages follow
     sync_round(team)
-    assert {a.get("lead_id") for a in pipedrive.activities()} == {lead}
+    emails = crm.emails()
+    assert len(emails) == 3
+    assert {e.items for e in emails} == {frozenset({item})}
     with team.store.engine.connect() as conn:
         assert store_mail.waiting_threads(conn) == []
 
 
+@both_crms
 def test_the_same_email_in_two_connected_mailboxes_makes_one_activity(
-    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    team: App, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     google.add_mailbox(BOB)
     connect(team, google, BOB)
-    ann = pipedrive.add_person("Ann", [ANN])
-    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
     shared = "<shared-1@mail.example>"
     send(google, REP, frm=REP, to=f"{ANN}, {BOB}", date=NOW - timedelta(days=1), mid=shared)
     send(google, BOB, frm=REP, to=f"{ANN}, {BOB}", date=NOW - timedelta(days=1), mid=shared)
 
     backfill_all(team)
-    assert len(pipedrive.activities_with_key("shared-1@mail.example")) == 1
-    assert len(pipedrive.activities()) == 1
+    assert crm.email("shared-1@mail.example").items == {f"deal:{deal}"}
+    assert len(crm.emails()) == 1
 
 
+@both_crms
 def test_a_create_whose_answer_was_lost_is_found_again_not_duplicated(
-    team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    team: App, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
-    ann = pipedrive.add_person("Ann", [ANN])
-    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    """Pipedrive: the write waits in the outbox and the next delivery finds it by its key in
+    the person's activities. HubSpot: the adapter reads the key back at once (unique property)."""
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
     send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=1), mid="<lost@mail.example>")
-    pipedrive.lose_next_response(r"/api/v2/activities$", method="POST")
+    crm.lose_next_create()
 
     backfill_all(team)
-    assert len(pipedrive.activities_with_key("lost@mail.example")) == 1  # created, answer lost
-    with team.store.engine.connect() as conn:
-        assert pending_count(conn) == 1
+    assert len(crm.emails_with_key("lost@mail.example")) == 1  # created, answer lost
 
     later = Outbox(
         team.store, team.crm, clock=lambda: datetime.now(NOW.tzinfo) + timedelta(hours=2)
     )
     delivery = later.deliver()
-    assert (delivery.found_again, delivery.created) == (1, 0)
-    assert len(pipedrive.activities_with_key("lost@mail.example")) == 1
+    assert delivery.created == 0
+    assert crm.email("lost@mail.example").items == {f"deal:{deal}"}
     with team.store.engine.connect() as conn:
         assert pending_count(conn) == 0
 
 
+@pytest.mark.pipedrive_only
 def test_crm_writes_are_parked_when_the_daily_budget_is_spent_and_mail_keeps_syncing(
     team: App, google: GoogleSandbox, pipedrive: PipedriveSandbox
 ) -> None:
@@ -214,14 +236,15 @@ def test_crm_writes_are_parked_when_the_daily_budget_is_spent_and_mail_keeps_syn
     assert stored == ["single_open_item"]
 
 
+@both_crms
 def test_any_arrival_order_and_page_split_gives_the_same_links(
-    tmp_path_factory: pytest.TempPathFactory, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    tmp_path_factory: pytest.TempPathFactory, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     """Rule replay: the same thread delivered in pages of any size and order ends the same."""
-    ann = pipedrive.add_person("Ann", [ANN])
-    cat = pipedrive.add_person("Cat", [CAT])
-    pipedrive.add_deal("Ann's", ann, add_time=NOW - timedelta(days=40))
-    pipedrive.add_deal("Cat's", cat, add_time=NOW - timedelta(days=40))
+    ann = crm.add_person("Ann", [ANN])
+    cat = crm.add_person("Cat", [CAT])
+    crm.add_deal("Ann's", ann, add_time=NOW - timedelta(days=40))
+    crm.add_deal("Cat's", cat, add_time=NOW - timedelta(days=40))
     start = NOW - timedelta(days=10)
     specs = [(ANN, REP), (REP, ANN), (ANN, f"{REP}, {CAT}"), (CAT, REP), (REP, f"{ANN}, {CAT}")]
     messages: list[Message] = []
@@ -238,9 +261,7 @@ def test_any_arrival_order_and_page_split_gives_the_same_links(
         cut = sorted(rng.sample(range(1, len(order)), rng.randint(0, 3)))
         pages = [order[a:b] for a, b in zip([0, *cut], [*cut, len(order)], strict=True)]
         folder = tmp_path_factory.mktemp(f"order{trial}")
-        app = App(
-            load_settings(write_workspace(folder, google, pipedrive, internal_domains=[DOMAIN]))
-        )
+        app = App(load_settings(_workspace(folder, google, crm)))
         with app.store.transaction() as conn:
             account = accounts.upsert(conn, REP, "gmail", "unused", "")
         linker = app.linker()
@@ -258,6 +279,12 @@ def test_any_arrival_order_and_page_split_gives_the_same_links(
     assert [r for _, r, _ in outcomes[0]] == ["single_open_item", "linked_thread_item"] + [
         "linked_thread_item"
     ] * 3
+
+
+def _workspace(folder: Path, google: GoogleSandbox, crm: CrmSandbox) -> Path:
+    if crm.kind == "hubspot":
+        return write_workspace(folder, google, None, hubspot=crm.sandbox, internal_domains=[DOMAIN])
+    return write_workspace(folder, google, crm.sandbox, internal_domains=[DOMAIN])
 
 
 def test_malformed_and_extreme_headers_are_each_decided_and_never_stop_the_round(
@@ -292,3 +319,71 @@ def test_malformed_and_extreme_headers_are_each_decided_and_never_stop_the_round
     assert "header_too_large" in decided["huge header"][1]
     assert decided["Café order"][0] == "single_open_item"  # RFC 2047 decoded
     assert "no_from" in decided["no sender"][1]
+
+
+@both_crms
+def test_a_deal_created_after_the_thread_started_is_not_linked_and_one_before_is(
+    team: App, google: GoogleSandbox, crm: CrmSandbox
+) -> None:
+    """Rule 2: no retroactive linking; the thread's first date is the provider's."""
+    ann = crm.add_person("Ann", [ANN])
+    cat = crm.add_person("Cat", [CAT])
+    crm.add_deal("Ann's late deal", ann, add_time=NOW - timedelta(days=5))
+    early = crm.add_deal("Cat's deal", cat, add_time=NOW - timedelta(days=30))
+    first = send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=10), subject="ann 1")
+    send(google, REP, frm=REP, to=ANN, date=NOW - timedelta(days=1), thread=first, subject="ann 2")
+    send(google, REP, frm=CAT, to=REP, date=NOW - timedelta(days=1), subject="cat")
+
+    backfill_all(team)
+    assert reasons_by_subject(team) == {
+        "ann 1": "item_created_after_thread",
+        "ann 2": "item_created_after_thread",
+        "cat": "single_open_item",
+    }
+    by_subject = {e.subject: e for e in crm.emails()}
+    assert by_subject["ann 1"].items == by_subject["ann 2"].items == set()
+    assert by_subject["ann 2"].persons == {ann}
+    assert by_subject["cat"].items == {f"deal:{early}"}
+
+
+@both_crms
+def test_mail_with_no_known_contact_writes_nothing(
+    team: App, google: GoogleSandbox, crm: CrmSandbox
+) -> None:
+    crm.add_person("Ann", [ANN])
+    send(google, REP, frm=CAT, to=REP, date=NOW - timedelta(days=1), subject="stranger")
+    send(google, REP, frm=BOB, to=REP, date=NOW - timedelta(days=1), subject="colleague")
+
+    backfill_all(team)
+    assert reasons_by_subject(team) == {
+        "stranger": "no_known_contact",
+        "colleague": "internal_only",
+    }
+    assert crm.emails() == []
+
+
+@both_crms
+def test_policy_all_links_the_email_to_every_candidate_the_crm_can_hold(
+    config: Path, google: GoogleSandbox, crm: CrmSandbox
+) -> None:
+    """The same decision on both CRMs; what each CRM keeps of it differs by the CRM's own rule."""
+    config.write_text(
+        config.read_text().replace('multiple_open_items = "ask"', 'multiple_open_items = "all"')
+    )
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+    lead = crm.add_lead("Upsell", ann, add_time=NOW - timedelta(days=20))
+    google.add_mailbox(REP)
+    send(google, REP, frm=ANN, to=REP, date=NOW - timedelta(days=1), subject="both")
+    app = App(load_settings(config))
+    try:
+        connect(app, google, REP)
+        backfill_all(app)
+        assert reasons_by_subject(app) == {"both": "all_open_items"}
+    finally:
+        app.close()
+    (email,) = crm.emails()
+    if crm.kind == "hubspot":  # an engagement is associated with a deal and a lead
+        assert email.items == {f"deal:{deal}", f"lead:{lead}"}
+    else:  # a Pipedrive activity keeps one link: deal before lead before project
+        assert email.items == {f"deal:{deal}"}

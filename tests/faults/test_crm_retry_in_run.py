@@ -9,7 +9,7 @@ from collections import Counter
 from datetime import timedelta
 
 from tests.daemon.support import Team
-from tests.e2e.conftest import Ran, app, cli, config, google, pipedrive
+from tests.e2e.conftest import Ran, app, cli, config, crm, google, pipedrive
 from tests.e2e.support import NOW, REP, connect
 from tests.faults.support import check_invariants
 
@@ -23,7 +23,7 @@ from maillink.sandbox.pipedrive.data import note_lines
 from maillink.sync import CrmRetry
 from maillink.sync_report import mailbox_line, round_json, totals_line
 
-__all__ = ["app", "cli", "config", "google", "pipedrive"]  # the end-to-end fixtures
+__all__ = ["app", "cli", "config", "crm", "google", "pipedrive"]  # the end-to-end fixtures
 
 EMAILS = 6
 

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from maillink.crm.base import ActivityDraft
-from maillink.model import Address, ItemRef, Message
+from maillink.model import Address, Direction, ItemRef, Message
 
 KEY_PREFIX = "maillink-id: "
 
@@ -68,7 +68,19 @@ def draft_for(
         note=render_note(message),
         owner_id=owner_id,
         organization_id=organization_id,
+        direction=message.direction,
+        sender=message.sender,
+        to=message.to,
+        cc=message.cc,
     )
+
+
+def _address_json(address: Address) -> dict[str, str]:
+    return {"email": address.email, "name": address.name}
+
+
+def _address_from_json(data: dict[str, Any]) -> Address:
+    return Address(str(data["email"]), str(data.get("name") or ""))
 
 
 def draft_to_json(draft: ActivityDraft) -> dict[str, Any]:
@@ -82,6 +94,10 @@ def draft_to_json(draft: ActivityDraft) -> dict[str, Any]:
         "note": draft.note,
         "owner_id": draft.owner_id,
         "organization_id": draft.organization_id,
+        "direction": draft.direction.value if draft.direction else None,
+        "sender": _address_json(draft.sender) if draft.sender else None,
+        "to": [_address_json(a) for a in draft.to],
+        "cc": [_address_json(a) for a in draft.cc],
     }
 
 
@@ -95,4 +111,9 @@ def draft_from_json(data: dict[str, Any]) -> ActivityDraft:
         note=data["note"],
         owner_id=data.get("owner_id"),
         organization_id=data.get("organization_id"),
+        # drafts stored before these fields existed have none of them
+        direction=Direction(data["direction"]) if data.get("direction") else None,
+        sender=_address_from_json(data["sender"]) if data.get("sender") else None,
+        to=tuple(_address_from_json(a) for a in data.get("to") or ()),
+        cc=tuple(_address_from_json(a) for a in data.get("cc") or ()),
     )

@@ -6,11 +6,12 @@ It fits Pipedrive (persons/deals/leads/projects/activities) and HubSpot (contact
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from maillink.model import CrmUser, Item, ItemKind, ItemRef, Person
+from maillink.model import Address, CrmUser, Direction, Item, ItemKind, ItemRef, Person
 
 
 class CRMError(Exception):
@@ -74,7 +75,9 @@ class ActivityDraft:
     `person_ids` has the primary participant first. `items` holds at most one item of each
     kind (the adapter sets deal_id / lead_id / project_id and clears the others). `note` is HTML
     and ends with the line `maillink-id: <key>`. `owner_id` is the CRM user of the rep whose
-    mailbox the email came from (`maillink.crm.owners`).
+    mailbox the email came from (`maillink.crm.owners`). `direction`, `sender`, `to` and `cc`
+    are the email's own, for CRMs that store them as fields (HubSpot's headers); None and ()
+    in drafts stored before they existed.
     """
 
     key: str
@@ -85,6 +88,10 @@ class ActivityDraft:
     note: str
     owner_id: str | None = None  # the CRM user who owns it; None: the CRM's default (the token's)
     organization_id: str | None = None  # the primary person's organization / company
+    direction: Direction | None = None
+    sender: Address | None = None
+    to: tuple[Address, ...] = ()
+    cc: tuple[Address, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,34 @@ class MirrorSource(Protocol):
     def unmirrored_items(self, person_id: int) -> list[Item]:
         """The person's items that listings leave out (Pipedrive: projects, from their own
         company-wide list; archived deals and leads when always read)."""
+        ...
+
+
+@runtime_checkable
+class BatchLookup(Protocol):
+    """Optional: an adapter that reads many persons or items in one request (HubSpot's batch
+    reads) offers these; the linker then asks once per page instead of once per address."""
+
+    def search_persons_many(self, emails: Iterable[str]) -> dict[str, list[Person]]:
+        """The persons of each address (case-insensitive), [] for an address with none."""
+        ...
+
+    def items_of_persons(self, person_ids: Iterable[int]) -> dict[int, list[Item]]:
+        """The items of each person, as `CRM.items_of_person` gives them."""
+        ...
+
+
+@runtime_checkable
+class BatchWrites(Protocol):
+    """Optional: an adapter that creates many activities in one request (HubSpot's batch
+    create) offers this; the outbox then sends the rows it claims together."""
+
+    max_batch: int  # drafts one `create_activities` call sends in one request, at most
+
+    def create_activities(self, drafts: Sequence[ActivityDraft]) -> list[str | Exception]:
+        """Create these activities; for each draft, in order, its activity id or the error
+        `create_activity` would have raised for it alone (a `CRMError`). A `CRMAuthError`
+        is raised for the whole call."""
         ...
 
 

@@ -21,10 +21,11 @@ Transport, retries and rate limits live in `hubspot_http`; records become `Perso
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +33,8 @@ from maillink.crm.base import (
     ActivityDraft,
     Changes,
     CRMActivityGone,
+    CRMAuthError,
+    CRMError,
     CRMRecordGone,
     CRMRefused,
 )
@@ -39,6 +42,7 @@ from maillink.crm.hubspot_http import (
     DEFAULT_BASE_URL,
     HubSpotHTTP,
     HubSpotNotFound,
+    TokenSource,
     WriteOutcomeUnknown,
 )
 from maillink.crm.hubspot_items import (
@@ -65,7 +69,7 @@ from maillink.crm.hubspot_reads import (
     read_records,
     search_pages,
 )
-from maillink.crm.pipedrive_transport import Transport
+from maillink.crm.transport import Transport
 from maillink.model import CrmUser, Item, Person
 
 __all__ = ["DEFAULT_BASE_URL", "HubSpotCRM", "HubSpotNotFound", "WriteOutcomeUnknown"]
@@ -81,7 +85,8 @@ _EXISTING = re.compile(r"Existing ID:\s*(?P<id>\d+)")
 
 
 class HubSpotCRM:
-    """One HubSpot account, through a private app's access token.
+    """One HubSpot account, through a private app's access token or a public app's OAuth
+    `tokens` (`maillink.crm.hubspot_oauth.OAuthTokens`: refreshed on demand).
 
     `key_property`: the custom email property holding each email's key (None: the account has
     none; the lookup then cannot find an email again and says so). `users_ttl`: how long the
@@ -92,7 +97,8 @@ class HubSpotCRM:
         self,
         base_url: str = DEFAULT_BASE_URL,
         *,
-        access_token: str,
+        access_token: str = "",
+        tokens: TokenSource | None = None,
         transport: Transport | None = None,
         timeout: float = 30.0,
         max_retries: int = 5,
@@ -106,6 +112,7 @@ class HubSpotCRM:
         self.http = HubSpotHTTP(
             base_url,
             access_token=access_token,
+            tokens=tokens,
             transport=transport,
             timeout=timeout,
             max_retries=max_retries,
@@ -114,6 +121,7 @@ class HubSpotCRM:
             now=now,
         )
         self.key_property = key_property
+        self.max_batch = BATCH  # emails a batch create sends (`crm.base.BatchWrites`)
         self.users_ttl = users_ttl
         self._clock = clock
         self._now = now
@@ -131,6 +139,10 @@ class HubSpotCRM:
         """Contacts whose primary or secondary address is `email` (case-insensitive)."""
         wanted = email.strip().lower()
         return self.search_many([wanted]).get(wanted, []) if wanted else []
+
+    def search_persons_many(self, emails: Iterable[str]) -> dict[str, list[Person]]:
+        """`search_persons` for many addresses at once (`crm.base.BatchLookup`)."""
+        return self.search_many(emails)
 
     def search_many(self, emails: Iterable[str]) -> dict[str, list[Person]]:
         """Contacts by address for many addresses: one batch read per 100 addresses, then one
@@ -296,6 +308,102 @@ class HubSpotCRM:
             raise WriteOutcomeUnknown("HubSpot created an email but did not say its id")
         return str(results[0]["id"])
 
+    def create_activities(self, drafts: Sequence[ActivityDraft]) -> list[str | Exception]:
+        """Many email engagements, `max_batch` a request (`crm.base.BatchWrites`): for each
+        draft, in order, its id or the error it alone met. Results are matched by key, never
+        by position. A batch HubSpot refuses whole (its batch create is all or nothing) is
+        split in halves until the refused drafts stand alone, so one bad draft costs the others
+        nothing; a 207 answer's missing drafts are sent again the same way (the unique key
+        makes a second create of a created email a 409 naming it, never a duplicate). An
+        answer lost on the way is looked up by key, all the batch in one read."""
+        outcomes: dict[str, str | Exception] = {}
+        for start in range(0, len(drafts), self.max_batch):
+            self._create_batch(list(drafts[start : start + self.max_batch]), outcomes)
+        return [outcomes[d.key] for d in drafts]
+
+    def _create_batch(
+        self, drafts: list[ActivityDraft], outcomes: dict[str, str | Exception]
+    ) -> None:
+        if len(drafts) == 1 or not self.key_property:
+            for draft in drafts:  # alone: create_activity's own answers (409, gone records)
+                try:
+                    outcomes[draft.key] = self.create_activity(draft)
+                except CRMAuthError:
+                    raise
+                except CRMError as exc:
+                    outcomes[draft.key] = exc
+            return
+        body = {"inputs": [email_input(d, self.key_property) for d in drafts]}
+        try:
+            answer = self.http.call(
+                "emails.batch_create",
+                "POST",
+                "/crm/v3/objects/emails/batch/create",
+                json=body,
+                writes=True,
+            )
+        except WriteOutcomeUnknown as unknown:
+            try:
+                found = self._find_many([d.key for d in drafts])
+            except CRMAuthError:
+                raise
+            except CRMError:  # not known yet: the outbox looks them up again before a create
+                found = {}
+            for draft in drafts:
+                outcomes[draft.key] = found.get(draft.key) or unknown
+            return
+        except CRMRefused:
+            half = len(drafts) // 2
+            self._create_batch(drafts[:half], outcomes)
+            self._create_batch(drafts[half:], outcomes)
+            return
+        except CRMAuthError:
+            raise
+        except CRMError as exc:  # not carried out (a rate limit): the same for every draft
+            for draft in drafts:
+                outcomes[draft.key] = exc
+            return
+        created = self._by_key(answer.get("results"))
+        refused = _refusals(answer.get("errors"), [d.key for d in drafts])
+        again = []
+        for draft in drafts:
+            if draft.key in created:
+                outcomes[draft.key] = created[draft.key]
+            elif draft.key in refused:
+                outcomes[draft.key] = _gone(refused[draft.key])
+            else:
+                again.append(draft)
+        if again and len(again) < len(drafts):
+            self._create_batch(again, outcomes)
+        for draft in again:  # nothing said about them at all: as a lost answer
+            outcomes.setdefault(
+                draft.key, WriteOutcomeUnknown("HubSpot's batch answer left this email out")
+            )
+
+    def _by_key(self, results: Any) -> dict[str, str]:
+        """Created or read emails by their key (HubSpot answers a batch in any order)."""
+        found: dict[str, str] = {}
+        for record in results or ():
+            key = (record.get("properties") or {}).get(self.key_property or "")
+            if isinstance(key, str) and numeric_id(record.get("id")) is not None:
+                found[key] = str(record["id"])
+        return found
+
+    def _find_many(self, keys: list[str]) -> dict[str, str]:
+        """The emails of these keys that HubSpot has (batch read by the unique property)."""
+        found: dict[str, str] = {}
+        for chunk in chunks(keys, BATCH):
+            body = {
+                "idProperty": self.key_property,
+                "inputs": [{"id": k} for k in chunk],
+                "properties": [self.key_property],
+            }
+            answer = self.http.call(
+                "emails.batch_read", "POST", "/crm/v3/objects/emails/batch/read", json=body
+            )
+            found.update(self._by_key(answer.get("results")))
+        return found
+
     def find_activity(self, key: str, person_id: int | None) -> str | None:
         """The email engagement whose `maillink_key` is `key` (batch read by the unique
         property: read-after-write, unlike search), None when there is none."""
@@ -391,6 +499,19 @@ class HubSpotCRM:
         with self._lock:
             self._users = None
             self._lead_stages = None
+
+
+def _refusals(errors: Any, keys: list[str]) -> dict[str, CRMRefused]:
+    """The drafts a 207 answer's errors name (by key, in their context or message), each with
+    its refusal; errors naming none are left out (their drafts are sent again)."""
+    refused: dict[str, CRMRefused] = {}
+    for error in errors or ():
+        text = json.dumps(error.get("context") or {}) + " " + str(error.get("message") or "")
+        message = f"HubSpot refused the email: {error.get('message') or error.get('category')}"
+        for key in keys:
+            if key in text:
+                refused[key] = CRMRefused(message, 400, str(error.get("message") or ""))
+    return refused
 
 
 def _since(name: str, stamp: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 What each answer means is HubSpot's part of the one error policy (`maillink.http_policy`), and
 calls run in its retry loop. The bytes travel over the same small transport as Pipedrive's
-(`pipedrive_transport`: urllib3, and whether a failed request can have arrived). HubSpot reads
+(`transport`: urllib3, and whether a failed request can have arrived). HubSpot reads
 by POST (batch read, search), so a call says whether it `writes`: a read is retried on
 connection errors, timeouts and 5xx; a write only when HubSpot cannot have received it (no
 connection) or refused it unapplied (429), else the caller gets `WriteOutcomeUnknown` and looks
@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from maillink.crm.base import (
@@ -30,7 +30,7 @@ from maillink.crm.base import (
     CRMRefused,
     CRMUnavailable,
 )
-from maillink.crm.pipedrive_transport import (
+from maillink.crm.transport import (
     Answer,
     NeverSent,
     NoAnswer,
@@ -64,6 +64,18 @@ class HubSpotNotFound(CRMRefused):
 class WriteOutcomeUnknown(CRMUnavailable):
     """A write was sent but its answer never came (or came unreadable): it may have been done.
     Look the record up before writing it again."""
+
+
+class TokenSource(Protocol):
+    """Where OAuth access tokens come from (`maillink.crm.hubspot_oauth.OAuthTokens`)."""
+
+    def current(self) -> str: ...
+
+    def refresh(self, stale: str) -> str: ...
+
+
+class _Expired(CRMAuthError):
+    """401: the access token is no longer valid (an OAuth one may be refreshed once)."""
 
 
 class _Retry(Exception):
@@ -106,7 +118,8 @@ class HubSpotHTTP:
         self,
         base_url: str,
         *,
-        access_token: str,
+        access_token: str = "",
+        tokens: TokenSource | None = None,
         transport: Transport | None = None,
         timeout: float = 30.0,
         max_retries: int = 5,
@@ -114,10 +127,11 @@ class HubSpotHTTP:
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
-        if not access_token:
+        if not access_token and tokens is None:
             raise ValueError("HubSpot needs an access token")
         self.base_url = check_base_url(base_url)
-        self._auth = {"Authorization": f"Bearer {access_token}"}
+        self._access_token = access_token
+        self.tokens = tokens  # an OAuth grant's tokens: refreshed once after a 401
         self.transport: Transport = transport if transport is not None else Urllib3Transport()
         self.timeout = timeout
         self.max_retries = max_retries
@@ -142,9 +156,28 @@ class HubSpotHTTP:
     ) -> dict[str, Any]:
         """One API call; returns HubSpot's JSON body ({} for 204). 207 multi-status answers
         are returned as they are: their `errors` are the caller's to read."""
+        token = self.tokens.current() if self.tokens is not None else self._access_token
+        try:
+            return self._call(operation, method, path, params, json, writes, token)
+        except _Expired:
+            if self.tokens is None:
+                raise
+        token = self.tokens.refresh(token)
+        return self._call(operation, method, path, params, json, writes, token)
+
+    def _call(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        writes: bool,
+        token: str,
+    ) -> dict[str, Any]:
         try:
             return retry_calls(
-                lambda: self._once(operation, method, path, params, json, writes),
+                lambda: self._once(operation, method, path, params, json, writes, token),
                 attempts=self.max_retries + 1,
                 retryable=lambda exc: isinstance(exc, _Retry),
                 delay=_delay,
@@ -161,6 +194,7 @@ class HubSpotHTTP:
         params: Mapping[str, Any] | None,
         body: Any,
         writes: bool,
+        token: str,
     ) -> dict[str, Any]:
         where = f"{method} {path}"
         with self._lock:
@@ -172,7 +206,7 @@ class HubSpotHTTP:
                 self.base_url + path,
                 params=params,
                 json=body,
-                headers=self._auth,
+                headers={"Authorization": f"Bearer {token}"},
                 timeout=self.timeout,
             )
         except (NeverSent, NoAnswer) as exc:
@@ -232,7 +266,7 @@ class HubSpotHTTP:
         if action is Action.WAIT:
             return self._burst(policy, failure, headers, message)
         if action is Action.REAUTH:
-            return CRMAuthError(message)
+            return _Expired(message) if status == 401 else CRMAuthError(message)
         if action is Action.SKIP:
             return HubSpotNotFound(message, status, text)
         return CRMRefused(message, status, text)

@@ -15,7 +15,16 @@ from email.utils import getaddresses
 from typing import Any
 
 from maillink.crm.base import ActivityDraft
-from maillink.model import CrmUser, Item, ItemKind, ItemRef, ItemStatus, Person
+from maillink.model import (
+    Address,
+    CrmUser,
+    Direction,
+    Item,
+    ItemKind,
+    ItemRef,
+    ItemStatus,
+    Person,
+)
 
 # `associatedcompanyid`: the primary company, which the email is associated with too.
 CONTACT_PROPERTIES = [
@@ -196,18 +205,38 @@ def _addresses(text: str) -> list[dict[str, str]]:
     return found
 
 
+def _header(address: Address) -> dict[str, str]:
+    entry = {"email": address.email}
+    first, _, last = address.name.strip().partition(" ")
+    if first:
+        entry["firstName"] = first
+    if last:
+        entry["lastName"] = last
+    return entry
+
+
+def _draft_headers(draft: ActivityDraft) -> tuple[str, dict[str, Any]]:
+    """The direction and From/To/Cc headers: the draft's own fields; drafts stored before
+    they existed (direction None) are read back from their note, where maillink wrote them."""
+    if draft.direction is not None:
+        inbound = draft.direction is Direction.INBOUND
+        sender = _header(draft.sender) if draft.sender else {}
+        to = [_header(a) for a in draft.to]
+        cc = [_header(a) for a in draft.cc]
+    else:
+        lines = note_lines(draft.note)
+        inbound = lines.get("direction", "").lower() == "inbound"
+        senders = _addresses(lines.get("from", ""))
+        sender = senders[0] if senders else {}
+        to, cc = _addresses(lines.get("to", "")), _addresses(lines.get("cc", ""))
+    headers = {"from": sender, "to": to, "cc": cc, "bcc": []}
+    return (INCOMING if inbound else OUTGOING), headers
+
+
 def email_properties(draft: ActivityDraft, key_property: str | None) -> dict[str, str]:
-    """The engagement's properties: when, direction, subject and the From/To/Cc headers (read
-    back from the draft's note, where maillink writes them), its key; never a body."""
-    lines = note_lines(draft.note)
-    direction = INCOMING if lines.get("direction", "").lower() == "inbound" else OUTGOING
-    senders = _addresses(lines.get("from", ""))
-    headers: dict[str, Any] = {
-        "from": senders[0] if senders else {},
-        "to": _addresses(lines.get("to", "")),
-        "cc": _addresses(lines.get("cc", "")),
-        "bcc": [],
-    }
+    """The engagement's properties: when, direction, subject and the From/To/Cc headers, its
+    key; never a body."""
+    direction, headers = _draft_headers(draft)
     properties = {
         "hs_timestamp": hubspot_time(draft.when),
         "hs_email_direction": direction,

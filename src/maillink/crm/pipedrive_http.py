@@ -29,7 +29,7 @@ from maillink.crm.base import (
     CRMRefused,
     CRMUnavailable,
 )
-from maillink.crm.pipedrive_transport import (
+from maillink.crm.transport import (
     Answer,
     NeverSent,
     NoAnswer,

@@ -378,6 +378,7 @@ def run_daemon(
         ctx = OpsContext(
             store=app.store,
             metrics=daemon.metrics,
+            hubspot_webhooks=app.hubspot_webhooks(),
             webhook=credentials.webhook,
             gmail_push_token=credentials.gmail_push_token,
             gmail_push_verifier=(

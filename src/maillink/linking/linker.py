@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from maillink.crm.activity import draft_for, draft_to_json
-from maillink.crm.base import CRM
+from maillink.crm.base import CRM, BatchLookup
 from maillink.crm.owners import Mailbox, Owners
 from maillink.linking.explanations import Why
 from maillink.linking.facts import Decision, Facts, LinkingPolicy, Reason, ThreadInput
@@ -66,23 +66,34 @@ class FactGatherer:
         now = self.clock()
         with self.store.transaction() as conn:
             persons = cache.fresh_persons(conn, wanted, now, self.ttl.persons)
-        fetched_persons: dict[str, list[Person]] = {}
-        for email in sorted(wanted - persons.keys()):
-            fetched_persons[email] = self.crm.search_persons(email)
+        fetched_persons = self._search_persons(sorted(wanted - persons.keys()))
         persons.update(fetched_persons)
         person_ids = {p.id for found in persons.values() for p in found}
         with self.store.transaction() as conn:
             if remember:
                 cache.put_persons(conn, fetched_persons, now)
             items = cache.fresh_items(conn, person_ids, now, self.ttl.items)
-        fetched_items: dict[int, list[Item]] = {}
-        for person_id in sorted(person_ids - items.keys()):
-            fetched_items[person_id] = self.crm.items_of_person(person_id)
+        fetched_items = self._items_of_persons(sorted(person_ids - items.keys()))
         items.update(fetched_items)
         if fetched_items and remember:
             with self.store.transaction() as conn:
                 cache.put_items(conn, fetched_items, now)
         return Facts(persons_by_email=persons, items_by_person=items)
+
+    def _search_persons(self, emails: list[str]) -> dict[str, list[Person]]:
+        """The persons of these addresses: in one batch when the CRM offers it (`BatchLookup`),
+        else one search per address."""
+        if emails and isinstance(self.crm, BatchLookup):
+            found = self.crm.search_persons_many(emails)
+            return {e: list(found.get(e, ())) for e in emails}
+        return {email: self.crm.search_persons(email) for email in emails}
+
+    def _items_of_persons(self, person_ids: list[int]) -> dict[int, list[Item]]:
+        """The items of these persons: in one batch when the CRM offers it, else one by one."""
+        if person_ids and isinstance(self.crm, BatchLookup):
+            found = self.crm.items_of_persons(person_ids)
+            return {pid: list(found.get(pid, ())) for pid in person_ids}
+        return {pid: self.crm.items_of_person(pid) for pid in person_ids}
 
     def with_archived(
         self, facts: Facts, person_ids: Iterable[int], *, remember: bool = True

@@ -13,6 +13,7 @@ as subject, refreshed by the JWT bearer grant (`maillink.providers.google_token`
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import weakref
@@ -20,7 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httplib2
-from google.oauth2 import service_account
+from google.auth import crypt
 from googleapiclient.discovery import build_from_document
 from googleapiclient.discovery_cache import get_static_doc
 from googleapiclient.errors import HttpError
@@ -29,8 +30,9 @@ from maillink.errors import ConfigError, ConnectError
 from maillink.onboarding.team import Member, MembersReport, sync_members
 from maillink.providers.base import ProviderError
 from maillink.providers.gmail_api import SCOPE_METADATA, check_endpoint, classify
-from maillink.providers.google_token import TokenRefused, refresh
+from maillink.providers.google_token import DelegatedCredentials, TokenRefused, refresh
 from maillink.providers.retry import RetryPolicy
+from maillink.store import accounts
 
 if TYPE_CHECKING:
     from maillink.app import App
@@ -43,7 +45,7 @@ HTTP_TIMEOUT = 60.0
 
 
 # Each App's delegated credentials, by (key id, mailbox): see `mailbox_credentials`.
-_KEPT: weakref.WeakKeyDictionary[App, dict[tuple[str, str], service_account.Credentials]] = (
+_KEPT: weakref.WeakKeyDictionary[App, dict[tuple[str, str], DelegatedCredentials]] = (
     weakref.WeakKeyDictionary()
 )
 _KEPT_LOCK = threading.Lock()
@@ -55,18 +57,18 @@ class DomainWideError(ConnectError):
 
 def delegated_credentials(
     key: dict[str, Any], subject: str, scopes: Sequence[str] = (SCOPE_METADATA,)
-) -> service_account.Credentials:
+) -> DelegatedCredentials:
     """The service account's credentials impersonating `subject` for `scopes` (token_uri from
     the key); the access token is obtained at the first request that needs it."""
     try:
-        return service_account.Credentials.from_service_account_info(
-            key, scopes=list(scopes), subject=subject
-        )
+        signer = crypt.RSASigner.from_service_account_info(key)
+        email, token_uri = str(key["client_email"]), str(key["token_uri"])
     except (ValueError, KeyError, TypeError):
         raise ConfigError(
             "credentials.json: google_service_account: the private key cannot be read "
             "(download a new JSON key for the service account)"
         ) from None
+    return DelegatedCredentials(signer, email, token_uri, subject, scopes)
 
 
 def service_account_key(app: App) -> dict[str, Any] | None:
@@ -74,7 +76,7 @@ def service_account_key(app: App) -> dict[str, Any] | None:
     return app.credentials.google_service_account
 
 
-def mailbox_credentials(app: App, email: str) -> service_account.Credentials:
+def mailbox_credentials(app: App, email: str) -> DelegatedCredentials:
     """A domain-connected mailbox's credentials: the service account impersonating it.
 
     Kept for the App's life (per key and mailbox), so that each round reuses the access token
@@ -135,12 +137,28 @@ def connect_domain_wide(app: App, *, policy: RetryPolicy | None = None) -> Membe
     checked = members if app.settings.gmail.members else members[:1]
     for member in checked:
         check_mailbox(key, member.email, policy=policy)
-    return sync_members(app, "gmail", "domain", members)
+    check = functools.partial(mailbox_problem, app)
+    return sync_members(app, "gmail", "domain", members, check)
+
+
+def mailbox_problem(app: App, member: Member, account: accounts.Account | None) -> str | None:
+    """Why the service account cannot read a domain-connected mailbox now (None: it can): asked
+    by `maillink accounts refresh` before a mailbox that needs re-authorisation (delegation
+    withdrawn, user suspended) is made active again. A new member is not asked here: the
+    directory's users are of the domain, and `connect_domain_wide` checked the delegation."""
+    key = service_account_key(app)
+    if account is None or key is None:
+        return None
+    try:
+        check_mailbox(key, member.email)
+    except DomainWideError as error:
+        return str(error)
+    return None
 
 
 def check_mailbox(
     key: dict[str, Any], email: str, *, policy: RetryPolicy | None = None
-) -> service_account.Credentials:
+) -> DelegatedCredentials:
     """An access token for `email`'s mail, or a `DomainWideError` saying what to fix."""
     credentials = delegated_credentials(key, email)
     _token(credentials, httplib2.Http(timeout=HTTP_TIMEOUT), key, email, SCOPE_METADATA, policy)
@@ -228,7 +246,7 @@ class _BearerHttp:
     def __init__(
         self,
         http: httplib2.Http,
-        credentials: service_account.Credentials,
+        credentials: DelegatedCredentials,
         renew: Callable[[], None],
     ) -> None:
         self._http = http
@@ -256,7 +274,7 @@ class _BearerHttp:
 
 
 def _token(
-    credentials: service_account.Credentials,
+    credentials: DelegatedCredentials,
     http: httplib2.Http,
     key: dict[str, Any],
     subject: str,

@@ -21,6 +21,7 @@ import requests
 
 from maillink.config import MicrosoftCredentials
 from maillink.errors import ConfigError, ConnectError
+from maillink.http_policy import GRAPH, TEAM_RULES, Action, Failure, decide
 from maillink.onboarding.microsoft_msal import check_authority, describe, uses_instance_discovery
 from maillink.onboarding.team import Member, MembersReport, sync_members
 from maillink.providers.base import NeedsReauth, ProviderError
@@ -34,11 +35,24 @@ APP_PERMISSIONS = ("Mail.ReadBasic.All", "User.Read.All")
 GROUP_PERMISSION = "GroupMember.Read.All"
 USER_FIELDS = "id,mail,userPrincipalName,accountEnabled"
 PAGE_SIZE = 999  # the largest page Graph gives of users
-# The app's errors that no retry mends: the secret, the app or its permissions are wrong.
-REFUSED = frozenset(
-    {"invalid_client", "unauthorized_client", "invalid_scope", "invalid_resource", "invalid_grant"}
-)
+# What the admin does about a refusal of the app's token (the policy's TEAM_RULES say which
+# refusals need re-authorisation); then `maillink accounts refresh` checks again.
+APP_REFUSALS = {
+    "invalid_client": "check credentials.json microsoft.client_secret (expired or replaced?)",
+    "unauthorized_client": "the app is disabled or was removed from the tenant: an admin "
+    "enables it again (Entra ID → Enterprise applications) or grants admin consent again",
+}
+APP_REFUSED_HINT = "check the app registration and its admin consent in Entra ID"
 MULTI_TENANT = frozenset({"common", "organizations", "consumers"})
+# Graph's answer for a user with a `mail` address but no Exchange Online mailbox (no licence,
+# or a mailbox hosted on-premises).
+NO_MAILBOX = frozenset({"MailboxNotEnabledForRESTAPI", "MailboxNotSupportedForRESTAPI"})
+MAIL_REFUSALS = {
+    "MailboxNotEnabledForRESTAPI": ": the user has no Exchange Online mailbox (a licence with "
+    "Exchange Online, or a mailbox moved from on-premises, gives one)",
+    "ErrorAccessDenied": f": grant the app {APP_PERMISSIONS[0]} (with admin consent) and include "
+    "the mailbox in any application access policy",
+}
 _GROUP_ID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 
 
@@ -68,12 +82,15 @@ class AppTokenSource:
     ) -> None:
         check_authority(authority)
         self._scopes = [graph_scope(graph_url)]
+        # MSAL's memory of answers (a refusal is not asked again for 60 s): ours to forget.
+        self._http_cache: dict[Any, Any] = {}
         self._app = msal.ConfidentialClientApplication(
             client_id,
             client_credential=client_secret,
             authority=authority,
             instance_discovery=uses_instance_discovery(authority),
             http_client=shared_session(ca_bundle, http_timeout),
+            http_cache=self._http_cache,
         )
         self._lock = threading.Lock()
         self._force = False
@@ -81,6 +98,12 @@ class AppTokenSource:
     def invalidate(self) -> None:
         with self._lock:
             self._force = True
+
+    def forget_refusals(self) -> None:
+        """Ask the token endpoint again even if it refused within the last minute (MSAL keeps
+        a 400 answer that long): `maillink accounts refresh` checks again, now."""
+        with self._lock:
+            self._http_cache.clear()
 
     def __call__(self) -> str:
         with self._lock:
@@ -97,10 +120,12 @@ class AppTokenSource:
                 raise ProviderError(f"the Microsoft sign-in is misconfigured: {error}") from None
         if "access_token" in result:
             return str(result["access_token"])
-        if result.get("error") in REFUSED:
+        refused = str(result.get("error") or "") or None
+        if decide(GRAPH, Failure(None, refused), rules=TEAM_RULES) is Action.REAUTH:
+            hint = APP_REFUSALS.get(refused or "", APP_REFUSED_HINT)
             raise NeedsReauth(
-                f"Microsoft refused the app's credentials ({describe(result)}); check "
-                "credentials.json microsoft.client_secret, then: maillink accounts refresh"
+                f"Microsoft refused the app's token ({describe(result)}); {hint}, "
+                "then: maillink accounts refresh"
             )
         raise TokenUnavailable(f"the app token failed ({describe(result)})")
 
@@ -154,7 +179,11 @@ def tenant_members(app: App, *, token_source: Callable[[], str] | None = None) -
     """The tenant's members: the enabled users of `[microsoft] members_group` (id or display
     name), or of the whole tenant, that have a mail address."""
     settings = app.settings.microsoft
-    source = token_source or tenant_token_source(app)
+    source = token_source
+    if source is None:
+        app_source = tenant_token_source(app)
+        app_source.forget_refusals()  # an admin may have just mended what was refused
+        source = app_source
     api = GraphApi(
         source,
         graph_url=settings.graph_url,
@@ -231,36 +260,70 @@ def _explained(error: ProviderError, needed: str) -> Exception:
 
 def connect_tenant(app: App) -> MembersReport:
     """`maillink connect microsoft --tenant-wide`: list the members and make the mailboxes
-    connected tenant-wide follow them."""
+    connected tenant-wide follow them (a member without an Exchange Online mailbox is not
+    added: there is nothing to read; the next refresh checks again)."""
     members = tenant_members(app)
     check_mail_permission(app, members)
-    return sync_members(app, "microsoft", "tenant", members)
+    return sync_members(
+        app, "microsoft", "tenant", members, lambda member, _account: mailbox_problem(app, member)
+    )
 
 
 def check_mail_permission(app: App, members: list[Member]) -> None:
-    """One request on a member's mailbox: a 403 names Mail.ReadBasic.All (or the application
-    access policy) now rather than at every round."""
-    for member in members[:1]:
-        root = f"/users/{quote(member.directory_id or member.email, safe='@')}"
-        api = GraphApi(
-            tenant_token_source(app),
-            graph_url=app.settings.microsoft.graph_url,
-            max_concurrency=1,
-            page_size=1,
-            policy=RetryPolicy(),
-        )
-        try:
-            api.get(
-                api.url(f"{root}/mailFolders/inbox/messages?$select=receivedDateTime&$top=1"),
-                what="graph",
+    """One request on a member's mailbox (the first that has one): a 403 names
+    Mail.ReadBasic.All (or the application access policy) now rather than at every round."""
+    for member in members:
+        refused = _mail_refusal(app, member)
+        if isinstance(refused, GraphHTTPError) and refused.code in NO_MAILBOX:
+            continue  # nothing to read there: ask the next member's mailbox
+        if isinstance(refused, GraphHTTPError) and refused.status == 403:
+            raise TenantConnectError(
+                f"Microsoft Graph refused to read {member.email}'s mail (403 {refused.code}): "
+                f"grant the app the application permission {APP_PERMISSIONS[0]} (with admin "
+                "consent), and if an application access policy restricts it, include this "
+                "mailbox's group"
             )
-        except ProviderError as error:
+        if refused is not None:
+            raise TenantConnectError(str(refused))
+        return
+
+
+def mailbox_problem(app: App, member: Member) -> str | None:
+    """Why the app cannot read `member`'s mail now (None: it can), in one line: asked before a
+    member is added and before a mailbox that needs re-authorisation is made active again."""
+    refused = _mail_refusal(app, member)
+    if isinstance(refused, GraphHTTPError):
+        hint = MAIL_REFUSALS.get(refused.code or "", "")
+        return f"Microsoft Graph cannot read its mail ({refused}){hint}"
+    return None if refused is None else str(refused)
+
+
+def _mail_refusal(app: App, member: Member) -> GraphHTTPError | NeedsReauth | None:
+    """One request on the member's inbox under the team connections' policy: None when it
+    answers; what refused it when the policy says re-authorise (Graph's answer, or the app's
+    token refused); other failures (Graph unreachable, busy) are raised."""
+    source = tenant_token_source(app)
+    root = f"/users/{quote(member.directory_id or member.email, safe='@')}"
+    api = GraphApi(
+        source,
+        graph_url=app.settings.microsoft.graph_url,
+        max_concurrency=1,
+        page_size=1,
+        policy=RetryPolicy(rules=TEAM_RULES),
+    )
+    url = api.url(f"{root}/mailFolders/inbox/messages?$select=receivedDateTime&$top=1")
+    for fresh in (False, True):
+        try:
+            api.get(url, what="graph")
+        except NeedsReauth as error:
             cause = error.__cause__
-            if isinstance(cause, GraphHTTPError) and cause.status == 403:
-                raise TenantConnectError(
-                    f"Microsoft Graph refused to read {member.email}'s mail (403 {cause.code}): "
-                    f"grant the app the application permission {APP_PERMISSIONS[0]} (with admin "
-                    "consent), and if an application access policy restricts it, include this "
-                    "mailbox's group"
-                ) from None
-            raise
+            refused: GraphHTTPError | NeedsReauth = (
+                cause if isinstance(cause, GraphHTTPError) else error
+            )
+        else:
+            return None
+        if fresh or not (isinstance(refused, GraphHTTPError) and refused.status == 403):
+            return refused
+        # The app's cached token may predate a permission granted since: ask for a new one.
+        source.invalidate()
+    return None

@@ -10,18 +10,25 @@ mailboxes of that connection follow the list:
   and CRM links stay), with `last_error` = `LEFT_DIRECTORY`, the mark that this process paused it;
 - a paused mailbox that is a member again is resumed only when it carries that mark: a mailbox
   that a person paused (`maillink accounts pause`, no mark) stays paused; a member's mailbox
-  that needs re-authorisation (the app's credentials were refused) is active again, since the
-  listing just succeeded with those credentials;
+  that needs re-authorisation (the app's credentials were refused: delegation withdrawn, an
+  application permission or consent revoked) is active again once the listing succeeded with
+  those credentials and the connection's `check` (when it has one) reads the mailbox again;
+  otherwise it keeps needing re-authorisation, with the check's reason;
+- a new member whose mailbox the `check` cannot read (a Microsoft user with a `mail` address but
+  no Exchange Online mailbox) is not added: the report counts it, the next refresh checks again;
 - a mailbox that a rep connected themself (`connected_via` "user") is left alone, member or not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from maillink.http_policy import RULES, TEAM_RULES
+from maillink.providers.retry import RetryPolicy
 from maillink.store import accounts
 
 if TYPE_CHECKING:
@@ -37,6 +44,20 @@ SCOPES = {
     ("gmail", "domain"): "https://www.googleapis.com/auth/gmail.metadata",
 }
 TEAM_CONNECTIONS = frozenset({"tenant", "domain"})
+# A team mailbox refused: no rep can reconnect it, an admin restores the access.
+TEAM_REAUTH_HINT = (
+    "an admin must restore the app's access (delegation, permission or consent), then run "
+    "maillink accounts refresh"
+)
+
+
+def team_policy(policy: RetryPolicy | None) -> RetryPolicy:
+    """The retry policy of a team connection's mailbox: the table's `TEAM_RULES` (a refusal of
+    the app's credentials needs re-authorisation) unless `policy` brings rules of its own."""
+    policy = policy or RetryPolicy()
+    if policy.rules is not RULES:
+        return policy
+    return dataclasses.replace(policy, rules=TEAM_RULES, reauth_hint=TEAM_REAUTH_HINT)
 
 
 @dataclass(frozen=True)
@@ -45,21 +66,33 @@ class Member:
     directory_id: str | None  # Graph user id / Google user id
 
 
+# Why a member's mailbox cannot be read now, None when it can: asked (outside the transaction)
+# before a new member is added (account None) and before a mailbox that needs
+# re-authorisation is made active again; the connection's own credentials answer it.
+Check = Callable[[Member, accounts.Account | None], str | None]
+
+
 @dataclass
 class MembersReport:
     added: list[str] = field(default_factory=list)
     paused: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     kept: int = 0
+    # Members not added, with why their mailbox cannot be read (no Exchange Online mailbox…).
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def summary(self, label: str) -> str:
         """One line for the command line: what the refresh changed."""
         parts = [f"{len(self.added)} added", f"{len(self.paused)} paused"]
         parts += [f"{len(self.resumed)} resumed", f"{self.kept} unchanged"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} not added (no mailbox to read)")
         return f"{label}: " + ", ".join(parts)
 
 
-def sync_members(app: App, provider: str, via: str, members: Sequence[Member]) -> MembersReport:
+def sync_members(
+    app: App, provider: str, via: str, members: Sequence[Member], check: Check | None = None
+) -> MembersReport:
     """Make the mailboxes of `provider` connected `via` a team connection follow `members`
     (in one transaction); returns what changed."""
     if via not in TEAM_CONNECTIONS:
@@ -69,12 +102,16 @@ def sync_members(app: App, provider: str, via: str, members: Sequence[Member]) -
         email = member.email.strip().lower()
         if email:
             wanted.setdefault(email, Member(email, member.directory_id))
+    problems = _checked(app, provider, via, wanted, check) if check is not None else {}
     report = MembersReport()
     scopes = SCOPES.get((provider, via), "")
     with app.store.transaction() as conn:
         present = {a.email: a for a in accounts.connected_via(conn, provider, via)}
         for email, member in sorted(wanted.items()):
             account = present.get(email)
+            if account is None and email in problems:
+                report.skipped[email] = problems[email]
+                continue
             if account is None:
                 made = accounts.add_member(conn, email, provider, via, member.directory_id, scopes)
                 if made is not None:
@@ -84,7 +121,11 @@ def sync_members(app: App, provider: str, via: str, members: Sequence[Member]) -
                 continue
             if member.directory_id and account.directory_id != member.directory_id:
                 accounts.set_directory_id(conn, account.id, member.directory_id)
-            if _back(account):
+            if account.status == accounts.NEEDS_REAUTH and email in problems:
+                # Still refused: it keeps needing re-authorisation, with today's reason.
+                accounts.set_status(conn, account.id, accounts.NEEDS_REAUTH, problems[email])
+                report.kept += 1
+            elif _back(account):
                 accounts.set_status(conn, account.id, accounts.ACTIVE)
                 report.resumed.append(email)
             else:
@@ -96,6 +137,23 @@ def sync_members(app: App, provider: str, via: str, members: Sequence[Member]) -
             accounts.set_status(conn, account.id, accounts.PAUSED, LEFT_DIRECTORY)
             report.paused.append(email)
     return report
+
+
+def _checked(
+    app: App, provider: str, via: str, wanted: dict[str, Member], check: Check
+) -> dict[str, str]:
+    """What `check` says of the members to add and of the mailboxes to re-authorise."""
+    with app.store.engine.connect() as conn:
+        present = {a.email: a for a in accounts.connected_via(conn, provider, via)}
+    problems: dict[str, str] = {}
+    for email, member in sorted(wanted.items()):
+        account = present.get(email)
+        if account is not None and account.status != accounts.NEEDS_REAUTH:
+            continue
+        problem = check(member, account)
+        if problem is not None:
+            problems[email] = problem
+    return problems
 
 
 def _back(account: accounts.Account) -> bool:
@@ -139,7 +197,7 @@ def refresh_team(app: App, connection: TeamConnection) -> Refreshed | None:
         found = connection.members()
         if found is None:
             return None
-        report = sync_members(app, connection.provider, connection.via, found)
+        report = sync_members(app, connection.provider, connection.via, found, connection.check)
     except (ConfigError, ConnectError, ProviderError) as error:
         return Refreshed(connection.label, None, str(error) or type(error).__name__)
     return Refreshed(connection.label, report)
@@ -148,14 +206,16 @@ def refresh_team(app: App, connection: TeamConnection) -> Refreshed | None:
 @dataclass(frozen=True)
 class TeamConnection:
     """A team connection: its label, provider, `connected_via`, how to list its members (None
-    from `members()`: not configured after all), and whether its settings say it is configured
-    (known without listing anyone: what the web app's Team page shows)."""
+    from `members()`: not configured after all), whether its settings say it is configured
+    (known without listing anyone: what the web app's Team page shows), and how to check that a
+    member's mailbox can be read (see `sync_members`)."""
 
     label: str
     provider: str
     via: str  # "tenant" | "domain"
     members: Callable[[], Sequence[Member] | None]
     configured: bool = True
+    check: Check | None = None
 
 
 def team_connections(app: App) -> list[TeamConnection]:
@@ -166,11 +226,15 @@ def team_connections(app: App) -> list[TeamConnection]:
         tenant = bool(accounts.connected_via(conn, "microsoft", "tenant"))
     found: list[TeamConnection] = []
     if tenant or app.settings.microsoft.members_group is not None:
-        from maillink.onboarding.microsoft_tenant import tenant_members
+        from maillink.onboarding.microsoft_tenant import mailbox_problem, tenant_members
 
         found.append(
             TeamConnection(
-                "microsoft tenant-wide", "microsoft", "tenant", lambda: tenant_members(app)
+                "microsoft tenant-wide",
+                "microsoft",
+                "tenant",
+                lambda: tenant_members(app),
+                check=lambda member, _account: mailbox_problem(app, member),
             )
         )
     try:  # written beside this one (Google domain-wide); absent: no such connection
@@ -181,9 +245,15 @@ def team_connections(app: App) -> list[TeamConnection]:
     if callable(domain_members):
         gmail = app.settings.gmail
         configured = bool(gmail.members or gmail.domain_wide_admin)
+        problem = getattr(google_domain, "mailbox_problem", None)
         found.append(
             TeamConnection(
-                "google domain-wide", "gmail", "domain", lambda: domain_members(app), configured
+                "google domain-wide",
+                "gmail",
+                "domain",
+                lambda: domain_members(app),
+                configured,
+                (lambda member, account: problem(app, member, account)) if problem else None,
             )
         )
     return found

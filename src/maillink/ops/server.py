@@ -3,6 +3,8 @@
     GET  /healthz                 200 when the store answers and the daemon's loop is alive
     GET  /metrics                 Prometheus text format
     POST /webhooks/pipedrive      Pipedrive webhooks v2, HTTP basic auth (credentials.json webhook)
+    POST /webhooks/hubspot        HubSpot webhooks of the public app, signed (v3) with its client
+                                  secret (credentials.json hubspot.client_secret)
     POST /push/gmail              Gmail Pub/Sub push: its OIDC token (credentials.json
                                   gmail_push.service_account), or ?token=… (gmail_push.token)
     POST /push/graph              Graph change and lifecycle notifications ([microsoft]
@@ -31,9 +33,17 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from maillink.config import WebhookCredentials
+from maillink.crm.hubspot_webhooks import (
+    SIGNED_HEADERS,
+    BadEvents,
+    HubSpotWebhooks,
+    SignatureRefused,
+    parse_events,
+)
 from maillink.ops.metrics import Metrics
 from maillink.ops.webhooks import (
     BadPayload,
+    CrmChange,
     RecentIds,
     forget,
     gmail_push,
@@ -63,6 +73,7 @@ class OpsContext:
     store: Store
     metrics: Metrics
     webhook: WebhookCredentials | None = None
+    hubspot_webhooks: HubSpotWebhooks | None = None  # a HubSpot public app is configured
     gmail_push_token: str | None = None
     gmail_push_verifier: PushVerifier | None = None  # the OIDC token of Pub/Sub's pushes
     gmail_push_seen: RecentIds = field(default_factory=RecentIds)  # message ids: replays
@@ -86,6 +97,11 @@ def _error(status: int, message: str, **headers: str) -> Response:
 def _json_body() -> Any:
     """The request's JSON body, read up to MAX_BODY_BYTES: a declared length above it is refused
     before reading, a chunked body as soon as it passes it. `BadPayload` when not JSON."""
+    return parse_json(_raw_body())
+
+
+def _raw_body() -> bytes:
+    """The request's body as sent (a signature covers these bytes), at most MAX_BODY_BYTES."""
     declared = request.content_length
     if declared is not None and declared > MAX_BODY_BYTES:
         raise BodyTooLarge
@@ -97,7 +113,7 @@ def _json_body() -> Any:
         body += part
     if len(body) > MAX_BODY_BYTES:
         raise BodyTooLarge
-    return parse_json(bytes(body))
+    return bytes(body)
 
 
 def create_ops_app(ctx: OpsContext) -> Flask:
@@ -164,6 +180,55 @@ def create_ops_app(ctx: OpsContext) -> Flask:
                 "all_items": change.everyone,
             }
         )
+
+    @app.post("/webhooks/hubspot")
+    def hubspot_webhook() -> Response:
+        receiver = ctx.hubspot_webhooks
+        if receiver is None:
+            return _error(404, "HubSpot webhooks are not configured (credentials.json hubspot)")
+        body = _raw_body()
+        query = request.query_string.decode("latin-1")
+        try:
+            receiver.verify(
+                request.method,
+                request.url,
+                request.path + (f"?{query}" if query else ""),
+                body,
+                {name: request.headers.get(name, "") for name in SIGNED_HEADERS},
+            )
+        except SignatureRefused as exc:
+            log.info("hubspot webhook refused: %s", exc, extra={"event": "webhook_refused"})
+            return _error(401, "unauthorized")
+        try:
+            changes = receiver.changes(parse_events(parse_json(body)))
+        except (BadPayload, BadEvents) as exc:
+            return _error(400, str(exc))
+        changes = [c for c in changes if c.person_ids or c.emails or c.everyone]
+        if changes:
+            with ctx.store.transaction() as conn:
+                for stale in changes:
+                    forget(
+                        conn,
+                        CrmChange(
+                            stale.entity,
+                            stale.action,
+                            stale.entity_id,
+                            stale.person_ids,
+                            stale.emails,
+                            everyone=stale.everyone,
+                        ),
+                    )
+            ctx.metrics.crm_changes.labels("webhook").inc(len(changes))
+        log.info(
+            "hubspot webhook: %d change(s), cached facts forgotten",
+            len(changes),
+            extra={
+                "event": "crm_change",
+                "persons": sorted({p for c in changes for p in c.person_ids}),
+                "all_items": any(c.everyone for c in changes),
+            },
+        )
+        return Response(status=204)
 
     def gmail_push_refused() -> Response | None:
         """None when the push proves it is Pub/Sub's: a bearer OIDC token that verifies (when

@@ -9,30 +9,74 @@ mailbox up to `SPREAD` earlier than the last minutes of its validity, at an offs
 that tokens first obtained together (a fleet's first start) are not all refreshed together again
 an hour later, and every hour after.
 
-A Workspace mailbox connected domain-wide holds google-auth's service-account `Credentials` with
-the mailbox as `subject`: its refresh is the JWT bearer grant (RFC 7523), an assertion signed by
-the service account's key, sent and refused the same way.
+A Workspace mailbox connected domain-wide holds `DelegatedCredentials`: the service account's
+signer (google-auth's public `Signer`), the mailbox as subject and the key's token endpoint. Its
+refresh is the JWT bearer grant (RFC 7523): an assertion (iss, scope, aud, iat, exp, sub) signed
+with `google.auth.jwt.encode`, sent and refused the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from google.oauth2 import service_account
+from google.auth import credentials as auth_credentials
+from google.auth import crypt, jwt
+from google.auth import exceptions as auth_exceptions
 from google.oauth2.credentials import Credentials
 
 from maillink.http_policy import parse_retry_after
 
 SPREAD = timedelta(minutes=15)
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+ASSERTION_LIFETIME = 3600  # seconds: Google accepts assertions of at most an hour
+
+
+class DelegatedCredentials(auth_credentials.Credentials):
+    """A service account impersonating `subject` for `scopes`: what its JWT bearer grant needs
+    (the signer, the account's email, the key's token endpoint), and the access token it got
+    (`token`, `expiry`, `valid`, as google-auth's credentials keep them)."""
+
+    def __init__(
+        self,
+        signer: crypt.Signer,
+        service_account_email: str,
+        token_uri: str,
+        subject: str,
+        scopes: Sequence[str],
+    ) -> None:
+        super().__init__()
+        self.signer = signer
+        self.service_account_email = service_account_email
+        self.token_uri = token_uri
+        self.subject = subject
+        self.scopes = tuple(scopes)
+
+    def assertion(self, now: datetime) -> str:
+        """The signed JWT bearer assertion (RFC 7523 §3, as Google documents it)."""
+        issued = int(now.timestamp())
+        payload = {
+            "iss": self.service_account_email,
+            "scope": " ".join(self.scopes),
+            "aud": self.token_uri,
+            "iat": issued,
+            "exp": issued + ASSERTION_LIFETIME,
+            "sub": self.subject,
+        }
+        return _text(jwt.encode(self.signer, payload))
+
+    def refresh(self, request: Any) -> None:
+        raise auth_exceptions.RefreshError(
+            "refreshed by maillink.providers.google_token.refresh, not by google-auth"
+        )
+
 
 # A mailbox's own grant (refresh token), or a service account's delegation (domain-wide).
-GoogleCredentials = Credentials | service_account.Credentials
+GoogleCredentials = Credentials | DelegatedCredentials
 
 # (url, method, body, headers) → (status, headers with lower-case names, body)
 Send = Callable[[str, str, str | None, dict[str, str]], tuple[int, dict[str, str], bytes]]
@@ -50,17 +94,12 @@ class TokenRefused(Exception):
 
 def spread(credentials: GoogleCredentials) -> timedelta:
     """How much earlier than google-auth's margin this mailbox refreshes: fixed per grant."""
-    if isinstance(credentials, service_account.Credentials):
-        seed = f"{credentials.service_account_email} {delegated_subject(credentials)}"
+    if isinstance(credentials, DelegatedCredentials):
+        seed = f"{credentials.service_account_email} {credentials.subject}"
     else:
         seed = credentials.refresh_token or ""
     digest = hashlib.sha256(seed.encode()).digest()
     return timedelta(seconds=int.from_bytes(digest[:4], "big") % int(SPREAD.total_seconds()))
-
-
-def delegated_subject(credentials: service_account.Credentials) -> str:
-    """The user a service account's credentials impersonate ("" for none)."""
-    return str(getattr(credentials, "_subject", None) or "")
 
 
 def due(credentials: GoogleCredentials, early: timedelta, *, now: datetime | None = None) -> bool:
@@ -76,11 +115,10 @@ def due(credentials: GoogleCredentials, early: timedelta, *, now: datetime | Non
 
 def refresh(credentials: GoogleCredentials, send: Send, *, now: datetime | None = None) -> None:
     """A new access token (and its expiry) into `credentials`, with one token request."""
-    if isinstance(credentials, service_account.Credentials):
-        # google-auth's own assertion (iss, sub, scope, aud, iat, exp), signed with the key.
-        assertion = credentials._make_authorization_grant_assertion()
-        form = {"grant_type": JWT_BEARER, "assertion": _text(assertion)}
-        token_uri = str(credentials._token_uri)
+    start = now or datetime.now(UTC)
+    if isinstance(credentials, DelegatedCredentials):
+        form = {"grant_type": JWT_BEARER, "assertion": credentials.assertion(start)}
+        token_uri = credentials.token_uri
     else:
         form = {
             "grant_type": "refresh_token",
@@ -111,7 +149,6 @@ def refresh(credentials: GoogleCredentials, send: Send, *, now: datetime | None 
         seconds = float(body.get("expires_in", 3600))
     except (TypeError, ValueError):
         seconds = 3600.0
-    start = now or datetime.now(UTC)
     credentials.token = token
     # google-auth compares a naive UTC expiry.
     credentials.expiry = (start + timedelta(seconds=seconds)).replace(tzinfo=None)

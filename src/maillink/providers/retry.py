@@ -69,6 +69,8 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     sleep: Callable[[float], None] = time.sleep
     service: str = GMAIL
+    # What a person does about a refused grant (a team connection's: an admin, then a refresh).
+    reauth_hint: str = "reconnect"
 
     def for_service(self, service: str) -> RetryPolicy:
         """This policy for `service`'s calls (itself when it already is)."""
@@ -95,7 +97,7 @@ class RetryPolicy:
         where = f"{what}: " if what else ""
         if action is Action.REAUTH:
             return NeedsReauth(
-                f"{where}the grant was revoked or has expired ({failure}); reconnect"
+                f"{where}the grant was revoked or has expired ({failure}); {self.reauth_hint}"
             )
         if action is Action.RESYNC:
             return ResyncRequired(f"{where}{failure}: the cursor must be rebuilt")

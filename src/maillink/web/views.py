@@ -141,7 +141,7 @@ def choose(thread_id: int) -> Response:
     _visible_thread(thread_id)
     text = request.form.get("item", "").strip()
     try:
-        item = parse_item(text)
+        item = parse_item(text, web_context().app.settings.crm.kind)
     except ValueError as error:
         flash(str(error), "error")
         return _back(thread_id)

@@ -97,6 +97,8 @@ def client_credentials(state: IdentityState, form: Any, base_url: str) -> Any:
         return aad_error("invalid_client", 7000218, status=401)
     if state.client_secret is None or secret != state.client_secret:
         return aad_error("invalid_client", 7000215, status=401)
+    if state.app_disabled:
+        return aad_error("unauthorized_client", 7000112)
     scopes = form.get("scope", "").split()
     if len(scopes) != 1 or not scopes[0].endswith("/.default"):
         return aad_error("invalid_scope", 1002012)

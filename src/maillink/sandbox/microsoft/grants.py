@@ -44,6 +44,7 @@ AADSTS_MESSAGES = {
     70016: "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
     70019: "Verification code expired.",
     700016: "Application with identifier was not found in the directory.",
+    7000112: "Application is disabled.",
     7000218: "The request body must contain the following parameter: 'client_assertion' or "
     "'client_secret'.",
     7000215: "Invalid client secret provided.",
@@ -159,6 +160,7 @@ class IdentityState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     # Application permissions an admin granted the app in this tenant (client credentials).
     app_permissions: set[str] = field(default_factory=set)
+    app_disabled: bool = False  # the app disabled in the tenant (client credentials refused)
     # Delegated consent (consent.py): the app's web redirect URIs, the tenant's administrators,
     # a policy that blocks user consent, and the tenant-wide consent an administrator gave.
     redirect_uris: set[str] = field(default_factory=set)

@@ -170,6 +170,12 @@ def _dispatch(ctx: GraphContext, grant: Grant, mailbox: Mailbox, rest: str, tail
         raise ODataError(
             403, "ErrorAccessDenied", "Access is denied. Check credentials and try again."
         )
+    if not mailbox.exchange:
+        raise ODataError(
+            404,
+            "MailboxNotEnabledForRESTAPI",
+            "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+        )
     if tail == "messages":
         ctx.meter.count("graph.messages")
         return _list(ctx, grant, mailbox, None, rest)

@@ -137,6 +137,9 @@ class Mailbox:
     replay: set[str] = field(default_factory=set)  # folders whose next page repeats the last
     last_page: dict[str, list[Entry]] = field(default_factory=dict)
     conversation_sizes: dict[str, int] = field(default_factory=dict)
+    # False: a user with a `mail` address but no Exchange Online mailbox (no licence, or hosted
+    # on-premises): Graph's mail endpoints answer 404 MailboxNotEnabledForRESTAPI.
+    exchange: bool = True
 
     def __post_init__(self) -> None:
         for name in WELL_KNOWN_FOLDERS:

@@ -317,6 +317,22 @@ class MicrosoftSandbox:
             for group in self._graph.directory.groups.values():
                 group.members.discard(key)
 
+    def set_exchange_mailbox(self, email: str, enabled: bool) -> None:
+        """Whether the user has an Exchange Online mailbox: without one (no licence, or hosted
+        on-premises) the user keeps its `mail` address in the directory, and Graph's mail
+        endpoints answer 404 MailboxNotEnabledForRESTAPI."""
+        with self._lock:
+            self._mailbox(email).exchange = enabled
+
+    def disable_app(self, disabled: bool = True) -> None:
+        """An admin disables the app in the tenant (Enterprise applications → Enabled for users
+        to sign in: No): client credentials get `unauthorized_client` (AADSTS7000112) and the
+        app tokens already issued stop working."""
+        with self.identity.lock:
+            self.identity.app_disabled = disabled
+            for token in [t for t, r in self.identity.access.items() if r.grant.app]:
+                del self.identity.access[token]
+
     def restrict_app_access(self, group_id: str | None) -> None:
         """Exchange Online's application access policy (`New-ApplicationAccessPolicy
         -AccessRight RestrictAccess -PolicyScopeGroupId …`): an app token reads only the mail

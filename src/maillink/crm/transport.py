@@ -1,9 +1,9 @@
-"""How bytes reach Pipedrive: one small transport interface, over urllib3 (the default) or a
-requests session given by the caller.
+"""How bytes reach the CRM (Pipedrive, HubSpot): one small transport interface, over urllib3
+(the default) or a requests session given by the caller.
 
 urllib3 directly costs a fraction of what requests adds to every call (a backfill makes one call
 per email), and it says exactly what the retry policy needs: whether a failed request can have
-reached Pipedrive (`NeverSent`) or not (`NoAnswer`). The environment is honoured as requests
+reached the CRM (`NeverSent`) or not (`NoAnswer`). The environment is honoured as requests
 honours it: `REQUESTS_CA_BUNDLE` / `SSL_CERT_FILE` for extra CA certificates, and the usual
 `HTTPS_PROXY` / `NO_PROXY` variables.
 """
@@ -23,11 +23,11 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 
 class NeverSent(Exception):
-    """No connection was made: Pipedrive cannot have received the request."""
+    """No connection was made: the CRM cannot have received the request."""
 
 
 class NoAnswer(Exception):
-    """The request may have reached Pipedrive, but no answer came (reset, read timeout)."""
+    """The request may have reached the CRM, but no answer came (reset, read timeout)."""
 
 
 @dataclass(frozen=True)
