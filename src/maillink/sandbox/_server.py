@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -119,11 +119,7 @@ def install_faults(app: Flask, faults: FaultPlan, meter: Meter | None = None) ->
             time.sleep(fault.seconds)
             fault = None
         if fault is not None and fault.action == "reset":
-            sock = environ.get("werkzeug.socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            raise ConnectionAbortedError("sandbox: injected connection reset")
+            _reset(environ, "sandbox: injected connection reset")
         if fault is not None:
             body = fault.body
             mimetype = "application/json" if body.startswith(("{", "[")) else "text/plain"
@@ -175,3 +171,64 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class _Lost:
+    path: re.Pattern[str]
+    method: str | None
+    times: int
+
+
+class LostResponses:
+    """Requests that are carried out, then answered by nothing: the connection is reset (a write
+    whose outcome the client cannot know). Shared by the CRM sandboxes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lost: list[_Lost] = []
+
+    def add(self, path_regex: str, method: str | None = "POST", times: int = 1) -> None:
+        with self._lock:
+            self._lost.append(_Lost(re.compile(path_regex), method, times))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lost.clear()
+
+    def take(self, method: str, path: str) -> bool:
+        """Whether this request's answer is to be lost (one of `times` used up)."""
+        with self._lock:
+            for lost in self._lost:
+                if lost.times <= 0 or (lost.method and lost.method.upper() != method.upper()):
+                    continue
+                if lost.path.search(path):
+                    lost.times -= 1
+                    return True
+        return False
+
+    def serve(
+        self, inner: Callable[..., Any], environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Any:
+        """Run the request through `inner`; when its answer is to be lost, carry it out, drop
+        what it answered and reset the connection."""
+        if not self.take(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
+            return inner(environ, start_response)
+        body = inner(environ, lambda *args, **kwargs: lambda data: None)
+        try:
+            for _ in body:
+                pass
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+        _reset(environ, "sandbox: the write was done, its response is lost")
+
+
+def _reset(environ: dict[str, Any], why: str) -> NoReturn:
+    """Close the client's connection without an answer, as a dropped connection does."""
+    sock = environ.get("werkzeug.socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    raise ConnectionAbortedError(why)

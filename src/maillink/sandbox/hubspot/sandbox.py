@@ -10,11 +10,7 @@ and the signed events it sends on demand.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-import socket
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +20,14 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from maillink.sandbox._server import Fault, FaultPlan, Meter, ServerThread, install_faults
+from maillink.sandbox._server import (
+    Fault,
+    FaultPlan,
+    LostResponses,
+    Meter,
+    ServerThread,
+    install_faults,
+)
 from maillink.sandbox.hubspot import scopes
 from maillink.sandbox.hubspot.account import AccountViews
 from maillink.sandbox.hubspot.admin import Admin
@@ -57,13 +60,6 @@ class ReceivedRequest:
     body: Any
 
 
-@dataclass
-class _LostResponse:
-    path: re.Pattern[str]
-    method: str | None
-    times: int
-
-
 class HubSpotSandbox(Admin):
     """A HubSpot account, seeded through the `Admin` methods (`add_contact`, `add_deal`…).
 
@@ -94,8 +90,7 @@ class HubSpotSandbox(Admin):
         self.faults = FaultPlan()
         self.meter = Meter()
         self.received: deque[ReceivedRequest] = deque(maxlen=5000)
-        self._lost: list[_LostResponse] = []
-        self._lost_lock = threading.Lock()
+        self.lost = LostResponses()  # answers lost on the way (`lose_next_response`)
         self.maillink_key_property = maillink_key_property
         self.webhooks = Webhooks(client_secret, self.clock)
         self.records.on_change = self.webhooks.record
@@ -136,8 +131,7 @@ class HubSpotSandbox(Admin):
     ) -> None:
         """The next matching request is carried out, then its connection is reset unanswered:
         a batch create whose outcome the client cannot know."""
-        with self._lost_lock:
-            self._lost.append(_LostResponse(re.compile(path_regex), method, times))
+        self.lost.add(path_regex, method, times)
 
     def inject_rate_limit(
         self, path_regex: str, policy: str = TEN_SECONDLY_ROLLING, times: int = 1
@@ -176,8 +170,7 @@ class HubSpotSandbox(Admin):
         self.received.clear()
         self.limits.reset()
         self.webhooks.clear()
-        with self._lost_lock:
-            self._lost.clear()
+        self.lost.clear()
 
     def _define_custom_properties(self) -> None:
         """The account's custom email property for maillink's keys, unless told it has none."""
@@ -260,30 +253,6 @@ class HubSpotSandbox(Admin):
 
         def outermost(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             self.meter.count("http")
-            if not self._take_lost(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
-                return inner(environ, start_response)
-            body = inner(environ, lambda *args, **kwargs: lambda data: None)
-            try:
-                for _ in body:
-                    pass
-            finally:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
-            sock = environ.get("werkzeug.socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            raise ConnectionAbortedError("sandbox: the write was done, its response is lost")
+            return self.lost.serve(inner, environ, start_response)
 
         self.app.wsgi_app = outermost  # type: ignore[method-assign]
-
-    def _take_lost(self, method: str, path: str) -> bool:
-        with self._lost_lock:
-            for lost in self._lost:
-                if lost.times <= 0 or (lost.method and lost.method.upper() != method.upper()):
-                    continue
-                if lost.path.search(path):
-                    lost.times -= 1
-                    return True
-        return False

@@ -10,9 +10,7 @@ write is done, the answer never arrives).
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
 import threading
 import time
 from collections import deque
@@ -23,7 +21,13 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 
-from maillink.sandbox._server import FaultPlan, Meter, ServerThread, install_faults
+from maillink.sandbox._server import (
+    FaultPlan,
+    LostResponses,
+    Meter,
+    ServerThread,
+    install_faults,
+)
 from maillink.sandbox.pipedrive.admin import ADMIN_COSTS, admin_routes
 from maillink.sandbox.pipedrive.data import (
     DEFAULT_ACTIVITY_TYPES,
@@ -66,13 +70,6 @@ class _Before:
     times: int
 
 
-@dataclass
-class _LostResponse:
-    path: re.Pattern[str]
-    method: str | None
-    times: int
-
-
 class PipedriveSandbox:
     """A Pipedrive company on 127.0.0.1, seeded through `add_*` and inspected through `activities()`.
 
@@ -105,7 +102,7 @@ class PipedriveSandbox:
         self.tokens_spent_today = 0
         self._limits_lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
-        self._lost: list[_LostResponse] = []
+        self.lost = LostResponses()  # answers lost on the way (`lose_next_response`)
         self._before: list[_Before] = []
         self.activity_types = [
             activity_type_json(i, name, key)
@@ -312,8 +309,7 @@ class PipedriveSandbox:
         self, path_regex: str, method: str | None = "POST", times: int = 1
     ) -> None:
         """The next matching request is carried out, then its connection is reset unanswered."""
-        with self._limits_lock:
-            self._lost.append(_LostResponse(re.compile(path_regex), method, times))
+        self.lost.add(path_regex, method, times)
 
     def before_next(
         self,
@@ -350,8 +346,8 @@ class PipedriveSandbox:
         self.faults.clear()
         self.meter.reset()
         self.received.clear()
+        self.lost.clear()
         with self._limits_lock:
-            self._lost.clear()
             self._before.clear()
             self._windows.clear()
             self.tokens_spent_today = 0
@@ -385,33 +381,9 @@ class PipedriveSandbox:
                 environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
             ):
                 action()
-            if not self._take_lost(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
-                return inner(environ, start_response)
-            body = inner(environ, lambda *args, **kwargs: lambda data: None)
-            try:
-                for _ in body:
-                    pass
-            finally:
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
-            sock = environ.get("werkzeug.socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            raise ConnectionAbortedError("sandbox: the write was done, its response is lost")
+            return self.lost.serve(inner, environ, start_response)
 
         self.app.wsgi_app = outermost  # type: ignore[method-assign]
-
-    def _take_lost(self, method: str, path: str) -> bool:
-        with self._limits_lock:
-            for lost in self._lost:
-                if lost.times <= 0 or (lost.method and lost.method.upper() != method.upper()):
-                    continue
-                if lost.path.search(path):
-                    lost.times -= 1
-                    return True
-        return False
 
     def _admit(self) -> None:
         """Authenticate, apply the burst limit and the daily budget, charge the call, log it,
