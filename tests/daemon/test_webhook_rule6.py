@@ -111,6 +111,11 @@ def test_a_deal_won_through_the_webhook_between_two_messages_shows_rule_6(
             ).all()
         )
     assert reasons == {"before": "single_open_item", "after": "item_closed_before_message"}
-    metrics = requests.get(f"{url}/metrics", timeout=10).text
+
+    def counted() -> str | None:
+        # A round's decisions are committed before its counters move: wait for them.
+        text = requests.get(f"{url}/metrics", timeout=10).text
+        return text if 'maillink_links_total{reason="item_closed_before_message"}' in text else None
+
+    metrics = wait_for(counted, 20, "the round's decisions counted in /metrics")
     assert 'maillink_crm_changes_total{source="webhook"} 1.0' in metrics
-    assert 'maillink_links_total{reason="item_closed_before_message"}' in metrics
