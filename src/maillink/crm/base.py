@@ -95,6 +95,25 @@ class ActivityDraft:
 
 
 @dataclass(frozen=True)
+class CrmChange:
+    """The cached facts one CRM change notification makes stale (Pipedrive's and HubSpot's
+    webhooks): `entity` in Pipedrive's words (deal, lead, person)."""
+
+    entity: str
+    action: str
+    entity_id: str | None
+    person_ids: frozenset[int]
+    emails: frozenset[str]
+    # An item event whose person cannot be told (a delete without `previous`): forget every
+    # person's items rather than keep a stale one.
+    everyone: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.person_ids or self.emails or self.everyone)
+
+
+@dataclass(frozen=True)
 class Changes:
     """What changed in the CRM since a time: whose items and which addresses to forget."""
 

@@ -1,5 +1,5 @@
 """HubSpot's webhooks at the daemon (`POST /webhooks/hubspot`): proven by their v3 signature,
-turned into `Stale` facts, which the endpoint forgets as it forgets Pipedrive's
+turned into `CrmChange`s, which the endpoint forgets as it forgets Pipedrive's
 (`maillink.ops.webhooks.forget`).
 
 A public app's webhooks are signed with its client secret: `X-HubSpot-Signature-v3` is the
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from maillink.crm.base import CRMError
+from maillink.crm.base import CrmChange, CRMError
 from maillink.crm.hubspot import HubSpotCRM
 from maillink.crm.hubspot_reads import associated
 
@@ -68,19 +68,6 @@ class SignatureRefused(Exception):
 
 class BadEvents(ValueError):
     """The body is not a HubSpot webhook request; the message says what is wrong."""
-
-
-@dataclass(frozen=True)
-class Stale:
-    """The cached facts one change makes stale (the fields of `maillink.ops.webhooks.CrmChange`,
-    whose entity names Pipedrive's: deal, lead, person)."""
-
-    entity: str
-    action: str
-    entity_id: str | None
-    person_ids: frozenset[int]
-    emails: frozenset[str]
-    everyone: bool = False
 
 
 def _signing_uri(uri: str) -> str:
@@ -196,9 +183,9 @@ class HubSpotWebhooks:
             uris.append(self.public_url.rstrip("/") + path_and_query)
         verify_v3(self.client_secret, method, uris, body, headers, self.now())
 
-    def changes(self, events: list[Event]) -> list[Stale]:
+    def changes(self, events: list[Event]) -> list[CrmChange]:
         """The cache changes a request's events make (empty when none concerns linking)."""
-        found: list[Stale] = []
+        found: list[CrmChange] = []
         moved: dict[str, set[int]] = {}
         for event in events:
             if _moves_items(event):
@@ -213,8 +200,8 @@ class HubSpotWebhooks:
         return found
 
     @staticmethod
-    def _everyone(event: Event) -> Stale:
-        return Stale(
+    def _everyone(event: Event) -> CrmChange:
+        return CrmChange(
             event.object_type,
             event.change,
             str(event.object_id),
@@ -223,31 +210,31 @@ class HubSpotWebhooks:
             everyone=True,
         )
 
-    def _items_moved(self, type_name: str, ids: list[int]) -> Stale:
+    def _items_moved(self, type_name: str, ids: list[int]) -> CrmChange:
         entity = type_name.rstrip("s")
         which = ",".join(map(str, ids))
         if self.persons_of is None:
-            return Stale(entity, "changed", which, frozenset(), frozenset(), everyone=True)
+            return CrmChange(entity, "changed", which, frozenset(), frozenset(), everyone=True)
         try:
             persons = self.persons_of(type_name, ids)
         except CRMError as exc:
             log.warning("hubspot webhook: the %s' contacts are unreadable: %s", type_name, exc)
-            return Stale(entity, "changed", which, frozenset(), frozenset(), everyone=True)
+            return CrmChange(entity, "changed", which, frozenset(), frozenset(), everyone=True)
         # A deal with no contact yet concerns no cached person: nothing to forget.
-        return Stale(entity, "changed", which, frozenset(persons), frozenset())
+        return CrmChange(entity, "changed", which, frozenset(persons), frozenset())
 
     @staticmethod
-    def _contact(event: Event) -> list[Stale]:
+    def _contact(event: Event) -> list[CrmChange]:
         contact = frozenset({event.object_id})
         who = str(event.object_id)
         if event.change == "deletion":
-            return [Stale("person", "delete", who, contact, frozenset())]
+            return [CrmChange("person", "delete", who, contact, frozenset())]
         if event.change == "propertyChange" and event.property_name in (
             "email",
             "hs_additional_emails",
         ):
             # The replaced address is not in the event: every cached address is forgotten.
-            return [Stale("person", "change", who, contact, frozenset(), everyone=True)]
+            return [CrmChange("person", "change", who, contact, frozenset(), everyone=True)]
         return []
 
 

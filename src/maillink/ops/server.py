@@ -43,7 +43,6 @@ from maillink.crm.hubspot_webhooks import (
 from maillink.ops.metrics import Metrics
 from maillink.ops.webhooks import (
     BadPayload,
-    CrmChange,
     RecentIds,
     forget,
     gmail_push,
@@ -203,21 +202,11 @@ def create_ops_app(ctx: OpsContext) -> Flask:
             changes = receiver.changes(parse_events(parse_json(body)))
         except (BadPayload, BadEvents) as exc:
             return _error(400, str(exc))
-        changes = [c for c in changes if c.person_ids or c.emails or c.everyone]
+        changes = [c for c in changes if not c.empty]
         if changes:
             with ctx.store.transaction() as conn:
-                for stale in changes:
-                    forget(
-                        conn,
-                        CrmChange(
-                            stale.entity,
-                            stale.action,
-                            stale.entity_id,
-                            stale.person_ids,
-                            stale.emails,
-                            everyone=stale.everyone,
-                        ),
-                    )
+                for change in changes:
+                    forget(conn, change)
             ctx.metrics.crm_changes.labels("webhook").inc(len(changes))
         log.info(
             "hubspot webhook: %d change(s), cached facts forgotten",

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from maillink.crm.base import CrmChange
 from maillink.store import cache, mirror
 
 # Entities whose changes move items (rules 2 and 6), and persons (who has which address).
@@ -70,24 +71,6 @@ def parse_json(body: bytes) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         raise BadPayload("the body is not valid JSON") from None
-
-
-@dataclass(frozen=True)
-class CrmChange:
-    """The cache entries one Pipedrive event makes stale."""
-
-    entity: str
-    action: str
-    entity_id: str | None
-    person_ids: frozenset[int]
-    emails: frozenset[str]
-    # An item event whose person cannot be told (a delete without `previous`): forget every
-    # person's items rather than keep a stale one.
-    everyone: bool = False
-
-    @property
-    def empty(self) -> bool:
-        return not (self.person_ids or self.emails or self.everyone)
 
 
 def _object(value: Any, where: str) -> dict[str, Any] | None:
