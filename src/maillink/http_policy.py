@@ -10,6 +10,7 @@ the CRM's `CRMRateLimited`, `CRMAuthError`…). docs/how-it-works.md, "HTTP clie
 from __future__ import annotations
 
 import enum
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -244,3 +245,42 @@ def retry_calls(
         reraise=True,
     )
     return retrying(fn)
+
+
+class TryAgain(Exception):
+    """Raised by a call under `retry_answers`: try again after `wait` seconds (None: the
+    backoff); `final` is what the caller gets when the attempts run out."""
+
+    def __init__(self, final: Exception, wait: float | None = None):
+        super().__init__(str(final))
+        self.final = final
+        self.wait = wait
+
+
+def backoff(attempt: int) -> float:
+    """The pause after the `attempt`-th failure without a Retry-After: 0.25 s doubling, plus up
+    to 0.25 s of jitter, at most 8 s."""
+    return min(0.25 * 2 ** (attempt - 1) + random.uniform(0, 0.25), 8.0)
+
+
+def retry_answers(
+    fn: Callable[[], T], *, attempts: int, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """`fn()` again while it raises `TryAgain` (after the wait it asks for, else `backoff`), at
+    most `attempts` times; then the last `TryAgain`'s `final` is raised. The CRM clients' loop."""
+
+    def delay(exc: BaseException, attempt: int) -> float:
+        if isinstance(exc, TryAgain) and exc.wait is not None:
+            return exc.wait
+        return backoff(attempt)
+
+    try:
+        return retry_calls(
+            fn,
+            attempts=attempts,
+            retryable=lambda exc: isinstance(exc, TryAgain),
+            delay=delay,
+            sleep=sleep,
+        )
+    except TryAgain as exhausted:
+        raise exhausted.final from exhausted

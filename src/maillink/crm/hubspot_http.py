@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import random
 import threading
 import time
 from collections import Counter
@@ -44,9 +43,10 @@ from maillink.http_policy import (
     TIMEOUT,
     Action,
     Failure,
+    TryAgain,
     decide,
     parse_retry_after,
-    retry_calls,
+    retry_answers,
 )
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
@@ -78,15 +78,6 @@ class _Expired(CRMAuthError):
     """401: the access token is no longer valid (an OAuth one may be refreshed once)."""
 
 
-class _Retry(Exception):
-    """Try again after `wait` seconds (None: backoff); `final` is raised when attempts run out."""
-
-    def __init__(self, final: Exception, wait: float | None = None):
-        super().__init__(str(final))
-        self.final = final
-        self.wait = wait
-
-
 def check_base_url(base_url: str) -> str:
     """`base_url` without its trailing slash: https, or http for a loopback host only."""
     parts = urlsplit(base_url)
@@ -97,11 +88,6 @@ def check_base_url(base_url: str) -> str:
     if host and (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
         return base_url.rstrip("/")
     raise ValueError(f"HubSpot base_url {base_url!r} must be https:// (http:// only for loopback)")
-
-
-def _backoff(attempt: int) -> float:
-    """0.25 s doubling after each failure, plus up to 0.25 s of jitter, at most 8 s."""
-    return min(0.25 * 2 ** (attempt - 1) + random.uniform(0, 0.25), 8.0)
 
 
 def _until_utc_midnight(now: datetime) -> float:
@@ -175,16 +161,11 @@ class HubSpotHTTP:
         writes: bool,
         token: str,
     ) -> dict[str, Any]:
-        try:
-            return retry_calls(
-                lambda: self._once(operation, method, path, params, json, writes, token),
-                attempts=self.max_retries + 1,
-                retryable=lambda exc: isinstance(exc, _Retry),
-                delay=_delay,
-                sleep=self._sleep,
-            )
-        except _Retry as exhausted:
-            raise exhausted.final from exhausted
+        return retry_answers(
+            lambda: self._once(operation, method, path, params, json, writes, token),
+            attempts=self.max_retries + 1,
+            sleep=self._sleep,
+        )
 
     def _once(
         self,
@@ -215,7 +196,7 @@ class HubSpotHTTP:
             failure = Failure(None, CONNECTION if isinstance(exc, NeverSent) else TIMEOUT)
             unreachable = CRMUnavailable(f"HubSpot unreachable on {where}: {exc}")
             if decide(HUBSPOT, failure) is Action.RETRY:
-                raise _Retry(unreachable) from exc
+                raise TryAgain(unreachable) from exc
             raise unreachable from exc
         for hook in self.hooks:
             hook(answer)
@@ -243,7 +224,7 @@ class HubSpotHTTP:
         raise WriteOutcomeUnknown(problem) if writes else CRMUnavailable(problem)
 
     def _failure(self, answer: Answer, where: str, writes: bool) -> Exception:
-        """The exception (or `_Retry`) that a non-2xx answer means under the policy."""
+        """The exception (or `TryAgain`) that a non-2xx answer means under the policy."""
         status, headers = answer.status_code, answer.headers
         error = _error_body(answer)
         policy = str(error.get("policyName") or "")
@@ -258,7 +239,7 @@ class HubSpotHTTP:
         if action is Action.RETRY:
             if writes:
                 return WriteOutcomeUnknown(message)
-            return _Retry(CRMUnavailable(message), failure.retry_after)
+            return TryAgain(CRMUnavailable(message), failure.retry_after)
         if action is Action.PARK:
             wait = failure.retry_after
             wait = wait if wait is not None else _until_utc_midnight(self._now())
@@ -283,13 +264,7 @@ class HubSpotHTTP:
         if wait is None:
             wait = POLICY_WINDOWS.get(policy, 10.0)
         limited = CRMRateLimited(message, wait, daily=False)
-        return limited if wait > self.max_wait else _Retry(limited, wait)
-
-
-def _delay(exc: BaseException, attempt: int) -> float:
-    if isinstance(exc, _Retry) and exc.wait is not None:
-        return exc.wait
-    return _backoff(attempt)
+        return limited if wait > self.max_wait else TryAgain(limited, wait)
 
 
 def _error_body(answer: Answer) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -45,9 +44,10 @@ from maillink.http_policy import (
     TRANSIENT,
     Action,
     Failure,
+    TryAgain,
     decide,
     parse_retry_after,
-    retry_calls,
+    retry_answers,
 )
 
 # Operation -> tokens it costs (the specs' x-token-cost, December 2025).
@@ -85,15 +85,6 @@ class WriteOutcomeUnknown(CRMUnavailable):
 
 class PaginationLoop(CRMError):
     """Pipedrive offered a page it had already given: stop rather than loop."""
-
-
-class _Retry(Exception):
-    """Try again after `wait` seconds (None: backoff); `final` is raised when attempts run out."""
-
-    def __init__(self, final: CRMError, wait: float | None = None):
-        super().__init__(str(final))
-        self.final = final
-        self.wait = wait
 
 
 class Paginator:
@@ -146,12 +137,6 @@ def _check_base_url(base_url: str) -> str:
     raise ValueError(
         f"Pipedrive base_url {base_url!r} must be https:// (http:// only for loopback)"
     )
-
-
-def _backoff(attempt: int) -> float:
-    """The pause after the `attempt`-th failure without a Retry-After: 0.25 s doubling, plus up
-    to 0.25 s of jitter, at most 8 s."""
-    return min(0.25 * 2 ** (attempt - 1) + random.uniform(0, 0.25), 8.0)
 
 
 def _until_utc_midnight() -> float:
@@ -211,16 +196,11 @@ class PipedriveHTTP:
         json: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One API call; returns Pipedrive's envelope `{success, data, additional_data}`."""
-        try:
-            return retry_calls(
-                lambda: self._once(operation, method, path, params, json),
-                attempts=self.max_retries + 1,
-                retryable=lambda exc: isinstance(exc, _Retry),
-                delay=_delay,
-                sleep=self._sleep,
-            )
-        except _Retry as exhausted:
-            raise exhausted.final from exhausted
+        return retry_answers(
+            lambda: self._once(operation, method, path, params, json),
+            attempts=self.max_retries + 1,
+            sleep=self._sleep,
+        )
 
     def pages(
         self,
@@ -273,7 +253,7 @@ class PipedriveHTTP:
                 raise WriteOutcomeUnknown(f"no answer from Pipedrive to {where}: {exc}") from exc
             unreachable = CRMUnavailable(f"Pipedrive unreachable on {where}: {exc}")
             if decide(PIPEDRIVE, failure) is Action.RETRY:
-                raise _Retry(unreachable) from exc
+                raise TryAgain(unreachable) from exc
             raise unreachable from exc
 
         if isinstance(self.session, _Observed):
@@ -301,7 +281,7 @@ class PipedriveHTTP:
             wait = failure.retry_after
             if wait is not None and wait > self.max_wait:
                 raise CRMUnavailable(f"{message} (retry after {wait:.0f} s)")
-            raise _Retry(CRMUnavailable(message), wait)
+            raise TryAgain(CRMUnavailable(message), wait)
         if action is Action.PARK:
             wait = failure.retry_after
             wait = wait if wait is not None else _until_utc_midnight()
@@ -323,7 +303,7 @@ class PipedriveHTTP:
         limited = CRMRateLimited(message, wait, daily=False)
         if wait > self.max_wait:
             return limited
-        return _Retry(limited, wait)
+        return TryAgain(limited, wait)
 
     @staticmethod
     def _envelope(response: Answer, where: str, idempotent: bool) -> dict[str, Any]:
@@ -337,15 +317,8 @@ class PipedriveHTTP:
         if not idempotent:
             raise WriteOutcomeUnknown(problem)
         if decide(PIPEDRIVE, Failure(response.status_code, TRANSIENT)) is Action.RETRY:
-            raise _Retry(CRMUnavailable(problem))
+            raise TryAgain(CRMUnavailable(problem))
         raise CRMUnavailable(problem)
-
-
-def _delay(exc: BaseException, attempt: int) -> float:
-    """The pause before the next attempt: the wait the answer asked for, else the backoff."""
-    if isinstance(exc, _Retry) and exc.wait is not None:
-        return exc.wait
-    return _backoff(attempt)
 
 
 def _error_text(response: Answer) -> str:
