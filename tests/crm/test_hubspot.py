@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.crm.hubspot_support import Clock, sandbox_fixtures
 
 import hubspot_openapi_check as spec_check
 from maillink.app import App
@@ -32,34 +32,7 @@ T0 = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
 SENT = datetime(2025, 5, 1, 14, 5, tzinfo=UTC)
 
 
-class Clock:
-    """The sandbox's time, moved by the tests."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def server(clock: Clock) -> Iterator[HubSpotSandbox]:
-    with HubSpotSandbox(clock=clock) as running:
-        yield running
-
-
-@pytest.fixture
-def sandbox(server: HubSpotSandbox, clock: Clock) -> HubSpotSandbox:
-    """The module's sandbox, emptied, without limits, at NOW."""
-    clock.now = NOW
-    server.reset()
-    server.limits.burst_per_10s = server.limits.daily = server.limits.search_per_second = None
-    return server
+clock, server, sandbox = sandbox_fixtures(NOW, unlimited=True)
 
 
 @pytest.fixture

@@ -3,10 +3,10 @@ the HubSpot sandbox: one request for many addresses, persons or emails."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from tests.crm.hubspot_support import Clock, sandbox_fixtures
 
 from maillink.crm.activity import draft_for
 from maillink.crm.base import ActivityDraft, BatchLookup, BatchWrites, CRMRecordGone
@@ -22,30 +22,7 @@ SENT = datetime(2025, 5, 1, 14, 5, tzinfo=UTC)
 CREATE = r"^/crm/v3/objects/emails/batch/create$"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def server(clock: Clock) -> Iterator[HubSpotSandbox]:
-    with HubSpotSandbox(clock=clock) as running:
-        yield running
-
-
-@pytest.fixture
-def sandbox(server: HubSpotSandbox, clock: Clock) -> HubSpotSandbox:
-    clock.now = NOW
-    server.reset()
-    return server
+clock, server, sandbox = sandbox_fixtures(NOW)
 
 
 @pytest.fixture

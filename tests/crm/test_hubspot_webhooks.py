@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
+from tests.crm.hubspot_support import Clock, sandbox_fixtures
 
 from maillink.crm.hubspot import HubSpotCRM
 from maillink.crm.hubspot_webhooks import (
@@ -37,30 +38,7 @@ NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 T0 = NOW - timedelta(days=60)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture(scope="module")
-def server(clock: Clock) -> Iterator[HubSpotSandbox]:
-    with HubSpotSandbox(clock=clock) as running:
-        yield running
-
-
-@pytest.fixture
-def sandbox(server: HubSpotSandbox, clock: Clock) -> HubSpotSandbox:
-    clock.now = NOW
-    server.reset()
-    return server
+clock, server, sandbox = sandbox_fixtures(NOW)
 
 
 @pytest.fixture
