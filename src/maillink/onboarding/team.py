@@ -22,7 +22,6 @@ mailboxes of that connection follow the list:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -237,23 +236,18 @@ def team_connections(app: App) -> list[TeamConnection]:
                 check=lambda member, _account: mailbox_problem(app, member),
             )
         )
-    try:  # written beside this one (Google domain-wide); absent: no such connection
-        google_domain = importlib.import_module("maillink.onboarding.google_domain")
-    except ModuleNotFoundError:
-        return found
-    domain_members = getattr(google_domain, "domain_members", None)
-    if callable(domain_members):
-        gmail = app.settings.gmail
-        configured = bool(gmail.members or gmail.domain_wide_admin)
-        problem = getattr(google_domain, "mailbox_problem", None)
-        found.append(
-            TeamConnection(
-                "google domain-wide",
-                "gmail",
-                "domain",
-                lambda: domain_members(app),
-                configured,
-                (lambda member, account: problem(app, member, account)) if problem else None,
-            )
+    from maillink.onboarding.google_domain import domain_members
+    from maillink.onboarding.google_domain import mailbox_problem as gmail_problem
+
+    gmail = app.settings.gmail
+    found.append(
+        TeamConnection(
+            "google domain-wide",
+            "gmail",
+            "domain",
+            lambda: domain_members(app),
+            bool(gmail.members or gmail.domain_wide_admin),
+            lambda member, account: gmail_problem(app, member, account),
         )
+    )
     return found
