@@ -119,9 +119,10 @@ class App:
         if hubspot is None:
             where = self.settings.credentials_path
             raise ConfigError(f'{where}: hubspot is missing: add {{"access_token": "…"}}')
+        base_url = self.settings.crm.base_url
         if hubspot.access_token:
-            return HubSpotCRM(self.settings.crm.base_url, access_token=hubspot.access_token)
-        return HubSpotCRM(self.settings.crm.base_url, tokens=self.hubspot_tokens())
+            return HubSpotCRM(base_url, access_token=hubspot.access_token, check_key_property=True)
+        return HubSpotCRM(base_url, tokens=self.hubspot_tokens(), check_key_property=True)
 
     def hubspot_tokens(self) -> HubSpotTokens:
         """The access tokens of the grant `maillink crm connect hubspot` stored (encrypted in

@@ -677,6 +677,12 @@ def crm_connect(obj: Obj, kind: str, no_browser: bool, port: int) -> None:
     app.save_hubspot_grant(grant)
     hub = f" (account {grant.hub_id})" if grant.hub_id is not None else ""
     click.echo(f"connected HubSpot{hub}; the daemon uses it from its next start")
+    from maillink.crm.hubspot import HubSpotCRM
+
+    crm = app.crm  # the email key's property now, not at the first write (created if it may)
+    found = crm.check_key_property() if isinstance(crm, HubSpotCRM) else None
+    if found is not None:
+        click.echo(found.describe())
 
 
 # -- entry point --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
 T0 = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
 SENT = datetime(2025, 5, 1, 14, 5, tzinfo=UTC)
 CREATE = r"^/crm/v3/objects/emails/batch/create$"
+CREATE_PATH = "/crm/v3/objects/emails/batch/create"
 
 
 clock, server, sandbox = sandbox_fixtures(NOW)
@@ -135,7 +136,42 @@ def test_a_batch_refused_whole_for_one_draft_delivers_the_others(
     assert all(isinstance(o, str) for o in outcomes)
     keys = sorted(e["properties"]["maillink_key"] for e in sandbox.emails())
     assert keys == sorted(d.key for n, d in enumerate(drafts) if n != 4)
-    assert len(sent(sandbox)) <= 7  # halves, not one request per draft
+    # HubSpot named the gone deal: the drafts naming it are refused, the others sent once more.
+    assert sent(sandbox) == [CREATE_PATH, CREATE_PATH]
+
+
+def test_a_batch_refused_for_a_merged_away_contact_refuses_each_draft_naming_it_at_once(
+    sandbox: HubSpotSandbox, crm: HubSpotCRM
+) -> None:
+    ann = sandbox.add_contact("ann@example.com", "Ann")
+    kept = sandbox.add_contact("ann.lee@example.com", "Ann Lee")
+    bob = sandbox.add_contact("bob@example.org", "Bob")
+    drafts = [draft(n, ann if n % 2 else bob) for n in range(6)]
+    sandbox.before_next(CREATE, lambda: sandbox.merge_contacts(ann, into=kept))
+
+    outcomes = crm.create_activities(drafts)
+
+    for n, outcome in enumerate(outcomes):
+        if n % 2:
+            assert isinstance(outcome, CRMRecordGone)
+            assert (outcome.kind, outcome.record_id) == ("person", str(ann))
+        else:
+            assert isinstance(outcome, str)
+    assert sent(sandbox) == [CREATE_PATH, CREATE_PATH]  # not one request per draft
+    assert sorted(e["associations"]["contacts"][0] for e in sandbox.emails()) == [bob] * 3
+
+
+def test_a_batch_refused_for_another_reason_is_sent_again_in_halves(
+    sandbox: HubSpotSandbox, crm: HubSpotCRM
+) -> None:
+    ann = sandbox.add_contact("ann@example.com", "Ann")
+    sandbox.inject_server_error(CREATE, status=400, times=1)  # not naming any record
+
+    outcomes = crm.create_activities([draft(n, ann) for n in range(4)])
+
+    assert all(isinstance(o, str) for o in outcomes)
+    assert sandbox.meter.statuses[400] == 1  # refused whole…
+    assert sent(sandbox) == [CREATE_PATH] * 2  # …then each half is taken
 
 
 def test_a_lost_batch_answer_is_found_again_by_key_in_one_read_without_duplicates(

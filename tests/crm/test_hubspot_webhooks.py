@@ -149,6 +149,18 @@ def test_a_deleted_deal_and_a_changed_address_forget_everything() -> None:
     assert deleted.everyone and moved.everyone and moved.person_ids == {9}
 
 
+def test_a_merge_of_contacts_forgets_both_contacts_and_every_address() -> None:
+    event = {
+        "subscriptionType": "contact.merge",
+        "objectId": 12,
+        "primaryObjectId": 12,
+        "mergedObjectIds": [11],
+        "newObjectId": 12,
+    }
+    [change] = HubSpotWebhooks("s").changes(parse_events([event]))
+    assert change.everyone and change.person_ids == {11, 12}
+
+
 @pytest.mark.parametrize("payload", [{"objectId": 1}, [1], [{"subscriptionType": "deal.creation"}]])
 def test_a_body_that_is_not_hubspot_events_is_refused(payload: object) -> None:
     with pytest.raises(BadEvents):

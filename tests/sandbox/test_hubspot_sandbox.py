@@ -431,6 +431,78 @@ def test_secondary_emails_are_found_by_search_not_by_batch_read(sandbox: HubSpot
     assert primary.json()["total"] == 0
 
 
+def test_a_merged_contact_reads_as_the_one_kept_and_takes_no_new_associations(
+    sandbox: HubSpotSandbox,
+) -> None:
+    acme = sandbox.add_company("Acme")
+    ann = sandbox.add_contact("ann@example.com", "Ann", company_id=acme)
+    kept = sandbox.add_contact("ann.lee@example.com", "Ann", "Lee")
+    deal = sandbox.add_deal("Deal", ann, add_time=T0)
+    merge = {"primaryObjectId": str(kept), "objectIdToMerge": str(ann)}
+    path = "/crm/v3/objects/contacts/merge"
+    assert spec_check.request_errors(path, "POST", merge) == []
+    sandbox.webhooks.subscribe("http://127.0.0.1:9/hook", "contact.merge")
+
+    merged = _call(sandbox, "POST", path, body=merge)
+
+    assert merged.status_code == 200, merged.text
+    assert spec_check.response_errors(path, "POST", 200, merged.json()) == []
+    assert merged.json()["id"] == str(kept)
+    names = {"properties": "email,hs_additional_emails,hs_merged_object_ids"}
+    read = _call(sandbox, "GET", f"/crm/v3/objects/contacts/{ann}", names).json()
+    assert read["id"] == str(kept)  # the merged-away id answers as the contact kept
+    assert read["properties"] == {
+        "email": "ann.lee@example.com",
+        "hs_additional_emails": "ann@example.com",  # its address, now a secondary one
+        "hs_merged_object_ids": str(ann),
+        "createdate": read["properties"]["createdate"],
+        "lastmodifieddate": read["properties"]["lastmodifieddate"],
+        "hs_object_id": str(kept),
+    }
+    by_id = _call(
+        sandbox,
+        "POST",
+        "/crm/v3/objects/contacts/batch/read",
+        body={"inputs": [{"id": str(ann)}], "properties": []},
+    )
+    assert [c["id"] for c in by_id.json()["results"]] == [str(kept)]
+    by_email = {"idProperty": "email", "inputs": [{"id": "ann@example.com"}], "properties": []}
+    assert (
+        _call(sandbox, "POST", "/crm/v3/objects/contacts/batch/read", body=by_email).json()[
+            "results"
+        ]
+        == []
+    )  # a secondary address is found by search only
+    assert sandbox.associated_ids("contacts", kept, "deals") == [deal]
+    assert sandbox.associated_ids("contacts", kept, "companies") == [acme]
+    assert [c["id"] for c in sandbox.objects("contacts")] == [kept]
+    email = {"properties": _email_properties("<m1@example.com>"), "associations": [_to(ann, 198)]}
+    refused = _call(sandbox, "POST", "/crm/v3/objects/emails", body=email)
+    message = _error_checked(refused, 400, "VALIDATION_ERROR")["message"]
+    assert f"contacts {ann} does not exist" in message
+    again = _call(sandbox, "POST", path, body=merge)
+    _error_checked(again, 404, "OBJECT_NOT_FOUND")
+    [event] = sandbox.webhooks.pending
+    assert (event["subscriptionType"], event["objectId"]) == ("contact.merge", kept)
+    assert event["primaryObjectId"] == kept and event["mergedObjectIds"] == [ann]
+
+
+def test_a_users_action_runs_just_before_the_next_matching_request(
+    sandbox: HubSpotSandbox,
+) -> None:
+    ann = sandbox.add_contact("ann@example.com")
+    deal = sandbox.add_deal("Deal", ann, add_time=T0)
+    sandbox.before_next(
+        r"^/crm/v3/objects/emails$", lambda: sandbox.set_deal_status(deal, "deleted", at=NOW)
+    )
+    assert _call(sandbox, "GET", f"/crm/v3/objects/deals/{deal}").status_code == 200
+    email = {"properties": _email_properties("<m2@example.com>"), "associations": [_to(deal, 210)]}
+    refused = _call(sandbox, "POST", "/crm/v3/objects/emails", body=email)
+    assert f"deals {deal} does not exist" in refused.json()["message"]
+    created = _call(sandbox, "POST", "/crm/v3/objects/emails", body={**email, "associations": []})
+    assert created.status_code == 201  # once only
+
+
 def test_deals_carry_what_hubspot_calculates_from_their_stage(sandbox: HubSpotSandbox) -> None:
     ann = sandbox.add_contact("ann@example.com")
     deal = sandbox.add_deal("Deal", ann, add_time=T0, expected_close=NOW + timedelta(days=30))

@@ -8,6 +8,8 @@ associations of the contacts; archived (deleted) ones are never read, so never c
 One email is one email engagement: its time, direction, subject and From/To/Cc headers, no
 body, associated inline with its contacts, its deal or lead and the primary contact's company,
 owned by the rep's HubSpot owner; `hubspot_emails` writes them and finds them again by key.
+Before the first email write or lookup, the key's custom property is checked once
+(`hubspot_properties`: created when missing and the token may).
 
 Transport, retries and rate limits live in `hubspot_http`; records become `Person`s and
 `Item`s in `hubspot_items`. `requests_made` counts what the adapter has cost.
@@ -46,6 +48,7 @@ from maillink.crm.hubspot_items import (
     owner_user,
     person_from_contact,
 )
+from maillink.crm.hubspot_properties import KeyProperty, check_key_property
 from maillink.crm.hubspot_reads import (
     BATCH,
     all_owners,
@@ -68,7 +71,9 @@ class HubSpotCRM:
     `tokens` (`maillink.crm.hubspot_oauth.OAuthTokens`: refreshed on demand).
 
     `key_property`: the custom email property holding each email's key (None: the account has
-    none; the lookup then cannot find an email again and says so). `users_ttl`: how long the
+    none; the lookup then cannot find an email again and says so). `check_key_property`: read
+    (and create when missing) that property once, before the first email write or lookup (the
+    app's adapter does); off, it is taken to exist with unique values. `users_ttl`: how long the
     owners and the lead pipelines' stages are kept. `sleep` is where retries wait (tests).
     """
 
@@ -83,6 +88,7 @@ class HubSpotCRM:
         max_retries: int = 5,
         max_wait: float = 30.0,
         key_property: str | None = KEY_PROPERTY,
+        check_key_property: bool = False,
         users_ttl: float = 3600.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -107,6 +113,8 @@ class HubSpotCRM:
         self._lock = threading.Lock()
         self._users: tuple[float, list[CrmUser]] | None = None
         self._lead_stages: tuple[float, frozenset[str]] | None = None
+        self._key_lock = threading.Lock()
+        self._key_checked = not (check_key_property and key_property)
 
     @property
     def requests_made(self) -> int:
@@ -261,16 +269,43 @@ class HubSpotCRM:
     # -- emails -------------------------------------------------------------------------------
 
     def create_activity(self, draft: ActivityDraft) -> str:
+        self._ensure_key_property()
         return self.emails.create_activity(draft)
 
     def create_activities(self, drafts: Sequence[ActivityDraft]) -> list[str | Exception]:
+        self._ensure_key_property()
         return self.emails.create_activities(drafts)
 
     def find_activity(self, key: str, person_id: int | None) -> str | None:
+        self._ensure_key_property()
         return self.emails.find_activity(key, person_id)
 
     def update_activity(self, activity_id: str, draft: ActivityDraft) -> None:
         self.emails.update_activity(activity_id, draft)
+
+    def check_key_property(self, *, create: bool = True) -> KeyProperty | None:
+        """Read the email key's custom property now (`hubspot_properties`), create it when
+        missing (and `create`) if the token may, and find emails again the way it allows;
+        None when the adapter keeps no key. `KeyPropertyMissing` says what to create."""
+        if not self.emails.key_property:
+            return None
+        found = check_key_property(self.http, self.emails.key_property, create=create)
+        with self._key_lock:
+            self.emails.key_unique = found.unique
+            self._key_checked = True
+        return found
+
+    def _ensure_key_property(self) -> None:
+        """`check_key_property` once per adapter (so once per process); a failed check is
+        tried again at the next email write or lookup."""
+        if self._key_checked:
+            return
+        with self._key_lock:
+            if self._key_checked:
+                return
+            found = check_key_property(self.http, self.emails.key_property or "")
+            self.emails.key_unique = found.unique
+            self._key_checked = True
 
     # -- owners -------------------------------------------------------------------------------
 

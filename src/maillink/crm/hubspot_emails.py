@@ -1,12 +1,30 @@
 """HubSpot's email engagements: one email, one engagement, written and found again by key.
 
-An email's key is kept in the account's custom email property `maillink_key`, created with
-unique values. That makes the lookup after an unknown outcome safe: `batch/read` with
-`idProperty=maillink_key` reads HubSpot's records themselves, not the search index (which trails
-writes by seconds), so an email written a moment ago is found; and a second create with the same
-key is refused by HubSpot (409 naming the existing id) rather than duplicated, so even a lookup
-that raced the first write cannot make two engagements. Later decisions change the engagement's
-associations (v4 batch create / archive), not the email.
+An email's key is kept in the account's custom email property `maillink_key`, checked once per
+process and created when missing (`hubspot_properties`), with unique values where HubSpot allows
+them. How an email is found again after an unknown outcome depends on what the Properties API
+reports for it:
+- unique values: `batch/read` with `idProperty=maillink_key`. It reads HubSpot's records
+  themselves, not the search index (which trails writes by seconds), so an email written a
+  moment ago is found; and a second create with the same key is refused by HubSpot (409 naming
+  the existing id) rather than duplicated, so even a lookup that raced the first write cannot
+  make two engagements.
+- values not unique (HubSpot cannot read by such a property): the engagement was created with
+  inline associations to its contacts, so the primary contact's emails are listed through the
+  v4 associations (`POST /crm/v4/associations/contacts/emails/batch/read`) and their keys read
+  by id (`batch/read`): both read-after-write, not the search index. This costs one request per
+  500 of the contact's emails and per 100 emails read, and runs only after an unknown outcome.
+  Without the unique constraint, what keeps this from duplicating is the outbox: it claims a
+  key (a compare-and-set on the row's attempt count, in its own commit) before any create, so
+  two processes never both create one key, and a row whose create may have been sent is looked
+  up before it is created again. What is left: a create HubSpot applies only after the lookup
+  ran (a lost answer to a request still in flight, longer than the outbox's retry delay); an
+  email whose association with its primary contact is gone before the lookup (the contact
+  merged or deleted, or the link removed by hand); a batch answer (207) that leaves out an email
+  HubSpot did create, which is sent again. Each can make a second engagement where the unique
+  property would have made a 409.
+Later decisions change the engagement's associations (v4 batch create / archive), not the
+email.
 """
 
 from __future__ import annotations
@@ -52,6 +70,7 @@ class EmailWriter:
     def __init__(self, http: HubSpotHTTP, key_property: str | None = KEY_PROPERTY):
         self.http = http
         self.key_property = key_property
+        self.key_unique = True  # HubSpot keeps the key's values unique (`hubspot_properties`)
         self.max_batch = BATCH  # emails a batch create sends (`crm.base.BatchWrites`)
 
     def create_activity(self, draft: ActivityDraft) -> str:
@@ -67,7 +86,7 @@ class EmailWriter:
                 writes=True,
             )
         except WriteOutcomeUnknown:
-            found = self.find_activity(draft.key, None)
+            found = self.find_activity(draft.key, draft.person_ids[0] if draft.person_ids else None)
             if found is None:
                 raise
             return found
@@ -87,7 +106,9 @@ class EmailWriter:
         by position. A batch HubSpot refuses whole (its batch create is all or nothing) is
         split in halves until the refused drafts stand alone, so one bad draft costs the others
         nothing; a 207 answer's missing drafts are sent again the same way (the unique key
-        makes a second create of a created email a 409 naming it, never a duplicate). An
+        makes a second create of a created email a 409 naming it, never a duplicate). A batch
+        refused for a record gone since the decision (a deal archived, a contact merged away)
+        is that refusal for every draft naming the record, and the others are sent again. An
         answer lost on the way is looked up by key, all the batch in one read."""
         outcomes: dict[str, str | Exception] = {}
         for start in range(0, len(drafts), self.max_batch):
@@ -117,7 +138,7 @@ class EmailWriter:
             )
         except WriteOutcomeUnknown as unknown:
             try:
-                found = self._find_many([d.key for d in drafts])
+                found = self._find_many(drafts)
             except CRMAuthError:
                 raise
             except CRMError:  # not known yet: the outbox looks them up again before a create
@@ -125,7 +146,14 @@ class EmailWriter:
             for draft in drafts:
                 outcomes[draft.key] = found.get(draft.key) or unknown
             return
-        except CRMRefused:
+        except CRMRefused as exc:
+            gone = _gone(exc)
+            naming = _naming(gone, drafts)
+            if naming:  # the refusal names a gone record: it is these drafts' outcome
+                for draft in naming:
+                    outcomes[draft.key] = gone
+                self._create_batch([d for d in drafts if d not in naming], outcomes)
+                return
             half = len(drafts) // 2
             self._create_batch(drafts[:half], outcomes)
             self._create_batch(drafts[half:], outcomes)
@@ -162,8 +190,13 @@ class EmailWriter:
                 found[key] = str(record["id"])
         return found
 
-    def _find_many(self, keys: list[str]) -> dict[str, str]:
-        """The emails of these keys that HubSpot has (batch read by the unique property)."""
+    def _find_many(self, drafts: Sequence[ActivityDraft]) -> dict[str, str]:
+        """The emails of these drafts that HubSpot has, by key: batch read by the property when
+        its values are unique, else through the drafts' primary contacts."""
+        keys = [d.key for d in drafts]
+        if not self.key_unique:
+            primaries = {d.person_ids[0] for d in drafts if d.person_ids}
+            return self._find_through_contacts(set(keys), sorted(primaries))
         found: dict[str, str] = {}
         for chunk in chunks(keys, BATCH):
             body = {
@@ -178,10 +211,15 @@ class EmailWriter:
         return found
 
     def find_activity(self, key: str, person_id: int | None) -> str | None:
-        """The email engagement whose `maillink_key` is `key` (batch read by the unique
-        property: read-after-write, unlike search), None when there is none."""
+        """The email engagement whose `maillink_key` is `key`, None when there is none: batch
+        read by the unique property, or (values not unique) among the emails associated with
+        the contact `person_id` (None: not looked for). Both read-after-write, unlike search."""
         if not self.key_property:
             return None
+        if not self.key_unique:
+            if person_id is None:
+                return None
+            return self._find_through_contacts({key}, [person_id]).get(key)
         body = {
             "idProperty": self.key_property,
             "inputs": [{"id": key}],
@@ -194,6 +232,19 @@ class EmailWriter:
             if (record.get("properties") or {}).get(self.key_property) == key:
                 return str(record["id"])
         return None
+
+    def _find_through_contacts(self, keys: set[str], person_ids: list[int]) -> dict[str, str]:
+        """The emails of these keys among those associated with the contacts (v4 batch read
+        of the associations, then batch reads of those emails' keys by id); of several emails
+        with one key, the lowest id, the same one every time."""
+        emails = associated(self.http, "contacts", "emails", person_ids)
+        found: dict[str, int] = {}
+        for record in read_records(self.http, "emails", sorted(emails), [self.key_property or ""]):
+            key = (record.get("properties") or {}).get(self.key_property or "")
+            email_id = numeric_id(record.get("id"))
+            if key in keys and email_id is not None:
+                found[key] = min(found.get(key, email_id), email_id)
+        return {key: str(email_id) for key, email_id in found.items()}
 
     def update_activity(self, activity_id: str, draft: ActivityDraft) -> None:
         """Make the email's associations those of `draft` (new ones first, then the old ones
@@ -267,6 +318,17 @@ def _refusals(errors: Any, keys: list[str]) -> dict[str, CRMRefused]:
             if key in text:
                 refused[key] = CRMRefused(message, 400, str(error.get("message") or ""))
     return refused
+
+
+def _naming(gone: CRMRefused, drafts: list[ActivityDraft]) -> list[ActivityDraft]:
+    """The drafts associated with the record a gone refusal names (none for another refusal):
+    a batch HubSpot refused whole for a deleted deal or contact is refused for those drafts
+    alone, without sending each of them again to learn it."""
+    if not isinstance(gone, CRMRecordGone) or gone.record_id is None:
+        return []
+    types = {kind: type_name for type_name, kind in _KINDS.items()}
+    target = (types.get(gone.kind or ""), numeric_id(gone.record_id))
+    return [d for d in drafts if target in email_targets(d)]
 
 
 def _gone(exc: CRMRefused) -> CRMRefused:

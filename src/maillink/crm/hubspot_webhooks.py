@@ -12,8 +12,9 @@ Events name objects by id only. A deal's or lead's change makes its contacts' it
 are read through the v4 associations, one request per batch of events; when that read fails,
 or the deal is deleted (its associations are gone with it), every person's items are
 forgotten, as Pipedrive's deletes without `previous` are. A contact's email change forgets every
-cached address, since the event does not say which address it replaced; a deleted contact
-leaves the caches. A new contact reaches them through its `email` change event, or the poll.
+cached address, since the event does not say which address it replaced, and so does a merge
+of contacts (the merged-away addresses now find the contact kept); a deleted contact leaves the
+caches. A new contact reaches them through its `email` change event, or the poll.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Event:
     object_id: int
     property_name: str | None = None
     property_value: str | None = None
+    merged_ids: tuple[int, ...] = ()  # a merge event's merged-away ids
 
 
 def parse_events(payload: Any) -> list[Event]:
@@ -144,6 +146,8 @@ def parse_events(payload: Any) -> list[Event]:
             raise BadEvents("an event needs a subscriptionType and a numeric objectId")
         object_type, _, change = kind.partition(".")
         name, value = raw.get("propertyName"), raw.get("propertyValue")
+        merged = raw.get("mergedObjectIds")
+        merged_ids = [_int(i) for i in merged] if isinstance(merged, list) else []
         events.append(
             Event(
                 object_type,
@@ -151,6 +155,7 @@ def parse_events(payload: Any) -> list[Event]:
                 object_id,
                 name if isinstance(name, str) else None,
                 value if isinstance(value, str) else None,
+                tuple(i for i in merged_ids if i is not None),
             )
         )
     return events
@@ -229,6 +234,11 @@ class HubSpotWebhooks:
         who = str(event.object_id)
         if event.change == "deletion":
             return [CrmChange("person", "delete", who, contact, frozenset())]
+        if event.change == "merge":
+            # The merged-away contacts' addresses now find the one kept; the event names ids
+            # only, so every cached address is forgotten, with both contacts' items.
+            merged = frozenset({event.object_id, *event.merged_ids})
+            return [CrmChange("person", "merge", who, merged, frozenset(), everyone=True)]
         if event.change == "propertyChange" and event.property_name in (
             "email",
             "hs_additional_emails",

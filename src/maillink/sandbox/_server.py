@@ -232,3 +232,45 @@ def _reset(environ: dict[str, Any], why: str) -> NoReturn:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
     raise ConnectionAbortedError(why)
+
+
+@dataclass
+class _Due:
+    path: re.Pattern[str]
+    method: str | None
+    action: Callable[[], object]
+    times: int
+
+
+class UserActions:
+    """Actions of a user in the CRM (deleting a deal, merging persons) due just before the next
+    request matching a path and method is served: what happens between a client's decision and
+    its write (the sandboxes' `before_next`)."""
+
+    def __init__(self) -> None:
+        self._due: list[_Due] = []
+        self._lock = threading.Lock()
+
+    def add(
+        self, path_regex: str, action: Callable[[], object], method: str | None, times: int
+    ) -> None:
+        with self._lock:
+            self._due.append(_Due(re.compile(path_regex), method, action, times))
+
+    def run_due(self, method: str, path: str) -> None:
+        """Run the actions due before this request (outside the lock: they may call the
+        sandbox's API themselves)."""
+        with self._lock:
+            due = []
+            for entry in self._due:
+                if entry.times <= 0 or (entry.method and entry.method.upper() != method.upper()):
+                    continue
+                if entry.path.search(path):
+                    entry.times -= 1
+                    due.append(entry.action)
+        for action in due:
+            action()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._due.clear()

@@ -35,12 +35,17 @@ class Admin:
 
     # -- people ------------------------------------------------------------------------------
 
-    def add_owner(self, email: str, first_name: str = "", last_name: str = "") -> int:
-        """A HubSpot user (an owner of records); returns the owner id (`userId` differs)."""
+    def add_owner(
+        self, email: str, first_name: str = "", last_name: str = "", *, archived: bool = False
+    ) -> int:
+        """A HubSpot user (an owner of records); returns the owner id (`userId` differs).
+        `archived`: a deactivated user, listed only with `archived=true`."""
         with self.records.lock:
             owner_id = self.records.next_id()
             user_id = 7_100_000 + owner_id
-            owner = Owner(owner_id, user_id, email, first_name, last_name, self.clock())
+            owner = Owner(
+                owner_id, user_id, email, first_name, last_name, self.clock(), archived=archived
+            )
             self.records.owners[owner_id] = owner
             return owner_id
 
@@ -84,6 +89,14 @@ class Admin:
             ]
             props = {"hs_additional_emails": ";".join([*known, email.lower()])}
             self._writer.update(contact, self._writer.clean("contacts", props, admin=True))
+
+    def merge_contacts(self, merged_id: int, *, into: int, at: datetime | None = None) -> None:
+        """Merge contact `merged_id` into `into`, as a user does in HubSpot (the API's
+        `POST /crm/v3/objects/contacts/merge` does the same): `into` keeps its id and takes the
+        other's addresses and associations; the merged-away id reads as `into`."""
+        with self.records.lock:
+            contacts = self.records.objects["contacts"]
+            self._writer.merge(contacts[into], contacts[merged_id], at)
 
     # -- deals, leads, projects --------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The v3 object endpoints of one record at a time: list, read (by id or a unique property),
-create, update and archive, for contacts, companies, deals (also as `0-3`), leads and emails.
-Archived objects are left out of every read unless `archived=true` asks for them alone."""
+create, update and archive, for contacts, companies, deals (also as `0-3`), leads and emails,
+and the merge of two contacts. Archived objects are left out of every read unless
+`archived=true` asks for them alone; a merged-away id reads as the record it went into."""
 
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ class ObjectViews:
             return found if found is not None and found.archived == archived else None
         if not object_id.isdigit():
             return None
-        return self.records.get(type_name, int(object_id), archived=archived)
+        found = self.records.get(type_name, int(object_id), archived=archived)
+        if found is None and not archived:  # a merged-away id answers as the record kept
+            found = self.records.survivor(type_name, int(object_id))
+        return found
 
     def list_page(self, type_name: str) -> Response:
         """GET /crm/v3/objects/{type}: a page of `limit` (≤100) after the cursor `after`."""
@@ -130,6 +134,27 @@ class ObjectViews:
             self.writer.update(obj, properties)
             return jsonify(obj.json(list(properties) or None, self.records.known(kind)))
 
+    def merge(self, type_name: str) -> Response:
+        """POST /crm/v3/objects/contacts/merge: `objectIdToMerge` goes into `primaryObjectId`,
+        which keeps its id (`Writer.merge`); 200 with the record kept."""
+        kind = resolve_type(type_name)
+        if kind != "contacts":
+            raise ApiError(400, f"Merging {kind} is not supported by this account")
+        body = body_object()
+        ids = [str(body.get(n) or "") for n in ("primaryObjectId", "objectIdToMerge")]
+        with self.records.lock:
+            kept, merged = (self.records.get(kind, int(i)) if i.isdigit() else None for i in ids)
+            if kept is None or merged is None:
+                raise ApiError(
+                    404,
+                    f"Object not found: {ids[0] if kept is None else ids[1]}",
+                    "OBJECT_NOT_FOUND",
+                )
+            if kept.id == merged.id:
+                raise ApiError(400, "Cannot merge an object with itself")
+            self.writer.merge(kept, merged)
+            return jsonify(self._json(kept, []))
+
     def archive(self, type_name: str, object_id: str) -> Response:
         """DELETE /crm/v3/objects/{type}/{id}: archived (204 even when already gone)."""
         kind = resolve_type(type_name)
@@ -144,6 +169,7 @@ class ObjectViews:
         return [
             (base, "objects.list", self.list_page, "GET"),
             (base, "objects.create", self.create, "POST"),
+            (f"{base}/merge", "objects.merge", self.merge, "POST"),
             (f"{base}/<object_id>", "objects.get", self.get, "GET"),
             (f"{base}/<object_id>", "objects.update", self.update, "PATCH"),
             (f"{base}/<object_id>", "objects.archive", self.archive, "DELETE"),

@@ -61,6 +61,8 @@ READ_ONLY = {
 }
 READ_ONLY["leads"].add("hs_v2_date_entered_current_stage")
 READ_ONLY["contacts"].add("associatedcompanyid")
+# The ids of the contacts merged into this one ("1234;5678"), kept by HubSpot after a merge.
+READ_ONLY["contacts"].add("hs_merged_object_ids")
 # Properties whose values are unique in the account: usable as `idProperty` in batch reads.
 UNIQUE_PROPERTIES = {"contacts": {"email"}}
 # The custom property maillink's HubSpot integration keeps each email's key in (an account
@@ -204,6 +206,8 @@ class Records:
     # Objects the search index has not caught up with yet (`HubSpotSandbox.search_lag`).
     unindexed: set[tuple[str, int]] = field(default_factory=set)
     search_lag: bool = False
+    # Objects merged into another: (type, merged-away id) -> the id of the one that was kept.
+    merged: dict[tuple[str, int], int] = field(default_factory=dict)
     # Custom properties the account defines: type -> name -> whether its values are unique.
     custom: dict[str, dict[str, bool]] = field(default_factory=dict)
     # Told of each change: (type, id, "creation" | "propertyChange" | "deletion", properties).
@@ -223,6 +227,7 @@ class Records:
             self.links.clear()
             self.owners.clear()
             self.unindexed.clear()
+            self.merged.clear()
 
     def changed(self, obj: HubObject, change: str, properties: dict[str, str]) -> None:
         if self.on_change is not None:
@@ -245,6 +250,15 @@ class Records:
         if found is None or found.archived != archived:
             return None
         return found
+
+    def survivor(self, type_name: str, object_id: int) -> HubObject | None:
+        """The live object a merged-away id now answers as (HubSpot reads of a merged record's
+        id return the record it was merged into), None when the id was never merged."""
+        seen: set[int] = set()
+        while (type_name, object_id) in self.merged and object_id not in seen:
+            seen.add(object_id)
+            object_id = self.merged[(type_name, object_id)]
+        return self.get(type_name, object_id) if seen else None
 
     def find_unique(self, type_name: str, prop: str, value: str) -> HubObject | None:
         """The live object whose unique property `prop` equals `value` (emails: any case)."""

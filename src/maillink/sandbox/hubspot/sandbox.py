@@ -1,5 +1,6 @@
 """A local, stateful HubSpot account on 127.0.0.1: the CRM v3 objects, v4 associations,
-owners, pipelines and OAuth, answering in the shapes of HubSpot's OpenAPI specs.
+owners, pipelines, properties (`properties`) and OAuth, answering in the shapes of HubSpot's
+OpenAPI specs.
 
 It checks the bearer token as HubSpot does (a private app's access token, or an OAuth access
 token of its public app), applies HubSpot's rate limits (see `limits`), and fails on demand:
@@ -26,6 +27,7 @@ from maillink.sandbox._server import (
     LostResponses,
     Meter,
     ServerThread,
+    UserActions,
     install_faults,
 )
 from maillink.sandbox.hubspot import scopes
@@ -43,6 +45,7 @@ from maillink.sandbox.hubspot.errors import (
 from maillink.sandbox.hubspot.limits import Limits
 from maillink.sandbox.hubspot.oauth import OAuthState
 from maillink.sandbox.hubspot.objects import ObjectViews
+from maillink.sandbox.hubspot.properties import PropertyViews
 from maillink.sandbox.hubspot.records import MAILLINK_KEY, Records
 from maillink.sandbox.hubspot.webhooks import Webhooks
 
@@ -79,6 +82,7 @@ class HubSpotSandbox(Admin):
         clock: Callable[[], datetime] | None = None,
         private_app_scopes: frozenset[str] = scopes.ALL_SCOPES,
         maillink_key_property: bool = True,
+        maillink_key_unique: bool = True,
     ):
         self.access_token = access_token
         self.private_app_scopes = private_app_scopes
@@ -91,7 +95,9 @@ class HubSpotSandbox(Admin):
         self.meter = Meter()
         self.received: deque[ReceivedRequest] = deque(maxlen=5000)
         self.lost = LostResponses()  # answers lost on the way (`lose_next_response`)
+        self._before = UserActions()  # users' actions due before a request (`before_next`)
         self.maillink_key_property = maillink_key_property
+        self.maillink_key_unique = maillink_key_unique  # False: defined without unique values
         self.webhooks = Webhooks(client_secret, self.clock)
         self.records.on_change = self.webhooks.record
         self._define_custom_properties()
@@ -133,6 +139,18 @@ class HubSpotSandbox(Admin):
         a batch create whose outcome the client cannot know."""
         self.lost.add(path_regex, method, times)
 
+    def before_next(
+        self,
+        path_regex: str,
+        action: Callable[[], object],
+        method: str | None = "POST",
+        times: int = 1,
+    ) -> None:
+        """Run `action` (a user acting in HubSpot: archiving a deal, merging contacts) just
+        before the next matching request is served: what happens between a client's decision
+        and its write. The action may call the sandbox's API itself."""
+        self._before.add(path_regex, action, method, times)
+
     def inject_rate_limit(
         self, path_regex: str, policy: str = TEN_SECONDLY_ROLLING, times: int = 1
     ) -> Fault:
@@ -165,29 +183,34 @@ class HubSpotSandbox(Admin):
         self.records.clear()
         self.records.search_lag = False
         self._define_custom_properties()
+        self.properties.clear()
         self.faults.clear()
         self.meter.reset()
         self.received.clear()
         self.limits.reset()
         self.webhooks.clear()
         self.lost.clear()
+        self._before.clear()
 
     def _define_custom_properties(self) -> None:
-        """The account's custom email property for maillink's keys, unless told it has none."""
+        """The account's custom email property for maillink's keys, unless told it has none
+        (`maillink_key_unique`: with unique values or not)."""
         self.records.custom.clear()
         if self.maillink_key_property:
-            self.define_property("emails", MAILLINK_KEY, unique=True)
+            self.define_property("emails", MAILLINK_KEY, unique=self.maillink_key_unique)
 
     # -- HTTP --------------------------------------------------------------------------------
 
     def _build_app(self) -> Flask:
         app = Flask(__name__)
         objects = ObjectViews(self.records, self.clock)
+        self.properties = PropertyViews(self.records, self.clock, lambda: self._caller()[2])
         views = [
             *BatchViews(self.records, self.clock, objects).routes(),
             *objects.routes(),
             *AssociationViews(self.records, self.clock).routes(),
             *AccountViews(self.records, self.clock).routes(),
+            *self.properties.routes(),
             *self.oauth.routes(),
         ]
         for rule, operation, view, method in views:
@@ -253,6 +276,7 @@ class HubSpotSandbox(Admin):
 
         def outermost(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             self.meter.count("http")
+            self._before.run_due(environ["REQUEST_METHOD"], environ["PATH_INFO"])
             return self.lost.serve(inner, environ, start_response)
 
         self.app.wsgi_app = outermost  # type: ignore[method-assign]

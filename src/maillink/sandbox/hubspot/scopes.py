@@ -18,7 +18,7 @@ ALL_SCOPES = frozenset(
     for kind in ("contacts", "companies", "deals", "leads")
     for access in ("read", "write")
 ) | {"crm.objects.owners.read", "sales-email-read", "oauth"}
-_WRITES = {"objects.create", "objects.update", "objects.archive"}
+_WRITES = {"objects.create", "objects.update", "objects.archive", "objects.merge"}
 _WRITES |= {"objects.batch.create", "objects.batch.update"}
 
 

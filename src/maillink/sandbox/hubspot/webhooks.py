@@ -2,7 +2,7 @@
 
 Subscriptions are set in the app's settings (here `subscribe`): `deal.creation`,
 `deal.deletion`, `deal.propertyChange` (with a property name, `dealstage` say),
-`contact.creation`, `contact.propertyChange` (`email`), `lead.*` likewise. Events are queued as
+`contact.creation`, `contact.propertyChange` (`email`), `contact.merge`, `lead.*` likewise. Events are queued as
 objects change, through the API or as a user acts, and are sent when a test calls `deliver`:
 JSON arrays of at most 100 events, signed as HubSpot signs them (v3: `X-HubSpot-Signature-v3`
 is the base64 HMAC-SHA256, keyed by the app's client secret, of method + URL + body +
@@ -75,7 +75,8 @@ class Webhooks:
     def record(
         self, type_name: str, object_id: int, change: str, properties: dict[str, str]
     ) -> None:
-        """Queue the events of one change: `change` is creation, deletion or propertyChange."""
+        """Queue the events of one change: `change` is creation, deletion, propertyChange or
+        merge (`properties` then holds `mergedObjectIds`)."""
         singular = _SINGULAR.get(type_name)
         if change == "forgotten":  # a refused batch undid the creation: no event for it
             with self.lock:
@@ -99,6 +100,11 @@ class Webhooks:
                     "objectId": object_id,
                     "changeSource": "CRM",
                 }
+                if change == "merge":  # the merged-away ids, as HubSpot's merge events say
+                    merged = [int(i) for i in properties["mergedObjectIds"].split(";")]
+                    event.update(
+                        primaryObjectId=object_id, mergedObjectIds=merged, newObjectId=object_id
+                    )
                 if change == "propertyChange":
                     name = subscription.property_name
                     if name not in properties:

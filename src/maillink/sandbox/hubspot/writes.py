@@ -122,6 +122,45 @@ class Writer:
         self.records.unindexed.discard((obj.type, obj.id))
         self.records.changed(obj, "deletion", {})
 
+    def merge(self, kept: HubObject, merged: HubObject, at: datetime | None = None) -> None:
+        """HubSpot's merge of two contacts: `kept` keeps its id and its values, takes the other's
+        addresses as secondary emails and its associations; the merged-away record leaves every
+        list, search and association, and its id answers as `kept` (`Records.survivor`)."""
+        when = at or self.clock()
+        primary = (kept.properties.get("email") or "").lower()
+        emails = [e for e in (kept.properties.get("hs_additional_emails") or "").split(";") if e]
+        for address in [
+            merged.properties.get("email") or "",
+            *(merged.properties.get("hs_additional_emails") or "").split(";"),
+        ]:
+            if address and address.lower() != primary and address.lower() not in emails:
+                emails.append(address.lower())
+        ids = [i for i in (kept.properties.get("hs_merged_object_ids") or "").split(";") if i]
+        props = {
+            "hs_additional_emails": ";".join(emails),
+            "hs_merged_object_ids": ";".join([*ids, str(merged.id)]),
+        }
+        for key in [k for k in self.records.links if (k[0], k[1]) == (merged.type, merged.id)]:
+            _, _, to_type, to_id = key
+            labels = TYPES[(kept.type, to_type)]
+            has_primary = any(
+                labels.get(t) == "Primary"
+                for other in self.records.associated(kept.type, kept.id, to_type).values()
+                for t in other
+            )
+            if (to_type, to_id) != (kept.type, kept.id):
+                for type_id in sorted(self.records.links[key]):
+                    if labels.get(type_id) == "Primary" and has_primary:
+                        continue  # the kept record's primary company stays its primary
+                    back = reverse_type(kept.type, to_type, type_id)
+                    self.records.associate((kept.type, kept.id), (to_type, to_id), type_id, back)
+            self.records.dissociate((merged.type, merged.id), (to_type, to_id))
+        del self.records.objects[merged.type][merged.id]
+        self.records.merged[(merged.type, merged.id)] = kept.id
+        self.records.unindexed.discard((merged.type, merged.id))
+        self.update(kept, props, when)
+        self.records.changed(kept, "merge", {"mergedObjectIds": str(merged.id)})
+
     def _apply(self, obj: HubObject, properties: dict[str, str], at: datetime) -> None:
         stage_before = obj.properties.get(
             "dealstage" if obj.type == "deals" else "hs_pipeline_stage"

@@ -10,7 +10,6 @@ write is done, the answer never arrives).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from maillink.sandbox._server import (
     LostResponses,
     Meter,
     ServerThread,
+    UserActions,
     install_faults,
 )
 from maillink.sandbox.pipedrive.admin import ADMIN_COSTS, admin_routes
@@ -62,14 +62,6 @@ class ReceivedRequest:
     body: Any
 
 
-@dataclass
-class _Before:
-    path: re.Pattern[str]
-    method: str | None
-    action: Callable[[], object]
-    times: int
-
-
 class PipedriveSandbox:
     """A Pipedrive company on 127.0.0.1, seeded through `add_*` and inspected through `activities()`.
 
@@ -103,7 +95,7 @@ class PipedriveSandbox:
         self._limits_lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
         self.lost = LostResponses()  # answers lost on the way (`lose_next_response`)
-        self._before: list[_Before] = []
+        self._before = UserActions()  # users' actions due before a request (`before_next`)
         self.activity_types = [
             activity_type_json(i, name, key)
             for i, (name, key) in enumerate(DEFAULT_ACTIVITY_TYPES, start=1)
@@ -321,19 +313,7 @@ class PipedriveSandbox:
         """Run `action` (a user acting in Pipedrive: deleting a deal, merging persons) just
         before the next matching request is served: what happens between a client's decision
         and its write."""
-        with self._limits_lock:
-            self._before.append(_Before(re.compile(path_regex), method, action, times))
-
-    def _take_before(self, method: str, path: str) -> list[Callable[[], object]]:
-        with self._limits_lock:
-            due = []
-            for before in self._before:
-                if before.times <= 0 or (before.method and before.method.upper() != method.upper()):
-                    continue
-                if before.path.search(path):
-                    before.times -= 1
-                    due.append(before.action)
-            return due
+        self._before.add(path_regex, action, method, times)
 
     def reset_daily_budget(self) -> None:
         with self._limits_lock:
@@ -347,8 +327,8 @@ class PipedriveSandbox:
         self.meter.reset()
         self.received.clear()
         self.lost.clear()
+        self._before.clear()
         with self._limits_lock:
-            self._before.clear()
             self._windows.clear()
             self.tokens_spent_today = 0
 
@@ -377,10 +357,7 @@ class PipedriveSandbox:
 
         def outermost(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             self.meter.count("http")
-            for action in self._take_before(
-                environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
-            ):
-                action()
+            self._before.run_due(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", ""))
             return self.lost.serve(inner, environ, start_response)
 
         self.app.wsgi_app = outermost  # type: ignore[method-assign]
