@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import requests
 
 from maillink.app import App
+from maillink.sandbox._server import Fault
 from maillink.sandbox.google import GoogleSandbox
 from maillink.sandbox.hubspot import HubSpotSandbox
 from maillink.sandbox.pipedrive import PipedriveSandbox
@@ -51,6 +54,12 @@ def follow_printed_url(process: subprocess.Popen[str]) -> str:
 CRMS = ("pipedrive", "hubspot")
 both_crms = pytest.mark.parametrize("crm", CRMS, indirect=True)  # the `crm` fixture, both ways
 _KEY_LINE = "maillink-id: "
+_PIPEDRIVE_CREATES = r"^/api/v2/activities$"  # POST: one email, one activity
+_HUBSPOT_CREATES = r"^/crm/v3/objects/emails(/batch/create)?$"  # POST: engagements
+# HubSpot requests that change an engagement it has: its properties, or its associations.
+_HUBSPOT_EMAIL_CHANGES = re.compile(
+    r"^/crm/v4/associations/emails/|^/crm/v3/objects/emails/(?!batch/(create|read)$)"
+)
 
 
 @dataclass(frozen=True)
@@ -104,12 +113,116 @@ class CrmSandbox:
         """Win, lose, reopen or delete ("deleted": HubSpot archives) the deal at `at`."""
         self.sandbox.set_deal_status(deal_id, status, at=at)
 
+    def close_lead(self, lead_id: str, at: datetime) -> None:
+        """The lead is no longer open from `at`: Pipedrive archives it, HubSpot moves it to a
+        closed stage of its pipeline (disqualified)."""
+        if self.kind == "hubspot":
+            self.sandbox.set_lead_stage(int(lead_id), "unqualified-stage-id", at)
+        else:
+            self.sandbox.archive_lead(lead_id, at)
+
     def lose_next_create(self) -> None:
         """The next create of an email is carried out, then left unanswered."""
         if self.kind == "hubspot":
             self.sandbox.lose_next_response(r"^/crm/v3/objects/emails/batch/create$")
         else:
             self.sandbox.lose_next_response(r"/api/v2/activities$", method="POST")
+
+    # -- a user acting in the CRM, and the CRM refusing, between a decision and its write ----
+
+    def before_next_create(self, action: Callable[[], object]) -> None:
+        """Run `action` (a colleague deleting a deal, merging persons) just before the next
+        create of an email reaches the CRM: after maillink decided, before it wrote."""
+        if self.kind == "hubspot":
+            self.sandbox.before_next(_HUBSPOT_CREATES, action)
+        else:
+            self.sandbox.before_next(_PIPEDRIVE_CREATES, action, method="POST")
+
+    def merge_persons(self, merged: int, into: int) -> None:
+        """Merge person `merged` into `into` as a CRM user (or integration) does, through the
+        CRM's API: Pipedrive's PUT /v1/persons/{id}/merge, HubSpot's contacts merge."""
+        if self.kind == "hubspot":
+            answer = requests.post(
+                f"{self.sandbox.url}/crm/v3/objects/contacts/merge",
+                json={"primaryObjectId": str(into), "objectIdToMerge": str(merged)},
+                headers={"Authorization": f"Bearer {self.sandbox.access_token}"},
+                timeout=10,
+            )
+        else:
+            answer = requests.put(
+                f"{self.sandbox.url}/api/v1/persons/{merged}/merge",
+                json={"merge_with_id": into},
+                headers={"x-api-token": self.sandbox.api_token},
+                timeout=10,
+            )
+        assert answer.status_code == 200, answer.text
+
+    def refuse_creates(self, answer: str) -> None:
+        """From now on the CRM refuses every create of an email with a 400 saying `answer`, in
+        its own error shape (HubSpot's is a VALIDATION_ERROR), until `stop_refusing`."""
+        body: dict[str, Any]
+        if self.kind == "hubspot":
+            path = _HUBSPOT_CREATES
+            body = {
+                "status": "error",
+                "message": answer,
+                "correlationId": "5c6e2b8e-8d7e-4d0f-9a53-0c1f6c1d2e3f",
+                "category": "VALIDATION_ERROR",
+            }
+        else:
+            path = _PIPEDRIVE_CREATES
+            body = {
+                "success": False,
+                "error": answer,
+                "error_info": "Please check developers.pipedrive.com for more information "
+                "about Pipedrive API.",
+                "data": None,
+                "additional_data": None,
+            }
+        fault = Fault(path=path, method="POST", status=400, times=1000, body=json.dumps(body))
+        self.sandbox.faults.add(fault)
+
+    def stop_refusing(self) -> None:
+        """The admin fixed the cause: the CRM takes the writes again."""
+        self.sandbox.faults.clear()
+
+    @property
+    def refusals(self) -> int:
+        """How many 400 answers the CRM gave."""
+        return int(self.sandbox.meter.statuses[400])
+
+    def delete_email(self, email_id: str) -> None:
+        """A rep deletes the email in the CRM (a Pipedrive activity, a HubSpot engagement)."""
+        if self.kind == "hubspot":
+            self.sandbox.archive("emails", int(email_id))
+        else:
+            self.sandbox.delete_activity(int(email_id))
+
+    def delete_item(self, kind: str, item_id: int | str, at: datetime) -> None:
+        """A colleague deletes the deal or lead (HubSpot archives it; Pipedrive keeps a deleted
+        deal listed as deleted and no trace of a deleted lead)."""
+        if kind == "deal":
+            self.set_deal_status(int(item_id), "deleted", at)
+        elif self.kind == "hubspot":
+            self.sandbox.archive("leads", int(item_id), at)
+        else:
+            self.sandbox.delete_lead(str(item_id))
+
+    def received(self) -> int:
+        """How many requests the CRM has received so far (a mark for `updates_since`)."""
+        return len(self.sandbox.received)
+
+    def updates_since(self, mark: int) -> list[str]:
+        """The requests after `mark` that changed an email the CRM already had: Pipedrive's
+        PATCH/PUT of an activity, HubSpot's writes of an engagement or of its associations."""
+        sent = list(self.sandbox.received)[mark:]
+        if self.kind == "hubspot":
+            return [
+                f"{r.method} {r.path}"
+                for r in sent
+                if r.method != "GET" and _HUBSPOT_EMAIL_CHANGES.search(r.path)
+            ]
+        return [f"{r.method} {r.path}" for r in sent if r.method in ("PATCH", "PUT")]
 
     # -- reading back -------------------------------------------------------------------------
 

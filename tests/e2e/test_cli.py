@@ -17,7 +17,6 @@ from tests.e2e.conftest import Ran
 from tests.e2e.support import CRMS, NOW, REP, CrmSandbox, both_crms, follow_printed_url
 
 from maillink.sandbox.google import GoogleSandbox
-from maillink.sandbox.pipedrive import PipedriveSandbox
 
 ANN = "ann@customer.example"
 Cli = Callable[..., Ran]
@@ -30,7 +29,7 @@ def _one_line_error(ran: Ran) -> str:
     return lines[0]
 
 
-def _seed(google: GoogleSandbox, crm: CrmSandbox | PipedriveSandbox) -> dict[str, int | str]:
+def _seed(google: GoogleSandbox, crm: CrmSandbox) -> dict[str, int | str]:
     ann = crm.add_person("Ann", [ANN])
     deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
     lead = crm.add_lead("Upsell", ann, add_time=NOW - timedelta(days=30))
@@ -143,25 +142,34 @@ def test_a_denied_consent_is_one_line_without_a_class_name_and_exit_1(
     assert "ConnectError" not in line and "--debug" not in line
 
 
+@both_crms
 def test_pause_resume_and_remove_a_mailbox(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     google.add_mailbox(REP)
     assert _connect(config, google).returncode == 0
+    _seed(google, crm)
     assert cli("accounts", "pause", REP).code == 0
     assert json.loads(cli("accounts", "--json").out)[0]["status"] == "paused"
     assert "no active mailbox" in cli("backfill").out
+    assert crm.emails() == []  # a paused mailbox writes nothing to the CRM
     assert cli("accounts", "resume", REP).code == 0
     assert REP in cli("accounts").out
+    resumed = cli("backfill")
+    assert resumed.code == 0, resumed.err
+    assert len(crm.emails()) == 3
     assert cli("accounts", "remove", REP).code == 0
     assert json.loads(cli("accounts", "--json").out) == []
+    assert cli("sync", "--once").code == 0
+    assert len(crm.emails()) == 3  # what was written stays; nothing more is
 
 
+@both_crms
 def test_keys_rotate_reencrypts_and_the_mailbox_still_syncs(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     google.add_mailbox(REP)
-    _seed(google, pipedrive)
+    _seed(google, crm)
     assert _connect(config, google).returncode == 0
     credentials = config.parent / "credentials.json"
     data = json.loads(credentials.read_text())
@@ -174,7 +182,7 @@ def test_keys_rotate_reencrypts_and_the_mailbox_still_syncs(
     data["encryption_key"] = new_key  # the old key is gone: the rotated token still decrypts
     credentials.write_text(json.dumps(data))
     assert cli("backfill").code == 0
-    assert len(pipedrive.activities()) == 3
+    assert len(crm.emails()) == 3
 
     data["encryption_key"] = cli("keys", "generate").out.strip()  # a wrong key
     credentials.write_text(json.dumps(data))
@@ -185,8 +193,9 @@ def test_keys_rotate_reencrypts_and_the_mailbox_still_syncs(
     assert json.loads(cli("accounts", "--json").out) == before  # nothing written
 
 
+@both_crms
 def test_configuration_mistakes_are_one_line_and_exit_2(
-    cli: Cli, config: Path, tmp_path: Path
+    cli: Cli, config: Path, tmp_path: Path, crm: CrmSandbox
 ) -> None:
     missing = cli("--config", str(tmp_path / "nope.toml"), "accounts")
     assert missing.code == 2
@@ -204,9 +213,9 @@ def test_configuration_mistakes_are_one_line_and_exit_2(
     assert unknown.code == 2
     assert "nobody@acme.example" in _one_line_error(unknown)
 
-    config.write_text(
-        config.read_text().replace('kind = "pipedrive"', 'kind = "pipedrive"\ntypo = 1')
-    )
+    kind = f'kind = "{crm.kind}"'
+    assert kind in config.read_text()
+    config.write_text(config.read_text().replace(kind, f"{kind}\ntypo = 1"))
     typo = cli("accounts")
     assert typo.code == 2 and "typo" in _one_line_error(typo)
 
@@ -274,8 +283,9 @@ def test_the_demo_decides_the_same_mail_the_same_way_on_both_crms() -> None:
     assert reports[0]["waiting"] == reports[1]["waiting"]
 
 
+@both_crms
 def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     import signal
     import sqlite3
@@ -285,8 +295,8 @@ def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(
 
     config.write_text(config.read_text() + "\n[sync]\npage_size = 40\n")
     google.add_mailbox(REP)
-    ann = pipedrive.add_person("Ann", [ANN])
-    pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=90))
+    ann = crm.add_person("Ann", [ANN])
+    deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=90))
     for i in range(240):
         date = NOW - timedelta(hours=240 - i)
         headers = [("From", ANN), ("To", REP), ("Subject", f"n{i}"), ("Message-ID", f"<n{i}@x>")]
@@ -323,12 +333,15 @@ def test_backfill_stopped_by_ctrl_c_resumes_where_it_stopped(
     assert resumed.code == 0, resumed.err
     assert f"{240 - halfway} new messages" in resumed.out  # only what was left
     assert stored() == 240
-    assert len(pipedrive.activities()) == 240
-    assert all(len(pipedrive.activities_with_key(f"n{i}@x")) == 1 for i in (0, 120, 239))
+    emails = crm.emails()
+    assert len(emails) == 240
+    assert sorted(e.key for e in emails) == sorted(f"n{i}@x" for i in range(240))  # once each
+    assert {e.items for e in emails} == {frozenset({f"deal:{deal}"})}
 
 
+@both_crms
 def test_connect_microsoft_no_browser_then_backfill_through_graph(
-    tmp_path: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    tmp_path: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     from maillink.sandbox.browser import consent
     from maillink.sandbox.microsoft import MicrosoftSandbox
@@ -338,8 +351,8 @@ def test_connect_microsoft_no_browser_then_backfill_through_graph(
     with MicrosoftSandbox() as microsoft:
         microsoft.add_mailbox(carol, "Carol")
         microsoft.consent_as = carol
-        ann = pipedrive.add_person("Ann", [ANN])
-        deal = pipedrive.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
+        ann = crm.add_person("Ann", [ANN])
+        deal = crm.add_deal("Licences", ann, add_time=NOW - timedelta(days=30))
         microsoft.add_message(
             carol,
             "inbox",
@@ -349,8 +362,14 @@ def test_connect_microsoft_no_browser_then_backfill_through_graph(
             to=[carol],
             received=NOW - timedelta(days=1),
         )
+        hubspot = crm.sandbox if crm.kind == "hubspot" else None
         config = write_workspace(
-            tmp_path, google, pipedrive, internal_domains=["acme.example"], microsoft=microsoft
+            tmp_path,
+            google,
+            None if hubspot else crm.sandbox,
+            internal_domains=["acme.example"],
+            microsoft=microsoft,
+            hubspot=hubspot,
         )
         env = dict(os.environ, MAILLINK_CONFIG=str(config), REQUESTS_CA_BUNDLE=microsoft.ca_bundle)
         process = subprocess.Popen(
@@ -376,18 +395,19 @@ def test_connect_microsoft_no_browser_then_backfill_through_graph(
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
-        (activity,) = pipedrive.activities_with_key("graph-1@mail.example")
-        assert activity["deal_id"] == deal
+        email = crm.email("graph-1@mail.example")
+        assert email.items == {f"deal:{deal}"} and email.persons == {ann}
 
 
+@both_crms
 def test_no_token_reaches_the_output_even_with_debug(
-    cli: Cli, config: Path, google: GoogleSandbox, pipedrive: PipedriveSandbox
+    cli: Cli, config: Path, google: GoogleSandbox, crm: CrmSandbox
 ) -> None:
     from maillink.app import App
     from maillink.config import load_settings
 
     google.add_mailbox(REP)
-    _seed(google, pipedrive)
+    _seed(google, crm)
     google.consent_as = REP
     env = dict(os.environ, MAILLINK_CONFIG=str(config))
     process = subprocess.Popen(
@@ -399,13 +419,26 @@ def test_no_token_reaches_the_output_even_with_debug(
     )
     follow_printed_url(process)
     out, err = process.communicate(timeout=60)
+    from maillink.sandbox._server import Fault
+
+    # The CRM refuses the token first: the error, told with --debug, names the request only.
+    crm.sandbox.faults.add(Fault(path=".", status=401, body='{"message": "bad token"}', times=200))
+    refused = cli("--debug", "backfill")
+    assert refused.code == 1 and "answered 401 to" in refused.out, refused.out + refused.err
+    crm.sandbox.faults.clear()
     synced = cli("--debug", "backfill")
     app = App(load_settings(config))
     tokens = app.tokens(app.account(REP))
     app.close()
     refresh = tokens["refresh_token"]
-    assert len(refresh) > 10
-    for text in (out, err, synced.out, synced.err):
-        assert refresh not in text
+    assert synced.code == 0, synced.err
+    assert len(crm.emails()) == 3  # the backfill did talk to the CRM, with its token
+    crm_token = crm.sandbox.access_token if crm.kind == "hubspot" else crm.sandbox.api_token
+    secrets = [refresh, crm_token]
+    assert all(len(secret) > 10 for secret in secrets)
+    for text in (out, err, refused.out, refused.err, synced.out, synced.err):
+        for secret in secrets:
+            assert secret not in text
     for stored in config.parent.glob("maillink.db*"):  # the database, its WAL and shm files
-        assert refresh.encode() not in stored.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in stored.read_bytes()

@@ -40,6 +40,7 @@ class Team:
             hubspot = crm.sandbox
             self.alice = hubspot.add_owner(ALICE.upper(), "Alice", "Rep")
             self.bob = hubspot.add_owner(BOB, "Bob", "Rep")
+            self.former = hubspot.add_owner(f"dan@{DOMAIN}", "Former", "Rep", archived=True)
             self.org = hubspot.add_company("Customer Ltd", "customer.example")
             self.xavier = hubspot.add_contact(XAVIER, "Xavier", company_id=self.org)
             self.yvonne = hubspot.add_contact(YVONNE, "Yvonne")
@@ -188,13 +189,14 @@ def test_a_user_set_by_hand_owns_the_mailboxs_next_emails_until_auto(
     assert team.activity("Carol alone again").owner == team.unowned
 
 
-@pytest.mark.pipedrive_only  # a deactivated user
+@both_crms
 def test_owner_refuses_an_unknown_user_and_a_missing_choice(cli: Cli, team: Team) -> None:
     unknown = cli("accounts", "owner", CAROL, "999")
     assert unknown.code == 2
     assert "999" in unknown.err and "Traceback" not in unknown.err
-    inactive = cli("accounts", "owner", CAROL, str(team.former))  # deactivated
+    inactive = cli("accounts", "owner", CAROL, str(team.former))  # deactivated (archived)
     assert inactive.code == 2
+    assert str(team.former) in inactive.err and "Traceback" not in inactive.err
     neither = cli("accounts", "owner", CAROL)
     assert neither.code == 2 and "--auto" in neither.err
     both = cli("accounts", "owner", CAROL, str(team.bob), "--auto")

@@ -260,9 +260,11 @@ class _Replay:
 
     def _none(self, verdict: _Verdicts, when: datetime, items: list[Item]) -> Decision:
         """No candidate: the one reason rule 2 excluded every item of the persons for, if there
-        is one (they may have no item at all)."""
+        is one (they may have no item at all). A deleted item is named among the excluded but
+        decides no reason: the CRM no longer has it, and whether a CRM still lists deleted items
+        (Pipedrive, 30 days) or not at all (HubSpot) must not change the decision."""
         excluded = tuple((item, self._exclusion(item, when)) for item in sorted(items, key=_ref))
-        reasons = {reason for _, reason in excluded}
+        reasons = {r for item, r in excluded if item.status is not ItemStatus.DELETED}
         reason = reasons.pop() if len(reasons) == 1 else Reason.NO_OPEN_ITEMS
         return verdict.persons_only(reason, excluded=excluded)
 
