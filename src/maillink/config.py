@@ -97,7 +97,7 @@ class LinkingSettings:
 class SyncSettings:
     interval_seconds: int = 120
     page_size: int = 500
-    jitter_seconds: int = 10  # up to this much is added to each mailbox's next run
+    jitter_seconds: int = 10  # spread of the next runs (`daemon.schedule.Schedule`)
     max_backoff_seconds: int = 3600  # the longest pause of a mailbox after failed rounds
     lease_seconds: int = 60  # a daemon's hold on a mailbox, renewed while it works
     workers: int = 0  # mailboxes synced at once by one daemon; 0: 1 on SQLite, 4 on PostgreSQL

@@ -55,6 +55,9 @@ from maillink.store.outbox import failed_count, pending_count
 __all__ = ["Delivery", "Outbox", "failed_count", "pending_count"]
 
 MAX_BATCH_CLAIM = 100  # rows claimed at once for a CRM that creates them in one request
+# Plain creates claimed (and recorded as delivered) at once for a CRM that creates one a request:
+# fewer commits, against more look-ups after a crash (at most this many).
+CLAIM_AHEAD = 32
 PARKED_UNTIL = "outbox_parked_until"  # crm_state: the daily budget is spent until then
 
 
@@ -193,6 +196,7 @@ class Outbox:
             yield from self._deliver_batches(rows, result, self.crm)
             return
         workers = max(1, self.workers)
+        claim_ahead = max(CLAIM_AHEAD, 4 * workers)
         delivered: list[tuple[Any, str]] = []
 
         def one(row: Any, claimed: bool) -> tuple[Delivery, Exception | None, str | None]:
@@ -218,7 +222,7 @@ class Outbox:
             result.created += part.created
             result.updated += part.updated
             result.found_again += part.found_again
-            if len(delivered) >= 4 * workers:
+            if len(delivered) >= claim_ahead:
                 self._record_delivered(delivered)
             return row, error
 
@@ -227,10 +231,10 @@ class Outbox:
 
         def next_ones(count: int) -> tuple[list[tuple[Any, bool]], list[Any]]:
             """The next rows to start (up to `count`), and those another process has claimed
-            (left to it). Plain creates are claimed `4 * workers` at a time, in one commit."""
+            (left to it). Plain creates are claimed `claim_ahead` at a time, in one commit."""
             others: list[Any] = []
             if not ready:
-                batch = list(itertools.islice(waiting, 4 * workers))
+                batch = list(itertools.islice(waiting, claim_ahead))
                 plain = [
                     r for r in batch if r["crm_id"] is None and r["attempt_started_at"] is None
                 ]

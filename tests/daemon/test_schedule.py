@@ -39,6 +39,25 @@ def test_without_jitter_the_next_run_is_exactly_the_interval() -> None:
     assert Schedule(interval=120).after_success(T0) == T0 + timedelta(seconds=120)
 
 
+def test_a_mailbox_on_time_keeps_its_rhythm_whatever_its_rounds_last() -> None:
+    """Counted from the due time, not the round's end: a round of 20 s or one picked up 3 s
+    late does not push the next; the jitter moves it by at most half either way."""
+    schedule = Schedule(interval=120, jitter=10)
+    rng = random.Random(7)
+    ends = [T0 + timedelta(seconds=s) for s in (0.2, 3, 20)]
+    nexts = [schedule.after_success(end, rng, due=T0) for end in ends for _ in range(200)]
+    offsets = [(n - T0).total_seconds() for n in nexts]
+    assert all(115 <= o <= 125 for o in offsets)
+    assert abs(sum(offsets) / len(offsets) - 120) < 1  # a round every interval, on average
+
+
+def test_a_mailbox_that_fell_behind_starts_a_new_rhythm_from_the_rounds_end() -> None:
+    schedule = Schedule(interval=120, jitter=10)
+    late = T0 + timedelta(seconds=300)  # due at T0, its round ended 5 minutes later
+    after = (schedule.after_success(late, random.Random(3), due=T0) - late).total_seconds()
+    assert 120 <= after <= 130  # never a burst of rounds to catch up
+
+
 def test_backoff_doubles_after_each_failed_round_up_to_the_cap() -> None:
     schedule = Schedule(interval=120, max_backoff=600)
     assert [schedule.backoff(n) for n in range(1, 7)] == [60, 120, 240, 480, 600, 600]
@@ -92,6 +111,30 @@ def test_a_released_mailbox_gets_its_next_run_from_the_round(
     assert state.next_run_at == T0 + timedelta(seconds=after)
     assert state.failures == failures
     assert state.owner is None
+
+
+def test_the_acquired_lease_knows_when_it_was_due_and_the_release_keeps_that_rhythm(
+    sqlite_store: object,
+) -> None:
+    from maillink.store import Store
+
+    assert isinstance(sqlite_store, Store)
+    schedule, hold = Schedule(interval=120), timedelta(seconds=30)
+    with sqlite_store.transaction() as conn:
+        accounts.upsert(conn, "rep@acme.example", "gmail", "t", "s")
+        leases.ensure(conn, T0)
+        (first,) = leases.acquire(conn, "me", now=T0, duration=hold, limit=1)
+    # A new mailbox has been due since ever: its first rhythm starts at its round's end.
+    assert finish(sqlite_store, first, RoundResult("a"), schedule, now=T0)
+    due = T0 + timedelta(seconds=120)
+    picked_up = due + timedelta(seconds=2)  # the daemon looked 2 s after it was due
+    with sqlite_store.transaction() as conn:
+        (lease,) = leases.acquire(conn, "me", now=picked_up, duration=hold, limit=1)
+    assert lease.due_at == due
+    ended = picked_up + timedelta(seconds=9)
+    assert finish(sqlite_store, lease, RoundResult("a"), schedule, now=ended)
+    with sqlite_store.engine.connect() as conn:
+        assert leases.states(conn)[lease.account_id].next_run_at == due + timedelta(seconds=120)
 
 
 def test_a_unique_key_race_is_a_conflict_and_a_bug_is_not() -> None:

@@ -283,3 +283,18 @@ def test_encoded_display_names_round_trip(name: str, charset: str) -> None:
     addresses, problems = normalize_address_list(f"{encoded} <a@x.com>")
     assert problems == ()
     assert addresses[0].name == " ".join(name.split())
+
+
+def test_repeated_address_values_are_parsed_once_and_huge_ones_never_kept() -> None:
+    """From and To values repeat message after message: they are parsed once; a huge Cc list is
+    parsed each time rather than kept."""
+    value = '"Ann Buyer" <Ann@Customer.EXAMPLE>, bob@customer.example'
+    first = normalize_address_list(value)
+    before = headers_address._parsed.cache_info()
+    assert normalize_address_list(value) == first
+    assert headers_address._parsed.cache_info().hits == before.hits + 1
+
+    huge = ", ".join(f"user{n}@customer.example" for n in range(5000))
+    addresses, problems = normalize_address_list(huge)
+    assert len(addresses) == 5000 and problems == ()
+    assert headers_address._parsed.cache_info().currsize == before.currsize

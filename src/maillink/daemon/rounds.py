@@ -179,9 +179,10 @@ def finish(
     rng: random.Random | None = None,
     conflict: bool = False,
 ) -> bool:
-    """Release the mailbox with its next run: the interval after a good round, backoff after an
-    error, at once after a round stopped halfway, not run (`result` None) or that lost a race
-    with another daemon's write (`conflict`). The round's outcome is recorded on the mailbox
+    """Release the mailbox with its next run: an interval after its due time after a good
+    round (`Schedule.after_success`), backoff after an error, at once after a round stopped
+    halfway, not run (`result` None) or that lost a race with another daemon's write
+    (`conflict`). The round's outcome is recorded on the mailbox
     (`accounts.synced`) in the same transaction."""
     failures = lease.failures
     if result is None or result.stopped or conflict:
@@ -191,7 +192,7 @@ def finish(
         next_run = schedule.after_failure(now, failures, retry_after=result.retry_after, rng=rng)
     else:
         failures = 0
-        next_run = schedule.after_success(now, rng)
+        next_run = schedule.after_success(now, rng, due=lease.due_at)
     with store.transaction() as conn:
         released = leases.release(conn, lease, next_run_at=next_run, failures=failures)
         if released and result is not None:

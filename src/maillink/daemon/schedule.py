@@ -1,4 +1,10 @@
-"""When a mailbox is due next: its interval plus jitter after a good round, backoff after errors.
+"""When a mailbox is due next: an interval after its last due time, backoff after errors.
+
+A mailbox on time keeps its own rhythm: its next run is its due time plus the interval, moved by
+up to half the jitter either way (so mailboxes drift apart rather than run in lockstep, and on
+average a round starts every interval, however long the rounds take or however late one was
+picked up). A mailbox run late, or for the first time, starts a new rhythm: the interval and up
+to the whole jitter after the end of its round.
 
 Pure: takes the time and the count of failed rounds, returns a time. The daemon stores the result
 in the mailbox's lease row (`next_run_at`), which every daemon sharing the store reads.
@@ -16,11 +22,20 @@ BACKOFF_BASE_SECONDS = 60.0  # the first pause after an error, unless the interv
 @dataclass(frozen=True)
 class Schedule:
     interval: float  # seconds between the rounds of a healthy mailbox
-    jitter: float = 0.0  # up to this many seconds added, so mailboxes do not run in lockstep
+    jitter: float = 0.0  # seconds of spread, so mailboxes do not run in lockstep
     max_backoff: float = 3600.0  # the longest pause after errors
 
-    def after_success(self, now: datetime, rng: random.Random | None = None) -> datetime:
-        return now + timedelta(seconds=self.interval + self._jitter(rng))
+    def after_success(
+        self, now: datetime, rng: random.Random | None = None, *, due: datetime | None = None
+    ) -> datetime:
+        """The next run after a good round that ends `now`; `due`: when this round was due
+        (None: not known, or it was run before it was due)."""
+        spread = self._jitter(rng)
+        if due is not None:
+            on_time = due + timedelta(seconds=self.interval + spread - self.jitter / 2)
+            if on_time > now:
+                return on_time
+        return now + timedelta(seconds=self.interval + spread)
 
     def backoff(self, failures: int) -> float:
         """Seconds of pause after `failures` failed rounds in a row: doubling, capped."""

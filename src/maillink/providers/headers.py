@@ -9,6 +9,7 @@ so that one odd email never stops a round. Parsing is linear in the input, and i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -130,6 +131,11 @@ def _joined(values: list[str], problems: list[str]) -> str:
     return cut_header(", ".join(kept), problems, at_separator=True)
 
 
+@functools.lru_cache(maxsize=256)  # the same mailbox's, message after message
+def _own_addresses(account: str, aliases: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(e for e in (normalize_email(a) for a in (account, *aliases)) if e)
+
+
 def message_from_headers(
     account: str,
     provider_id: str,
@@ -178,8 +184,9 @@ def message_from_headers(
         date = date.replace(tzinfo=UTC) if date.tzinfo is None else date.astimezone(UTC)
 
     label_ids = tuple(labels)
-    own = {email for email in (normalize_email(a) for a in (account, *aliases)) if email}
-    outbound = "SENT" in label_ids or (sender is not None and sender.email in own)
+    outbound = "SENT" in label_ids or (
+        sender is not None and sender.email in _own_addresses(account, tuple(aliases))
+    )
     reply_to = first("in-reply-to")
 
     return Message(

@@ -7,6 +7,7 @@ reports what it skips as ``bad_address``, and never raises.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -87,6 +88,16 @@ def _unquote(quoted: str) -> str:
 
 def normalize_email(spec: str) -> str | None:
     """`spec` (an addr-spec) lower-cased with its domain in ASCII (punycode), or None if invalid."""
+    if len(spec) <= _CACHED_CHARS:  # a mailbox's addresses repeat message after message
+        return _normalized(spec)
+    return _normalized.__wrapped__(spec)
+
+
+_CACHED_CHARS = 512  # longer values are parsed each time: the caches stay small
+
+
+@functools.lru_cache(maxsize=8192)
+def _normalized(spec: str) -> str | None:
     spec = spec.strip()
     if ":" in spec and spec.startswith("@"):  # obsolete source route: @a,@b:user@domain
         spec = spec.rpartition(":")[2]
@@ -228,6 +239,13 @@ def normalize_address_list(value: str) -> tuple[tuple[Address, ...], tuple[str, 
     comments, IDN domains (to punycode), Outlook's ``;`` separator; addresses are lower-cased
     and deduplicated; an unreadable part is skipped with ``bad_address``.
     """
+    if len(value) <= _CACHED_CHARS:  # From and To values repeat from message to message
+        return _parsed(value)
+    return _parsed.__wrapped__(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(value: str) -> tuple[tuple[Address, ...], tuple[str, ...]]:
     problems: list[str] = []
     value = cut_header(value, problems, at_separator=True)
     addresses, found = _parse_list(value)

@@ -83,6 +83,7 @@ class Lease:
     failures: int  # failed rounds in a row before this one
     previous_owner: str | None = None  # set when an expired lease of another daemon was taken
     # (or the lease of a process of this host that is gone)
+    due_at: datetime | None = None  # when the round was due (its `next_run_at` as acquired)
 
     @property
     def taken_over(self) -> bool:
@@ -303,7 +304,7 @@ def acquire(
     if dead:
         free.append(leases.c.owner.in_(sorted(dead)))
     query = (
-        select(leases.c.account_id, leases.c.owner, leases.c.generation)
+        select(leases.c.account_id, leases.c.owner, leases.c.generation, leases.c.next_run_at)
         .join(accounts, accounts.c.id == leases.c.account_id)
         .where(accounts.c.status == ACTIVE, or_(*free))
         .order_by(leases.c.next_run_at, leases.c.account_id)
@@ -348,6 +349,7 @@ def acquire(
             acquired_at=now,
             failures=int(taken[row.account_id].failures),
             previous_owner=row.owner,
+            due_at=row.next_run_at if row.next_run_at <= now else None,  # not run early
         )
         for row in picked
         if row.account_id in taken

@@ -36,6 +36,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is None:
             return None
+        if value.tzinfo is UTC:  # the usual case: no conversion
+            return value.replace(tzinfo=None)
         if value.tzinfo is None:
             raise ValueError("maillink stores timezone-aware datetimes only")
         return value.astimezone(UTC).replace(tzinfo=None)
