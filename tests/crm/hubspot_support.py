@@ -4,12 +4,34 @@ before each test."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from maillink.crm.activity import draft_for
+from maillink.crm.base import ActivityDraft
+from maillink.model import Address, Direction, ItemRef, Message
 from maillink.sandbox.hubspot import HubSpotSandbox
+
+SENT = datetime(2025, 5, 1, 14, 5, tzinfo=UTC)  # when the tests' emails were sent
+
+
+def draft(n: int, person_id: int, *items: ItemRef) -> ActivityDraft:
+    """The draft of the n-th email from Ann to Alice, for this contact and these items."""
+    ann = Address("ann@example.com", "Ann Lee")
+    message = Message(
+        account="alice@acme.example",
+        provider_id=f"p{n}",
+        thread_key=f"t{n}",
+        message_id=f"<m{n}@example.com>",
+        date=SENT + timedelta(minutes=n),
+        direction=Direction.INBOUND,
+        sender=ann,
+        to=(Address("alice@acme.example", "Alice"),),
+        subject=f"Quote {n}",
+    )
+    return draft_for(message, (person_id,), items)
 
 
 class Clock:

@@ -6,19 +6,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.crm.hubspot_support import Clock, sandbox_fixtures
+from tests.crm.hubspot_support import Clock, draft, sandbox_fixtures
 
-from maillink.crm.activity import draft_for
-from maillink.crm.base import ActivityDraft, BatchLookup, BatchWrites, CRMRecordGone
+from maillink.crm.base import BatchLookup, BatchWrites, CRMRecordGone
 from maillink.crm.hubspot import HubSpotCRM, WriteOutcomeUnknown
 from maillink.linking.linker import CacheTTL, FactGatherer
-from maillink.model import Address, Direction, ItemKind, ItemRef, Message
+from maillink.model import ItemKind, ItemRef
 from maillink.sandbox.hubspot import HubSpotSandbox
 from maillink.store import Store
 
 NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
 T0 = datetime(2025, 1, 6, 10, 0, tzinfo=UTC)
-SENT = datetime(2025, 5, 1, 14, 5, tzinfo=UTC)
 CREATE = r"^/crm/v3/objects/emails/batch/create$"
 CREATE_PATH = "/crm/v3/objects/emails/batch/create"
 
@@ -34,22 +32,6 @@ def crm(sandbox: HubSpotSandbox) -> HubSpotCRM:
 def sent(sandbox: HubSpotSandbox) -> list[str]:
     """The paths of the requests the sandbox answered, in order."""
     return [r.path for r in sandbox.received]
-
-
-def draft(n: int, person_id: int, *items: ItemRef) -> ActivityDraft:
-    ann = Address("ann@example.com", "Ann Lee")
-    message = Message(
-        account="alice@acme.example",
-        provider_id=f"p{n}",
-        thread_key=f"t{n}",
-        message_id=f"<m{n}@example.com>",
-        date=SENT + timedelta(minutes=n),
-        direction=Direction.INBOUND,
-        sender=ann,
-        to=(Address("alice@acme.example", "Alice"),),
-        subject=f"Quote {n}",
-    )
-    return draft_for(message, (person_id,), items)
 
 
 def test_the_hubspot_adapter_offers_batch_reads_and_writes(crm: HubSpotCRM) -> None:

@@ -6,27 +6,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import requests
-from tests.crm.hubspot_support import sandbox_fixtures
+from tests.crm.hubspot_support import draft, sandbox_fixtures
 
 import hubspot_openapi_check as spec_check
 from maillink.cli import main
 from maillink.crm import hubspot_oauth
-from maillink.crm.activity import draft_for
-from maillink.crm.base import ActivityDraft, CRMRefused, CRMUnavailable
+from maillink.crm.base import CRMRefused, CRMUnavailable
 from maillink.crm.hubspot import HubSpotCRM
 from maillink.crm.hubspot_properties import KeyPropertyMissing, KeyPropertyUnusable
-from maillink.model import Address, Direction, Message
 from maillink.sandbox.hubspot import HubSpotSandbox
 from maillink.sandbox.hubspot.scopes import ALL_SCOPES
 from maillink.secrets import TokenCipher
 
 NOW = datetime(2025, 6, 2, 9, 30, tzinfo=UTC)
-SENT = datetime(2025, 5, 1, 14, 5, tzinfo=UTC)
 CREATE = r"^/crm/v3/objects/emails/batch/create$"
 KEY = "maillink_key"
 SCHEMA_WRITE = "crm.schemas.contacts.write"
@@ -58,22 +55,6 @@ def adapter(sandbox: HubSpotSandbox) -> HubSpotCRM:
         sleep=lambda _: None,
         now=lambda: NOW,
     )
-
-
-def draft(n: int, person_id: int) -> ActivityDraft:
-    ann = Address("ann@example.com", "Ann Lee")
-    message = Message(
-        account="alice@acme.example",
-        provider_id=f"p{n}",
-        thread_key=f"t{n}",
-        message_id=f"<m{n}@example.com>",
-        date=SENT + timedelta(minutes=n),
-        direction=Direction.INBOUND,
-        sender=ann,
-        to=(Address("alice@acme.example", "Alice"),),
-        subject=f"Quote {n}",
-    )
-    return draft_for(message, (person_id,), ())
 
 
 def operations(sandbox: HubSpotSandbox) -> list[str]:

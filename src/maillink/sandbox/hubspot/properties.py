@@ -25,6 +25,7 @@ from flask import Response, jsonify
 from maillink.sandbox.hubspot.errors import ApiError
 from maillink.sandbox.hubspot.objects import body_object, resolve_type
 from maillink.sandbox.hubspot.records import READ_ONLY, WRITABLE, Records, iso
+from maillink.sandbox.hubspot.scopes import missing_scopes
 
 # Each type's HubSpot-defined property group (the one a new property usually goes to).
 GROUPS = {
@@ -209,18 +210,7 @@ class PropertyViews:
                 needed.add("sales-email-read")
         if needed & self.granted():
             return
-        raise ApiError(
-            403,
-            "This app hasn't been granted all required scopes to make this call. "
-            "Read more about required scopes here: https://developers.hubspot.com/scopes.",
-            "MISSING_SCOPES",
-            errors=[
-                {
-                    "message": "One or more of the following scopes are required.",
-                    "context": {"requiredGranularScopes": sorted(needed)},
-                }
-            ],
-        )
+        raise missing_scopes(sorted(needed))
 
     def routes(self) -> list[tuple[str, str, Callable[..., Response], str]]:
         base = "/crm/v3/properties/<type_name>"

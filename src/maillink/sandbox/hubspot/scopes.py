@@ -54,15 +54,20 @@ def check(operation: str, args: dict[str, Any], granted: frozenset[str]) -> None
         for scope in sorted(needed)
     )
     if missing:
-        raise ApiError(
-            403,
-            "This app hasn't been granted all required scopes to make this call. "
-            "Read more about required scopes here: https://developers.hubspot.com/scopes.",
-            "MISSING_SCOPES",
-            errors=[
-                {
-                    "message": "One or more of the following scopes are required.",
-                    "context": {"requiredGranularScopes": missing},
-                }
-            ],
-        )
+        raise missing_scopes(missing)
+
+
+def missing_scopes(needed: list[str]) -> ApiError:
+    """HubSpot's 403 for a token that has none of the `needed` scopes."""
+    return ApiError(
+        403,
+        "This app hasn't been granted all required scopes to make this call. "
+        "Read more about required scopes here: https://developers.hubspot.com/scopes.",
+        "MISSING_SCOPES",
+        errors=[
+            {
+                "message": "One or more of the following scopes are required.",
+                "context": {"requiredGranularScopes": needed},
+            }
+        ],
+    )
