@@ -221,25 +221,38 @@ def retry_calls(
 
     `delay(exc, n)` is the pause after the n-th failed attempt (Retry-After or a backoff);
     `before_retry(exc, n, seconds)` is told of each retry (for logs).
+
+    The first attempt is a plain call (most calls succeed: no retry machinery is built for
+    them); tenacity runs the retries after a first failure.
     """
+    try:
+        return fn()
+    except BaseException as exc:
+        if attempts <= 1 or not retryable(exc):
+            raise
+        first = exc
+    seconds = delay(first, 1)
+    if before_retry is not None:
+        before_retry(first, 1, seconds)
+    sleep(seconds)
 
     def last(state: tenacity.RetryCallState) -> BaseException | None:
         return state.outcome.exception() if state.outcome else None
 
-    def wait(state: tenacity.RetryCallState) -> float:
+    def wait(state: tenacity.RetryCallState) -> float:  # attempt n here is attempt n + 1
         exc = last(state)
-        return delay(exc, state.attempt_number) if exc is not None else 0.0
+        return delay(exc, state.attempt_number + 1) if exc is not None else 0.0
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = last(state)
         if before_retry is not None and exc is not None:
             seconds = state.next_action.sleep if state.next_action else 0.0
-            before_retry(exc, state.attempt_number, seconds)
+            before_retry(exc, state.attempt_number + 1, seconds)
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(retryable),
         wait=wait,
-        stop=tenacity.stop_after_attempt(attempts),
+        stop=tenacity.stop_after_attempt(attempts - 1),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
