@@ -123,6 +123,13 @@ def connect_google(
             f"the consent did not grant {', '.join(missing)}: connect again and allow maillink "
             "to view your email message metadata"
         )
+    email = mailbox_address(credentials, api_endpoint)
+    return ConnectedGoogleAccount(email, credentials.refresh_token, tuple(granted))
+
+
+def mailbox_address(credentials: Any, api_endpoint: str) -> str:
+    """The connected mailbox's address, from Gmail's profile (what the consent was given for,
+    whatever address the user typed)."""
     try:
         profile = GmailApi(
             credentials,
@@ -136,7 +143,7 @@ def connect_google(
     email = str(profile.get("emailAddress", "")).strip().lower()
     if not email:
         raise GoogleConnectError("Gmail's profile answer holds no emailAddress")
-    return ConnectedGoogleAccount(email, credentials.refresh_token, tuple(granted))
+    return email
 
 
 def _client_section(client_config: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -28,10 +28,12 @@ from google.oauth2.credentials import Credentials as GoogleCredentials
 from werkzeug.wrappers import Response
 
 from maillink.errors import ConfigError
-from maillink.onboarding.google import ConnectedGoogleAccount, GoogleConnectError
-from maillink.providers.base import ProviderError
-from maillink.providers.gmail_api import SCOPE_METADATA, GmailApi, check_endpoint
-from maillink.providers.retry import RetryPolicy
+from maillink.onboarding.google import (
+    ConnectedGoogleAccount,
+    GoogleConnectError,
+    mailbox_address,
+)
+from maillink.providers.gmail_api import SCOPE_METADATA, check_endpoint
 from maillink.store import accounts, users
 from maillink.store.accounts import Account
 from maillink.web.auth import require_user, signed_in
@@ -210,19 +212,7 @@ def _exchange(code: str, verifier: str) -> ConnectedGoogleAccount:
         client_secret=client.get("client_secret"),
         scopes=granted,
     )
-    try:
-        profile = GmailApi(
-            credentials,
-            api_endpoint=api_endpoint,
-            http_timeout=60.0,
-            batch_size=1,
-            policy=RetryPolicy(),
-        ).profile()
-    except ProviderError as error:
-        raise GoogleConnectError(f"could not read the mailbox address: {error}") from error
-    email = str(profile.get("emailAddress", "")).strip().lower()
-    if not email:
-        raise GoogleConnectError("Gmail's profile answer holds no emailAddress")
+    email = mailbox_address(credentials, api_endpoint)
     return ConnectedGoogleAccount(email, refresh_token, tuple(granted))
 
 
