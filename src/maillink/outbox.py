@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -99,6 +99,70 @@ class _OneWriterAtATime:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
+
+
+# What one CRM call of a delivery window gives back: its counts, its CRM error, the created id.
+_Answer = tuple[Delivery, Exception | None, str | None]
+
+
+class _Workers:
+    """The threads that make one delivery window's CRM calls (up to `size` at once: the caller
+    starts no more), and their answers in the order they end.
+
+    Plain threads and C queues: with a future and a `wait()` for each call, the bookkeeping of
+    the calls cost the backfill more CPU than anything in it but the calls themselves.
+    """
+
+    def __init__(self, size: int, call: Callable[[Any, bool], _Answer]) -> None:
+        self._size = size
+        self._call = call
+        self._tasks: queue.SimpleQueue[tuple[Any, bool] | None] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[Any, _Answer | BaseException]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._running = 0
+
+    def start(self, row: Any, claimed: bool) -> None:
+        """Make the call for `row` on a free thread (a new one while fewer than `size` run)."""
+        if self._running == len(self._threads) < self._size:
+            thread = threading.Thread(
+                target=self._work, name=f"maillink-outbox_{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self._running += 1
+        self._tasks.put((row, claimed))
+
+    def next_answer(self) -> tuple[Any, _Answer]:
+        """The next call to end: its row and answer. What the call raised is raised here."""
+        row, answer = self._answers.get()
+        self._running -= 1
+        if isinstance(answer, BaseException):
+            raise answer
+        return row, answer
+
+    def stop(self) -> list[tuple[Any, _Answer]]:
+        """Let the calls in flight end and the threads stop; the answers not taken (but those of
+        calls that raised)."""
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join()
+        left: list[tuple[Any, _Answer]] = []
+        while not self._answers.empty():
+            row, answer = self._answers.get()
+            if not isinstance(answer, BaseException):
+                left.append((row, answer))
+        return left
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            row, claimed = task
+            answer: _Answer | BaseException
+            try:
+                answer = self._call(row, claimed)
+            except BaseException as exc:  # CRMAuthError, or a fault: raised in the caller
+                answer = exc
+            self._answers.put((row, answer))
 
 
 class Outbox:
@@ -199,7 +263,7 @@ class Outbox:
         claim_ahead = max(CLAIM_AHEAD, 4 * workers)
         delivered: list[tuple[Any, str]] = []
 
-        def one(row: Any, claimed: bool) -> tuple[Delivery, Exception | None, str | None]:
+        def one(row: Any, claimed: bool) -> _Answer:
             part = Delivery()
             try:
                 if claimed:
@@ -213,9 +277,7 @@ class Outbox:
                 return part, exc, None
             return part, None, None
 
-        def merged(
-            row: Any, answer: tuple[Delivery, Exception | None, str | None]
-        ) -> tuple[Any, Exception | None]:
+        def merged(row: Any, answer: _Answer) -> tuple[Any, Exception | None]:
             part, error, created = answer
             if created is not None:
                 delivered.append((row, created))  # only this thread touches `delivered`
@@ -249,7 +311,8 @@ class Outbox:
             start, ready[:] = ready[:count], ready[count:]
             return start, others
 
-        flying: dict[Any, Any] = {}
+        flying: dict[int, Any] = {}  # rows handed to a worker and not yet answered, by id
+        calls = _Workers(workers, one)
         try:
             if workers == 1:
                 while True:
@@ -260,28 +323,27 @@ class Outbox:
                         yield row, None
                     for row, claimed in start:
                         yield merged(row, one(row, claimed))
-            with ThreadPoolExecutor(workers, thread_name_prefix="maillink-outbox") as pool:
-                start, others = next_ones(workers)
-                while True:
-                    for row in others:
-                        yield row, None
-                    for row, claimed in start:
-                        flying[pool.submit(one, row, claimed)] = row
-                    if not flying:
-                        return
-                    done, _ = wait(flying, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        yield merged(flying.pop(future), future.result())
-                    start, others = next_ones(workers - len(flying))
+            start, others = next_ones(workers)
+            while True:
+                for row in others:
+                    yield row, None
+                for row, claimed in start:
+                    flying[id(row)] = row
+                    calls.start(row, claimed)
+                if not flying:
+                    return
+                row, answer = calls.next_answer()
+                del flying[id(row)]
+                yield merged(row, answer)
+                start, others = next_ones(workers - len(flying))
         finally:
-            # The caller stopped: creates still in flight then have finished (the pool waited
-            # for them); record the ones that went through, so that none is looked up again,
-            # and give back the claims of creates never sent.
-            for future, row in flying.items():
-                if future.done() and future.exception() is None:
-                    created = future.result()[2]
-                    if created is not None:
-                        delivered.append((row, created))
+            # The caller stopped: creates still in flight have finished once the workers are
+            # stopped; record the ones that went through, so that none is looked up again, and
+            # give back the claims of creates never sent.
+            for row, answer in calls.stop():
+                created = answer[2]
+                if created is not None:
+                    delivered.append((row, created))
             self._record_delivered(delivered)
             self._release([row for row, claimed in ready if claimed])
 
