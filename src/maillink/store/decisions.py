@@ -97,6 +97,13 @@ _TO_DECIDE = [
 ]
 
 
+_MESSAGES_TO_DECIDE = (
+    select(*_TO_DECIDE)
+    .where(messages.c.thread_id.in_(bindparam("ids", expanding=True)))
+    .order_by(messages.c.thread_id, messages.c.date, messages.c.provider_id)
+)
+
+
 def messages_to_decide(
     conn: Connection,
     account_email: str,
@@ -113,12 +120,7 @@ def messages_to_decide(
     grouped: dict[int, list[StoredMessage]] = {tid: [] for tid in threads}
     ids = sorted(grouped)
     for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        rows = conn.execute(
-            select(*_TO_DECIDE)
-            .where(messages.c.thread_id.in_(chunk))
-            .order_by(messages.c.thread_id, messages.c.date, messages.c.provider_id)
-        )
+        rows = conn.execute(_MESSAGES_TO_DECIDE, {"ids": ids[start : start + _CHUNK]})
         for row in rows:
             mapping = row._mapping
             thread_key = threads[row.thread_id].key

@@ -41,6 +41,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     case,
     insert,
     or_,
@@ -388,6 +389,19 @@ def _gone_holders(
     return {held for held in conn.execute(query).scalars() if held and gone(held)}
 
 
+# Built once: it ends every fenced transaction (a backfill commits one every few messages).
+_FENCE = (
+    update(leases)
+    .where(
+        leases.c.account_id == bindparam("f_account"),
+        leases.c.owner == bindparam("f_owner"),
+        leases.c.generation == bindparam("f_generation"),
+        leases.c.expires_at > bindparam("f_now"),
+    )
+    .values(owner=leases.c.owner)
+)
+
+
 def fence(conn: Connection, lease: Lease, now: datetime) -> None:
     """Raise `LeaseLost` unless `lease` is still held (same owner and generation, not expired).
 
@@ -395,7 +409,13 @@ def fence(conn: Connection, lease: Lease, now: datetime) -> None:
     update locks the lease row until the commit, so no daemon can take the mailbox in between.
     """
     held = conn.execute(
-        update(leases).where(_holds(lease), leases.c.expires_at > now).values(owner=leases.c.owner)
+        _FENCE,
+        {
+            "f_account": lease.account_id,
+            "f_owner": lease.owner,
+            "f_generation": lease.generation,
+            "f_now": now,
+        },
     ).rowcount
     if held != 1:
         raise LeaseLost(

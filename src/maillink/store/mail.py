@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    bindparam,
+    false,
+    insert,
+    literal_column,
+    null,
+    select,
+    update,
+)
 
 from maillink.model import Address, Direction, ItemRef, Message
 from maillink.store.schema import messages, threads
@@ -164,6 +175,19 @@ def _ensure_threads(
     return ids
 
 
+# A new message: not removed, not decided yet. The constant columns are written in the SQL
+# itself, not bound and converted again for each row of the page (executemany).
+_EMPTY_LIST: ColumnElement[Any] = literal_column("'[]'")
+_INSERT_MESSAGE = insert(messages).values(
+    removed=false(),
+    reason=null(),
+    person_ids=_EMPTY_LIST,
+    items=_EMPTY_LIST,
+    candidates=_EMPTY_LIST,
+    detail=literal_column("''"),
+)
+
+
 def save_messages(
     conn: Connection,
     account_id: int,
@@ -218,16 +242,11 @@ def save_messages(
                 "direction": m.direction.value,
                 "headers": _headers(m),
                 "problems": list(m.problems),
-                "removed": False,
-                "person_ids": [],
-                "items": [],
-                "candidates": [],
-                "detail": "",
                 "created_at": now,
             }
         )
     if new_rows:
-        conn.execute(insert(messages), new_rows)
+        conn.execute(_INSERT_MESSAGE, new_rows)
     return set(thread_ids.values())
 
 
@@ -309,10 +328,13 @@ def set_choice(conn: Connection, thread_id: int, choice: ItemRef | None, unlinke
     )
 
 
+_THREADS_BY_ID = select(threads).where(threads.c.id.in_(bindparam("ids", expanding=True)))
+
+
 def threads_by_id(conn: Connection, thread_ids: Sequence[int]) -> dict[int, StoredThread]:
     found: dict[int, StoredThread] = {}
     for chunk in _chunks(sorted(set(thread_ids))):
-        for row in conn.execute(select(threads).where(threads.c.id.in_(chunk))):
+        for row in conn.execute(_THREADS_BY_ID, {"ids": list(chunk)}):
             found[row.id] = _thread(row)
     return found
 
