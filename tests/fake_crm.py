@@ -4,6 +4,7 @@ End-to-end tests use the Pipedrive sandbox over real HTTP instead."""
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from datetime import datetime
 
@@ -21,6 +22,7 @@ class FakeCRM:
         self.calls: list[tuple[str, str]] = []  # (operation, key or argument), in order
         self._failures: dict[str, list[Exception]] = defaultdict(list)
         self._lose_answers = 0
+        self._lock = threading.RLock()  # the outbox calls from several worker threads
 
     # -- setting the scene --------------------------------------------------------------------
     def add_person(self, person: Person, *items: Item) -> None:
@@ -40,9 +42,10 @@ class FakeCRM:
         return sum(1 for name, _ in self.calls if name == operation)
 
     def _call(self, operation: str, argument: str) -> None:
-        self.calls.append((operation, argument))
-        if self._failures[operation]:
-            raise self._failures[operation].pop(0)
+        with self._lock:
+            self.calls.append((operation, argument))
+            if self._failures[operation]:
+                raise self._failures[operation].pop(0)
 
     # -- the CRM interface ---------------------------------------------------------------------
     def search_persons(self, email: str) -> list[Person]:
@@ -61,13 +64,14 @@ class FakeCRM:
         return Changes(frozenset(), frozenset(), since)
 
     def create_activity(self, draft: ActivityDraft) -> str:
-        self._call("create_activity", draft.key)
-        activity_id = str(1000 + len(self.activities))
-        self.activities[activity_id] = draft
-        if self._lose_answers:
-            self._lose_answers -= 1
-            raise CRMUnavailable("the CRM's answer was lost (timeout)")
-        return activity_id
+        with self._lock:
+            self._call("create_activity", draft.key)
+            activity_id = str(1000 + len(self.activities))
+            self.activities[activity_id] = draft
+            if self._lose_answers:
+                self._lose_answers -= 1
+                raise CRMUnavailable("the CRM's answer was lost (timeout)")
+            return activity_id
 
     def update_activity(self, activity_id: str, draft: ActivityDraft) -> None:
         self._call("update_activity", draft.key)

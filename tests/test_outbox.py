@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from tests.fake_crm import FakeCRM
 
-from maillink.crm.base import CRMRateLimited, CRMRefused, CRMUnavailable
+from maillink.crm.base import CRMAuthError, CRMRateLimited, CRMRefused, CRMUnavailable
 from maillink.linking.facts import LinkingPolicy
 from maillink.linking.linker import CacheTTL, FactGatherer, Linker
 from maillink.model import Address, Direction, Item, ItemKind, ItemRef, Message, Person
@@ -176,11 +176,8 @@ def test_a_changed_decision_updates_the_activity_it_created(
     assert draft.items == ()
 
 
-def test_writes_claimed_ahead_but_never_sent_are_created_without_a_look_up(
-    sqlite_store: Store, crm: FakeCRM, clock: Clock
-) -> None:
-    """Creates are claimed a few at a time; a delivery that stops (a spent daily budget) gives
-    back the claims of those it never sent, so only the refused one is looked up next time."""
+def _decided_emails(store: Store, crm: FakeCRM, count: int) -> None:
+    """`count` emails from a known person, each its own thread, decided: `count` creates due."""
     emails = [
         Message(
             account=REP,
@@ -193,14 +190,24 @@ def test_writes_claimed_ahead_but_never_sent_are_created_without_a_look_up(
             to=(Address(REP),),
             subject="Renewal",
         )
-        for n in range(3)
+        for n in range(count)
     ]
-    with sqlite_store.transaction() as conn:
+    with store.transaction() as conn:
         account = accounts.upsert(conn, REP, "gmail", "x", "s")
         touched = mail.save_messages(conn, account.id, emails, {})
-    Linker(sqlite_store, FactGatherer(sqlite_store, crm, CacheTTL()), POLICY).decide(
-        account, touched
-    )
+    Linker(store, FactGatherer(store, crm, CacheTTL()), POLICY).decide(account, touched)
+
+
+def _created_keys(crm: FakeCRM) -> list[str]:
+    return sorted(draft.key for draft in crm.activities.values())
+
+
+def test_writes_claimed_ahead_but_never_sent_are_created_without_a_look_up(
+    sqlite_store: Store, crm: FakeCRM, clock: Clock
+) -> None:
+    """Creates are claimed a few at a time; a delivery that stops (a spent daily budget) gives
+    back the claims of those it never sent, so only the refused one is looked up next time."""
+    _decided_emails(sqlite_store, crm, 3)
     outbox = Outbox(sqlite_store, crm, clock=clock, workers=1)
     crm.fail_next("create_activity", CRMRateLimited("daily budget spent", 3600, daily=True))
 
@@ -211,5 +218,47 @@ def test_writes_claimed_ahead_but_never_sent_are_created_without_a_look_up(
     assert (after.created, after.found_again) == (3, 0)
     assert crm.count("find_activity") == 1  # the refused create only
     assert crm.count("create_activity") == 4  # the refused one, then each email once
+    with sqlite_store.engine.connect() as conn:
+        assert pending_count(conn) == 0
+
+
+def test_a_window_stopped_with_creates_in_flight_records_them_and_gives_back_the_rest(
+    sqlite_store: Store, crm: FakeCRM, clock: Clock
+) -> None:
+    """Four creates in flight at once: when one says the daily budget is spent, the creates
+    still in flight end and are recorded, the claims of those never sent are given back, so
+    the next delivery looks up the refused one only and every email has one activity."""
+    _decided_emails(sqlite_store, crm, 12)
+    outbox = Outbox(sqlite_store, crm, clock=clock, workers=4)
+    crm.fail_next("create_activity", CRMRateLimited("daily budget spent", 3600, daily=True))
+
+    assert outbox.deliver().parked_until is not None
+    clock.later(hours=2)
+    outbox.deliver()
+
+    keys = _created_keys(crm)
+    assert len(keys) == len(set(keys)) == 12
+    assert crm.count("find_activity") == 1  # the refused create only
+    assert crm.count("create_activity") == 13
+    with sqlite_store.engine.connect() as conn:
+        assert pending_count(conn) == 0
+
+
+def test_an_error_raised_in_a_worker_reaches_the_caller_and_the_other_creates_are_kept(
+    sqlite_store: Store, crm: FakeCRM, clock: Clock
+) -> None:
+    """The CRM refusing the credentials in one of the workers stops the delivery with that
+    error; the creates that went through meanwhile are recorded and never sent again."""
+    _decided_emails(sqlite_store, crm, 12)
+    outbox = Outbox(sqlite_store, crm, clock=clock, workers=4)
+    crm.fail_next("create_activity", CRMAuthError("invalid API token"))
+
+    with pytest.raises(CRMAuthError, match="invalid API token"):
+        outbox.deliver()
+    outbox.deliver()
+
+    keys = _created_keys(crm)
+    assert len(keys) == len(set(keys)) == 12
+    assert crm.count("find_activity") == 1  # the create whose call raised
     with sqlite_store.engine.connect() as conn:
         assert pending_count(conn) == 0
